@@ -1,0 +1,1 @@
+//! BALP codes (stub).

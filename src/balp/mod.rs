@@ -1,0 +1,82 @@
+//! BALP mapping: [`Extracted`](crate::parse::Extracted) records become FHIR R4 AuditEvents that
+//! follow the IHE Basic Audit Log Patterns (see `../shared/balp/REFERENCE.md`).
+//!
+//! * [`model`]: a typed serde model of R4 AuditEvent (Coding vs CodeableConcept vs code are
+//!   distinct types, so a wrong shape does not compile).
+//! * [`codes`]: the systems and codes BALP uses.
+//! * [`map`]: one extracted record → zero or more events (one per patient).
+//! * [`conformance`]: a table-driven checker of every profile an event claims.
+
+pub mod codes;
+pub mod conformance;
+pub mod map;
+pub mod model;
+
+use crate::config::Mode;
+use crate::source::LineFlags;
+use uuid::Uuid;
+
+/// Namespace of the deterministic event ids (UUID v5). Changing it changes every id.
+pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_0c5e_2d3a_4f6e_9b8a_b41b_a1e7_0001);
+
+/// Everything the mapping needs that does not come from the line.
+#[derive(Debug, Clone)]
+pub struct MapContext {
+    /// The agent's host name (server name when the line has none; part of event ids).
+    pub hostname: String,
+    /// The configured source name (part of event ids).
+    pub source: String,
+    /// `source.observer.display`.
+    pub observer_display: String,
+    /// `source.site`.
+    pub site: Option<String>,
+    /// security-source-type code for `source.type`.
+    pub source_type: String,
+    /// minimal or comprehensive.
+    pub mode: Mode,
+    /// FHIR base paths; requests outside produce no event.
+    pub fhir_bases: Vec<String>,
+    /// Url of the root extension that carries the event id.
+    pub event_id_extension: String,
+}
+
+/// The deterministic id of the `index`-th event made from the line at `position`.
+pub fn event_id(hostname: &str, source: &str, position: &str, index: usize) -> Uuid {
+    let name = format!("{hostname}\u{1f}{source}\u{1f}{position}\u{1f}{index}");
+    Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
+}
+
+/// One event ready for batching: its id and its compact JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// The AuditEvent's id.
+    pub id: Uuid,
+    /// Pattern name (for counts).
+    pub pattern: &'static str,
+    /// Compact JSON of the AuditEvent.
+    pub json: String,
+}
+
+/// Where the line came from and what the source had to change, for ids and flags.
+#[derive(Debug, Clone, Copy)]
+pub struct LineRef<'a> {
+    /// The line's stable position (`LogLine::position`).
+    pub position: &'a str,
+    /// Truncation / invalid UTF-8 flags.
+    pub flags: LineFlags,
+}
+
+/// Serialize an event for batching.
+pub fn to_record(event: &model::AuditEvent, pattern: crate::parse::Pattern) -> EventRecord {
+    let json = serde_json::to_string(event).unwrap_or_else(|e| {
+        // The model only holds strings, numbers and booleans, so this cannot fail; if it ever
+        // did, an empty object would be rejected by the ARR and dead-lettered, not lost.
+        tracing::error!(error = %e, "AuditEvent serialization failed");
+        "{}".to_owned()
+    });
+    EventRecord {
+        id: event.uuid(),
+        pattern: pattern.as_str(),
+        json,
+    }
+}

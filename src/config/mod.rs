@@ -1,0 +1,547 @@
+//! The configuration file (TOML, SPEC §3): typed structs with the documented defaults, and
+//! [`check`] which lists every problem of a file at once as `PATH:LINE:COL: key.path: message`.
+
+pub mod check;
+pub mod units;
+
+use crate::parse::spec::ParserSpec;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+pub use units::{ByteSize, ConfigDuration};
+
+/// Where the config is read from when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/balp-agent/config.toml";
+
+/// Default url of the root extension that carries the event id (SPEC §4).
+pub const DEFAULT_EVENT_ID_EXTENSION: &str = "urn:balp-agent:event-id";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[agent]`
+    #[serde(default)]
+    pub agent: AgentConfig,
+    /// `[[sources]]`
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    /// `[[parsers]]` (user-defined, same schema as presets)
+    #[serde(default)]
+    pub parsers: Vec<ParserSpec>,
+    /// `[output]`
+    #[serde(default)]
+    pub output: OutputConfig,
+    /// `[spool]`
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// `[metrics]`
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[agent]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Checkpoints, spool and dead letters live here.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Host name used in event ids and as the server's name; default: the system host name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// `minimal` or `comprehensive` (BALP §1:52.4.1.3).
+    #[serde(default)]
+    pub mode: Mode,
+    /// `[agent.observer]` → `AuditEvent.source`.
+    #[serde(default)]
+    pub observer: ObserverConfig,
+    /// Url of the root extension carrying the event id.
+    #[serde(default = "default_event_id_extension")]
+    pub event_id_extension: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            state_dir: default_state_dir(),
+            hostname: None,
+            mode: Mode::default(),
+            observer: ObserverConfig::default(),
+            event_id_extension: default_event_id_extension(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/balp-agent")
+}
+
+fn default_event_id_extension() -> String {
+    DEFAULT_EVENT_ID_EXTENSION.to_owned()
+}
+
+/// How much detail events carry.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Identifiers only.
+    #[default]
+    Minimal,
+    /// Identifiers plus the names and details the log carries.
+    Comprehensive,
+}
+
+/// `[agent.observer]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObserverConfig {
+    /// `source.observer.display`; default `balp-agent@<hostname>`.
+    #[serde(default)]
+    pub display: Option<String>,
+    /// `source.site`.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// security-source-type code for `source.type` (default 4, Application Server).
+    #[serde(default = "default_observer_type", rename = "type")]
+    pub type_code: String,
+}
+
+impl Default for ObserverConfig {
+    fn default() -> Self {
+        ObserverConfig {
+            display: None,
+            site: None,
+            type_code: default_observer_type(),
+        }
+    }
+}
+
+fn default_observer_type() -> String {
+    "4".to_owned()
+}
+
+/// `[[sources]] type`
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceType {
+    /// Tail files matched by globs.
+    File,
+    /// Receive syslog over the network.
+    Syslog,
+    /// Follow the systemd journal.
+    Journald,
+}
+
+/// `[[sources]] read_from`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    /// Read files never seen before from their first byte.
+    Beginning,
+    /// Start at the current end of files present at the first start (later files: from 0).
+    #[default]
+    End,
+}
+
+/// `[[sources]] decode`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodeKind {
+    /// rsyslog file formats.
+    #[default]
+    Syslog,
+    /// The line as it is.
+    Raw,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// `"x"`
+    One(String),
+    /// `["x", "y"]`
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// As a list.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `[[sources]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Unique name; part of every event's identity.
+    pub name: String,
+    /// `file` (syslog and journald are planned).
+    #[serde(rename = "type")]
+    pub source_type: SourceType,
+    /// Globs of files to follow.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Globs of files to skip (matched against the full path and the file name).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Where to start in files never seen before.
+    #[serde(default)]
+    pub read_from: ReadFrom,
+    /// How a line is split into header and message.
+    #[serde(default)]
+    pub decode: DecodeKind,
+    /// Preset names and/or `[[parsers]]` names, tried in order.
+    #[serde(default)]
+    pub parsers: Vec<String>,
+    /// Lines longer than this are cut and flagged.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: ByteSize,
+    /// IANA zone for stamps without an offset; default: the system's local zone.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// FHIR base path(s); requests outside produce no event. Default `/fhir`.
+    #[serde(default)]
+    pub fhir_base: Option<OneOrMany>,
+    /// How often files are checked for growth, rotation and new matches.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: ConfigDuration,
+    /// `syslog`: where to listen.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// `journald`: journal matches.
+    #[serde(default, rename = "match")]
+    pub journal_match: Vec<String>,
+}
+
+fn default_max_line_bytes() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+
+fn default_poll_interval() -> ConfigDuration {
+    ConfigDuration(Duration::from_millis(250))
+}
+
+impl SourceConfig {
+    /// The FHIR base paths, normalised without a trailing slash.
+    pub fn fhir_bases(&self) -> Vec<String> {
+        let raw = self
+            .fhir_base
+            .as_ref()
+            .map(OneOrMany::to_vec)
+            .unwrap_or_else(|| vec!["/fhir".to_owned()]);
+        raw.into_iter()
+            .map(|b| {
+                let t = b.trim_end_matches('/');
+                if t.starts_with('/') {
+                    t.to_owned()
+                } else {
+                    format!("/{t}")
+                }
+            })
+            .collect()
+    }
+}
+
+/// `[output] type`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputType {
+    /// POST to the ARR.
+    Http,
+    /// One file per Bundle.
+    #[default]
+    Directory,
+    /// One Bundle per line on stdout.
+    Stdout,
+}
+
+/// `[output] bundle_type`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BundleType {
+    /// `collection` (no `request` on entries).
+    #[default]
+    Collection,
+    /// `batch`: entries carry `request: POST AuditEvent`.
+    Batch,
+    /// `transaction`: entries carry `request: POST AuditEvent`.
+    Transaction,
+}
+
+impl BundleType {
+    /// The FHIR code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BundleType::Collection => "collection",
+            BundleType::Batch => "batch",
+            BundleType::Transaction => "transaction",
+        }
+    }
+}
+
+/// `[output] compression`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// `Content-Encoding: gzip`.
+    #[default]
+    Gzip,
+    /// Plain JSON.
+    None,
+}
+
+/// `[output]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Where Bundles go.
+    #[serde(default, rename = "type")]
+    pub output_type: OutputType,
+    /// `http`: the Bundle is POSTed to exactly this URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `directory`: where Bundle files are written.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Bundle type.
+    #[serde(default)]
+    pub bundle_type: BundleType,
+    /// Events per Bundle at most.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// Uncompressed JSON bytes per Bundle at most.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// A partial Bundle is sent after this long.
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval: ConfigDuration,
+    /// `gzip` or `none`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Per-request timeout.
+    #[serde(default = "default_timeout")]
+    pub timeout: ConfigDuration,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// `[output.retry]`
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// `[output.auth]`
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// `[output.tls]`
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            output_type: OutputType::default(),
+            url: None,
+            path: None,
+            bundle_type: BundleType::default(),
+            max_events: default_max_events(),
+            max_bytes: default_max_bytes(),
+            flush_interval: default_flush_interval(),
+            compression: Compression::default(),
+            timeout: default_timeout(),
+            headers: BTreeMap::new(),
+            retry: RetryConfig::default(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+fn default_max_events() -> usize {
+    500
+}
+fn default_max_bytes() -> ByteSize {
+    ByteSize(4 << 20)
+}
+fn default_flush_interval() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(1))
+}
+fn default_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+
+/// `[output.retry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// First backoff ceiling.
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff: ConfigDuration,
+    /// Largest backoff ceiling.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: ConfigDuration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+fn default_initial_backoff() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(1))
+}
+fn default_max_backoff() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(300))
+}
+
+/// `[output.auth] type`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthType {
+    /// No credentials.
+    #[default]
+    None,
+    /// `Authorization: Bearer <token_file contents>`.
+    Bearer,
+    /// HTTP basic with `username` and `password_file`.
+    Basic,
+    /// OAuth2 client credentials.
+    Oauth2,
+}
+
+/// `[output.auth]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Which scheme.
+    #[serde(default, rename = "type")]
+    pub auth_type: AuthType,
+    /// `bearer`: file holding the token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// `basic`: user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// `basic`: file holding the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// `oauth2`: token endpoint.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// `oauth2`: client id.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// `oauth2`: file holding the client secret.
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// `oauth2`: requested scope.
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+/// `[output.tls]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Extra CA certificates (PEM) to trust.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mTLS.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// Client private key (PEM) for mTLS.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// Skip server certificate verification (never in production; logged loudly).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// `[spool] when_full`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenFull {
+    /// Stop reading inputs until there is room.
+    #[default]
+    Block,
+}
+
+/// `[spool]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Disk quota of the spool.
+    #[serde(default = "default_spool_max")]
+    pub max_bytes: ByteSize,
+    /// What to do when full.
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            max_bytes: default_spool_max(),
+            when_full: WhenFull::default(),
+        }
+    }
+}
+
+fn default_spool_max() -> ByteSize {
+    ByteSize(1 << 30)
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` to serve `/metrics` and `/health` on.
+    pub listen: String,
+}
+
+/// A config that could not be loaded: every problem found, each already formatted as
+/// `PATH:LINE:COL: key.path: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigError {
+    /// The problems, one line each.
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Read, validate and deserialize a config file. All problems are reported together.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        check::load(path)
+    }
+
+    /// The host name to use: configured, else the system's.
+    pub fn hostname(&self) -> String {
+        self.agent.hostname.clone().unwrap_or_else(system_hostname)
+    }
+
+    /// The source with this name.
+    pub fn source(&self, name: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+}
+
+/// The system host name (`/proc/sys/kernel/hostname`, then `$HOSTNAME`, then `localhost`).
+pub fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}

@@ -1,0 +1,117 @@
+//! Decoders split a [`LogLine`](crate::source::LogLine)'s text into a header and a message.
+//!
+//! * `syslog`: rsyslog's file formats (RFC 3339 `2026-11-25T15:22:44.172367+00:00 host tag[pid]: msg`
+//!   and traditional `Nov 25 15:22:44 host tag[pid]: msg`), with the year and zone rule for the
+//!   traditional form documented on [`syslog`].
+//! * `raw`: the whole line is the message; the parser finds its own time.
+//! * `json`: the line is one JSON object; parsers select fields by path.
+//!
+//! A line that does not fit its decoder is not lost: it becomes a message without header, the
+//! parsers still see it, and the failure is counted.
+
+pub mod json;
+pub mod raw;
+pub mod syslog;
+
+use jiff::Timestamp;
+use jiff::tz::{Offset, TimeZone};
+
+/// A point in time together with the UTC offset the log stated (or the configured zone gave).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// The instant.
+    pub ts: Timestamp,
+    /// The offset to render it in, so `recorded` keeps the zone of the line.
+    pub offset: Offset,
+}
+
+impl Stamp {
+    /// Render as a FHIR `instant` (seconds and zone always present), e.g.
+    /// `2026-11-25T15:22:44.172367+00:00`.
+    pub fn to_instant(&self) -> String {
+        let dt = self.offset.to_datetime(self.ts);
+        let secs = self.offset.seconds();
+        let sign = if secs < 0 { '-' } else { '+' };
+        let abs = secs.unsigned_abs();
+        let nanos = dt.subsec_nanosecond();
+        let frac = if nanos == 0 {
+            String::new()
+        } else if nanos % 1_000_000 == 0 {
+            format!(".{:03}", nanos / 1_000_000)
+        } else if nanos % 1_000 == 0 {
+            format!(".{:06}", nanos / 1_000)
+        } else {
+            format!(".{nanos:09}")
+        };
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{}{}{:02}:{:02}",
+            dt.year(),
+            dt.month(),
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second(),
+            frac,
+            sign,
+            abs / 3600,
+            (abs % 3600) / 60
+        )
+    }
+
+    /// The current time in UTC.
+    pub fn now_utc() -> Stamp {
+        Stamp {
+            ts: Timestamp::now(),
+            offset: Offset::UTC,
+        }
+    }
+
+    /// Interpret `ts` in `tz`, keeping the zone's offset at that instant.
+    pub fn in_zone(ts: Timestamp, tz: &TimeZone) -> Stamp {
+        Stamp {
+            ts,
+            offset: tz.to_offset(ts),
+        }
+    }
+}
+
+/// The header fields a decoder found, and the message the parsers match against.
+#[derive(Debug, Clone, Default)]
+pub struct Decoded {
+    /// Time stated by the header, if the decoder found one.
+    pub time: Option<Stamp>,
+    /// Host name from the header.
+    pub host: Option<String>,
+    /// Program (syslog tag / app-name), e.g. `sshd`, `sudo`, `su`.
+    pub program: Option<String>,
+    /// Process id from the tag, if any.
+    pub pid: Option<String>,
+    /// The message (for `raw` and `json`, the whole line).
+    pub message: String,
+    /// For `json`: the parsed object.
+    pub json: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Set when the line did not fit the decoder (it is still passed on as a bare message).
+    pub malformed: bool,
+}
+
+/// Which decoder a source uses, with its settings.
+#[derive(Debug, Clone)]
+pub enum Decoder {
+    /// rsyslog file formats.
+    Syslog(syslog::SyslogDecoder),
+    /// The line as it is.
+    Raw,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Decoder {
+    /// Decode one line. `now` anchors the year of traditional syslog stamps.
+    pub fn decode(&self, text: &str, now: Timestamp) -> Decoded {
+        match self {
+            Decoder::Syslog(d) => d.decode(text, now),
+            Decoder::Raw => raw::decode(text),
+            Decoder::Json => json::decode(text),
+        }
+    }
+}

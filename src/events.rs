@@ -1,0 +1,137 @@
+//! Internal events: every observable happening of the agent is defined once here, and each
+//! both logs and counts, so the agent's logs and its counters cannot drift apart.
+//! Log lines never carry payloads or patient identifiers (SPEC §1).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// Process-wide counters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Lines read from all sources.
+    pub lines_read: AtomicU64,
+    /// AuditEvents produced.
+    pub events: AtomicU64,
+    /// Lines cut at `max_line_bytes`.
+    pub lines_truncated: AtomicU64,
+    /// Lines with invalid UTF-8.
+    pub lines_invalid_utf8: AtomicU64,
+    /// Bundles the output accepted.
+    pub bundles_sent: AtomicU64,
+    /// Delivery attempts that failed and will be retried.
+    pub retries: AtomicU64,
+    /// Bundles (or entries) put in the dead-letter area.
+    pub dead_lettered: AtomicU64,
+    /// Failed writes of the positions file.
+    pub position_write_failures: AtomicU64,
+    /// Lines no parser matched, by `source/parser-list`.
+    unmatched: Mutex<BTreeMap<String, u64>>,
+    /// Events by pattern name.
+    by_pattern: Mutex<BTreeMap<String, u64>>,
+}
+
+/// The process-wide counters.
+pub fn counters() -> &'static Counters {
+    static C: OnceLock<Counters> = OnceLock::new();
+    C.get_or_init(Counters::default)
+}
+
+fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str, n: u64) {
+    if let Ok(mut m) = map.lock() {
+        *m.entry(key.to_owned()).or_default() += n;
+    }
+}
+
+impl Counters {
+    /// Unmatched lines per source.
+    pub fn unmatched(&self) -> BTreeMap<String, u64> {
+        self.unmatched.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+    /// Events per pattern.
+    pub fn by_pattern(&self) -> BTreeMap<String, u64> {
+        self.by_pattern
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Lines were read.
+pub fn lines_read(n: u64) {
+    counters().lines_read.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A line was longer than `max_line_bytes` and was cut.
+pub fn line_truncated(stream: &str, offset: u64, max: u64) {
+    counters().lines_truncated.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        stream,
+        offset,
+        max_line_bytes = max,
+        "line longer than max_line_bytes was cut"
+    );
+}
+
+/// A line held invalid UTF-8.
+pub fn invalid_utf8(stream: &str, offset: u64) {
+    counters()
+        .lines_invalid_utf8
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        stream,
+        offset,
+        "line held invalid UTF-8; replaced with U+FFFD"
+    );
+}
+
+/// No parser matched a line.
+pub fn unmatched(source: &str) {
+    bump(&counters().unmatched, source, 1);
+    tracing::trace!(source, "line matched no parser");
+}
+
+/// An event was produced.
+pub fn event(pattern: &str) {
+    counters().events.fetch_add(1, Ordering::Relaxed);
+    bump(&counters().by_pattern, pattern, 1);
+}
+
+/// The output accepted a Bundle.
+pub fn bundle_sent(bundle_id: &str, events: usize, target: &str) {
+    counters().bundles_sent.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(bundle_id, events, target, "bundle delivered");
+}
+
+/// A delivery attempt failed and will be retried.
+pub fn retry(bundle_id: &str, target: &str, reason: &str, wait_ms: u64) {
+    counters().retries.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        bundle_id,
+        target,
+        reason,
+        wait_ms,
+        "delivery failed; retrying"
+    );
+}
+
+/// A Bundle was rejected for its content and put in the dead-letter area.
+pub fn dead_lettered(bundle_id: &str, events: usize, target: &str, status: u16, file: &str) {
+    counters().dead_lettered.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(
+        bundle_id,
+        events,
+        target,
+        status,
+        file,
+        "bundle rejected; dead-lettered"
+    );
+}
+
+/// The positions file could not be written.
+pub fn position_write_failed(path: &str, error: &str) {
+    counters()
+        .position_write_failures
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::error!(path, error, "could not persist read positions");
+}

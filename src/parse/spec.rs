@@ -1,0 +1,81 @@
+//! The TOML form of a parser. Built-in presets (`presets/*.toml`) and user `[[parsers]]` use
+//! exactly this schema, so a user can copy a preset and change it.
+//!
+//! ```toml
+//! [[parsers]]
+//! name = "billing-app"
+//! programs = ["billing"]          # optional: only syslog lines from these programs
+//! [[parsers.rules]]
+//! regex = '^user=(?P<user>\S+) read (?P<type>\w+)/(?P<id>\S+) from (?P<ip>\S+)$'
+//! pattern = "read"
+//! fields = { user = "{user}", resource = "{type}/{id}", client_address = "{ip}" }
+//! ```
+//!
+//! Templates: `{name}` is a named regex capture, `{$.a.b}` a field of a JSON line (with
+//! `decode = "json"`), `{host}` / `{program}` / `{pid}` the syslog header; anything else is
+//! literal text. `{{` and `}}` write literal braces.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// One parser: a named, ordered list of rules. The first rule that matches a line wins.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ParserSpec {
+    /// Unique name, referenced from `[[sources]] parsers`.
+    pub name: String,
+    /// What the parser is for (shown by `presets`).
+    #[serde(default)]
+    pub description: String,
+    /// Only lines whose syslog program (tag) is one of these; empty = any line.
+    #[serde(default)]
+    pub programs: Vec<String>,
+    /// The rules, tried in order.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+    /// Example lines with what they produce (documentation, checked by tests).
+    #[serde(default)]
+    pub samples: Vec<SampleSpec>,
+}
+
+/// One rule: a condition on the line and the event it emits.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Name for counts and messages (defaults to the rule's index).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Regular expression (Rust `regex` syntax) matched against the message.
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// For JSON lines: conditions `path = "regex"` that must all match.
+    #[serde(default)]
+    pub json_match: BTreeMap<String, String>,
+    /// The event pattern to emit; `"none"` matches the line but emits nothing (known noise).
+    pub pattern: String,
+    /// How to read the `time` field (strftime, e.g. `%d/%b/%Y:%H:%M:%S %z`; `rfc3339`;
+    /// `epoch`; `epoch_ms`). Without it, `time` must be RFC 3339.
+    #[serde(default)]
+    pub time_format: Option<String>,
+    /// Field templates.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+}
+
+/// A sample line and a short statement of what it produces.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SampleSpec {
+    /// The input line, as it appears in the log file.
+    pub line: String,
+    /// What it yields, e.g. `login outcome=0 user=alice`, or `nothing`.
+    pub yields: String,
+}
+
+/// A file of parsers (the form presets are stored in).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParserFile {
+    /// The parsers in the file.
+    pub parsers: Vec<ParserSpec>,
+}
