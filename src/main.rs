@@ -1,1 +1,288 @@
-fn main() {}
+//! `balp-agent` command line: run, check, test, presets (SPEC §2).
+
+use anyhow::{Context, Result};
+use balp_agent::config::{self, Config};
+use balp_agent::parse::presets;
+use balp_agent::pipeline::{self, RunOptions, SourceProcessor};
+use balp_agent::shutdown;
+use balp_agent::source::{LineFlags, LogLine, StreamId, to_text};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(name = "balp-agent", version, about = "Log lines in, IHE BALP AuditEvents out")]
+struct Cli {
+    /// Config file.
+    #[arg(short, long, global = true, default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Format of the agent's own log on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Level of the agent's own log (error, warn, info, debug, trace); RUST_LOG overrides.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the agent (until SIGTERM/SIGINT).
+    Run {
+        /// Read what the sources hold now, deliver it, save positions and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Validate the config; every problem is listed as PATH:LINE:COL: key.path: message.
+    Check,
+    /// Run lines from FILE (or stdin) through a source's decoder and parsers; print each
+    /// AuditEvent as one JSON line on stdout and a summary on stderr.
+    Test {
+        /// The source whose decoder and parsers to use.
+        #[arg(long)]
+        source: String,
+        /// Input file (default: stdin).
+        file: Option<PathBuf>,
+    },
+    /// List the built-in parser presets, or print one.
+    Presets {
+        #[command(subcommand)]
+        action: Option<PresetsAction>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PresetsAction {
+    /// Print a preset as TOML.
+    Show {
+        /// Preset name.
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    let result = match &cli.command {
+        Command::Run { once } => cmd_run(&cli.config, *once),
+        Command::Check => cmd_check(&cli.config),
+        Command::Test { source, file } => cmd_test(&cli.config, source, file.as_deref()),
+        Command::Presets { action } => cmd_presets(action.as_ref()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("balp-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Log lines may echo attacker-controlled text: no ANSI escapes unless on a terminal.
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        for p in &e.problems {
+            eprintln!("{p}");
+        }
+        ExitCode::FAILURE
+    })
+}
+
+fn cmd_check(path: &std::path::Path) -> Result<ExitCode> {
+    match load_config(path) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok ({} source(s), {} parser(s), output {:?})",
+                path.display(),
+                cfg.sources.len(),
+                cfg.parsers.len(),
+                cfg.output.output_type
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(code) => Ok(code),
+    }
+}
+
+fn cmd_run(path: &std::path::Path, once: bool) -> Result<ExitCode> {
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let (trigger, _) = shutdown::channel();
+        let trigger = Arc::new(trigger);
+        let signals = tokio::spawn(watch_signals(trigger.clone()));
+        let result = pipeline::run(cfg, RunOptions { once }, &trigger).await;
+        signals.abort();
+        result.map(|()| ExitCode::SUCCESS).map_err(anyhow::Error::from)
+    })
+}
+
+async fn watch_signals(trigger: Arc<shutdown::ShutdownTrigger>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: draining and stopping"); trigger.trigger(); }
+            _ = int.recv() => { tracing::info!("SIGINT: draining and stopping"); trigger.trigger(); }
+            _ = hup.recv() => {
+                tracing::warn!("SIGHUP: configuration reload is not supported yet; restart the service to apply changes");
+            }
+        }
+    }
+}
+
+fn cmd_test(path: &std::path::Path, source: &str, file: Option<&std::path::Path>) -> Result<ExitCode> {
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let Some(src) = cfg.source(source) else {
+        eprintln!(
+            "{}: no source named {source:?} (sources: {})",
+            path.display(),
+            cfg.sources.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let mut processor = match SourceProcessor::build(&cfg, src) {
+        Ok(p) => p,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("{}: {p}", path.display());
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let (label, reader): (String, Box<dyn BufRead>) = match file {
+        Some(f) => (
+            f.display().to_string(),
+            Box::new(std::io::BufReader::new(
+                std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?,
+            )),
+        ),
+        None => ("-".to_owned(), Box::new(std::io::BufReader::new(std::io::stdin()))),
+    };
+    let stream = Arc::new(StreamId {
+        source: Arc::from(source),
+        key: format!("test:{label}"),
+        path: PathBuf::from(&label),
+    });
+    let max = src.max_line_bytes.0 as usize;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut reader = reader;
+    let mut buf = Vec::new();
+    let mut offset = 0u64;
+    let mut truncated = 0u64;
+    let mut invalid = 0u64;
+    let now = jiff::Timestamp::now();
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("reading {label}"))?;
+        if n == 0 {
+            break;
+        }
+        let start = offset;
+        offset += n as u64;
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        }
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+        let mut flags = LineFlags::default();
+        if buf.len() > max {
+            buf.truncate(max);
+            flags.truncated = true;
+            truncated += 1;
+        }
+        let (text, bad) = to_text(&buf);
+        flags.invalid_utf8 = bad;
+        invalid += u64::from(bad);
+        let line = LogLine {
+            stream: stream.clone(),
+            offset: start,
+            end: offset,
+            text,
+            flags,
+        };
+        for record in processor.process(&line, now) {
+            writeln!(out, "{}", record.json)?;
+        }
+    }
+    out.flush()?;
+    let s = &processor.stats;
+    eprintln!(
+        "lines read: {}\nevents: {}\nunmatched: {}\nmalformed (decoder): {}\ntruncated: {truncated}\ninvalid utf-8: {invalid}",
+        s.lines, s.events, s.unmatched, s.malformed
+    );
+    for name in processor.parser_names() {
+        let n = processor.stats.matched.get(&name).copied().unwrap_or(0);
+        eprintln!("parser {name}: matched {n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_presets(action: Option<&PresetsAction>) -> Result<ExitCode> {
+    match action {
+        None => {
+            for spec in presets::all() {
+                println!("{:<18} {}", spec.name, spec.description);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(PresetsAction::Show { name }) => match presets::source_text(name) {
+            Some(text) => {
+                print!("{text}");
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                eprintln!(
+                    "no preset named {name:?}; available: {}",
+                    presets::names().join(", ")
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        },
+    }
+}

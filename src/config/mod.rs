@@ -522,7 +522,45 @@ pub struct ConfigError {
 impl Config {
     /// Read, validate and deserialize a config file. All problems are reported together.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        check::load(path)
+        let mut config = check::load(path)?;
+        if let Some(dir) = path.parent() {
+            config.resolve_relative(dir);
+        }
+        Ok(config)
+    }
+
+    /// Make relative paths (state dir, include globs, output path, credential and TLS files)
+    /// relative to `base`, the directory of the config file, so the agent behaves the same
+    /// whatever its working directory.
+    pub fn resolve_relative(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.agent.state_dir);
+        for source in &mut self.sources {
+            for glob in &mut source.include {
+                if Path::new(glob.as_str()).is_relative() {
+                    *glob = base.join(glob.as_str()).to_string_lossy().into_owned();
+                }
+            }
+        }
+        let out = &mut self.output;
+        for p in [
+            &mut out.path,
+            &mut out.auth.token_file,
+            &mut out.auth.password_file,
+            &mut out.auth.client_secret_file,
+            &mut out.tls.ca_file,
+            &mut out.tls.client_cert_file,
+            &mut out.tls.client_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
     }
 
     /// The host name to use: configured, else the system's.
