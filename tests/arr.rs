@@ -21,7 +21,11 @@ fn read_response(stream: &mut StdStream) -> (u16, String, String) {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
-        assert_eq!(stream.read(&mut byte).unwrap(), 1, "connection closed early");
+        assert_eq!(
+            stream.read(&mut byte).unwrap(),
+            1,
+            "connection closed early"
+        );
         buf.push(byte[0]);
     }
     let head = String::from_utf8(buf).unwrap().to_ascii_lowercase();
@@ -105,10 +109,15 @@ fn arr_hang_and_close_and_stop_on_drop() {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     post(&mut s, &bundle(&["a"]), "");
     let mut rest = Vec::new();
-    assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0, "closed without a reply");
+    assert_eq!(
+        s.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "closed without a reply"
+    );
 
     let mut h = StdStream::connect(arr.addr()).unwrap();
-    h.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    h.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     post(&mut h, &bundle(&["b"]), "");
     let mut byte = [0u8; 1];
     assert!(h.read(&mut byte).is_err(), "hang sends nothing");

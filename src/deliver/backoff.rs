@@ -115,7 +115,10 @@ mod tests {
             low |= d < Duration::from_millis(100);
             high |= d > Duration::from_millis(900);
         }
-        assert!(low && high, "full jitter must reach both ends of [0, ceiling]");
+        assert!(
+            low && high,
+            "full jitter must reach both ends of [0, ceiling]"
+        );
     }
 
     #[test]
@@ -142,7 +145,10 @@ mod tests {
     fn retry_after_delta_seconds() {
         let now = SystemTime::now();
         assert_eq!(parse_retry_after("1", now), Some(Duration::from_secs(1)));
-        assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(parse_retry_after("0", now), Some(Duration::ZERO));
         assert_eq!(
             parse_retry_after("99999999999999999999999", now),

@@ -54,7 +54,13 @@ impl DeadLetters {
         };
         let name = names.next_name(bundle_id);
         let dir = names.dir().to_path_buf();
-        let doc = letter(bundle_json, status, response, url, &Stamp::now_utc().to_instant());
+        let doc = letter(
+            bundle_json,
+            status,
+            response,
+            url,
+            &Stamp::now_utc().to_instant(),
+        );
         blocking(&self.dir, move || write_atomic(&dir, &name, doc.as_bytes())).await
     }
 }
@@ -113,7 +119,13 @@ mod tests {
             .await
             .unwrap();
         assert!(p.starts_with(tmp.path().join("dead-letter")));
-        assert!(p.file_name().unwrap().to_str().unwrap().ends_with("-b1.json"));
+        assert!(
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .ends_with("-b1.json")
+        );
         let meta = std::fs::metadata(&p).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         let dmeta = std::fs::metadata(dl.dir()).unwrap();

@@ -174,11 +174,20 @@ mod tests {
             .map(|e| e.unwrap().path())
             .collect();
         listed.sort();
-        assert_eq!(listed, written, "no temporaries left, lexical order = write order");
+        assert_eq!(
+            listed, written,
+            "no temporaries left, lexical order = write order"
+        );
         for (i, p) in listed.iter().enumerate() {
             let name = p.file_name().unwrap().to_str().unwrap();
-            assert!(name.ends_with(&format!("-{}.json", ["c", "b", "a"][i])), "{name}");
-            assert_eq!(std::fs::read_to_string(p).unwrap(), format!("{{\"n\":{i}}}"));
+            assert!(
+                name.ends_with(&format!("-{}.json", ["c", "b", "a"][i])),
+                "{name}"
+            );
+            assert_eq!(
+                std::fs::read_to_string(p).unwrap(),
+                format!("{{\"n\":{i}}}")
+            );
         }
     }
 

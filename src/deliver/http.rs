@@ -141,7 +141,10 @@ fn basic(username: &str, password_file: &Path) -> Result<HeaderValue, String> {
 /// What one Bundle came to.
 enum Sent {
     Accepted,
-    DeadLettered { status: u16, path: PathBuf },
+    DeadLettered {
+        status: u16,
+        path: PathBuf,
+    },
     /// 413 on a Bundle that can be split.
     TooLarge,
     Interrupted,
@@ -206,11 +209,11 @@ impl HttpOutput {
     /// Build the client from `[output]`; dead letters go under `state_dir`.
     pub fn new(o: &OutputConfig, state_dir: &Path) -> Result<HttpOutput, DeliverError> {
         let setup = DeliverError::Setup;
-        let raw_url = o.url.as_deref().ok_or_else(|| {
-            setup("output.url: required when output.type = \"http\"".into())
-        })?;
-        let url = reqwest::Url::parse(raw_url)
-            .map_err(|e| setup(format!("output.url: {e}")))?;
+        let raw_url = o
+            .url
+            .as_deref()
+            .ok_or_else(|| setup("output.url: required when output.type = \"http\"".into()))?;
+        let url = reqwest::Url::parse(raw_url).map_err(|e| setup(format!("output.url: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(setup(format!(
                 "output.url: scheme must be http or https, not {}",
@@ -250,9 +253,8 @@ impl HttpOutput {
         if let Some(ca) = &tls.ca_file {
             let pem = std::fs::read(ca)
                 .map_err(|e| setup(format!("output.tls.ca_file: {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                setup(format!("output.tls.ca_file: {}: {e}", ca.display()))
-            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| setup(format!("output.tls.ca_file: {}: {e}", ca.display())))?;
             if certs.is_empty() {
                 return Err(setup(format!(
                     "output.tls.ca_file: {}: no PEM certificate found",
@@ -264,11 +266,17 @@ impl HttpOutput {
         match (&tls.client_cert_file, &tls.client_key_file) {
             (Some(cert), Some(key)) => {
                 let mut pem = std::fs::read(cert).map_err(|e| {
-                    setup(format!("output.tls.client_cert_file: {}: {e}", cert.display()))
+                    setup(format!(
+                        "output.tls.client_cert_file: {}: {e}",
+                        cert.display()
+                    ))
                 })?;
                 pem.push(b'\n');
                 pem.extend(std::fs::read(key).map_err(|e| {
-                    setup(format!("output.tls.client_key_file: {}: {e}", key.display()))
+                    setup(format!(
+                        "output.tls.client_key_file: {}: {e}",
+                        key.display()
+                    ))
                 })?);
                 let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
                     setup(format!(
@@ -325,7 +333,8 @@ impl HttpOutput {
         }
         let mut result = Delivery::Accepted;
         // A stack of event ranges still to send; the top is the earliest.
-        let mut pending: Vec<Range<usize>> = vec![0..n];
+        let mut pending: Vec<Range<usize>> = Vec::with_capacity(8);
+        pending.push(0..n);
         while let Some(range) = pending.pop() {
             let part;
             let bundle = if range.len() == n {
@@ -389,11 +398,9 @@ impl HttpOutput {
                         events::bundle_sent(&id, events_n, &self.target);
                         return Ok(Sent::Accepted);
                     }
-                    Class::Transient => (
-                        format!("HTTP {status}"),
-                        backoff.next_delay(),
-                        retry_after,
-                    ),
+                    Class::Transient => {
+                        (format!("HTTP {status}"), backoff.next_delay(), retry_after)
+                    }
                     Class::Unauthorized if !reloaded_after_401 => {
                         reloaded_after_401 = true;
                         self.auth.reload();
@@ -748,7 +755,10 @@ mod tests {
         assert_ne!(bundles[0]["id"], b.id().to_string());
         let reqs = arr.requests();
         assert_eq!(reqs.len(), 3);
-        assert_ne!(reqs[1].header("x-request-id"), reqs[2].header("x-request-id"));
+        assert_ne!(
+            reqs[1].header("x-request-id"),
+            reqs[2].header("x-request-id")
+        );
     }
 
     #[tokio::test]
@@ -758,8 +768,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut out = output(&config(&arr.url()), tmp.path());
         let got = out.deliver(&batch(1..3), &Shutdown::never()).await.unwrap();
-        assert!(matches!(got, Delivery::DeadLettered { status: 413, .. }), "{got:?}");
-        assert_eq!(arr.accepted_event_ids(), vec![uuid::Uuid::from_u128(2).to_string()]);
+        assert!(
+            matches!(got, Delivery::DeadLettered { status: 413, .. }),
+            "{got:?}"
+        );
+        assert_eq!(
+            arr.accepted_event_ids(),
+            vec![uuid::Uuid::from_u128(2).to_string()]
+        );
     }
 
     #[tokio::test]
@@ -782,7 +798,10 @@ mod tests {
         let reqs = arr.requests();
         assert_eq!(reqs[0].header("authorization"), Some("Bearer old"));
         assert_eq!(reqs[1].header("authorization"), Some("Bearer new"));
-        assert!(!format!("{out:?}").contains("new"), "secrets stay out of Debug");
+        assert!(
+            !format!("{out:?}").contains("new"),
+            "secrets stay out of Debug"
+        );
     }
 
     #[tokio::test]

@@ -14,10 +14,8 @@ impl StdoutOutput {
     pub async fn write(&mut self, json: String) -> Result<(), DeliverError> {
         let path = PathBuf::from("<stdout>");
         super::directory::blocking(&path.clone(), move || {
-            write_line(&mut std::io::stdout().lock(), &json).map_err(|source| DeliverError::Io {
-                path,
-                source,
-            })
+            write_line(&mut std::io::stdout().lock(), &json)
+                .map_err(|source| DeliverError::Io { path, source })
         })
         .await
     }

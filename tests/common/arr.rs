@@ -266,7 +266,11 @@ fn event_ids(bundle: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn serve(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let Ok(listener) = TcpListener::from_std(listener) else {
         return;
     };
@@ -339,7 +343,11 @@ async fn connection(mut stream: TcpStream, shared: Arc<Shared>) {
         let body = if gzipped {
             let mut out = Vec::new();
             let limit = u64::try_from(max_body).unwrap_or(u64::MAX) + 1;
-            if GzDecoder::new(&raw[..]).take(limit).read_to_end(&mut out).is_err() {
+            if GzDecoder::new(&raw[..])
+                .take(limit)
+                .read_to_end(&mut out)
+                .is_err()
+            {
                 record(&shared, &head, raw.clone(), len, Reply::Status(400));
                 let _ = respond(&mut stream, 400, &outcome("bad gzip"), None, true).await;
                 return;
@@ -369,13 +377,19 @@ async fn connection(mut stream: TcpStream, shared: Arc<Shared>) {
             }
             Reply::CloseConnection => return,
             Reply::StatusWithRetryAfter(s, ref ra) => {
-                if respond(&mut stream, s, &response_body, Some(ra), close).await.is_err() {
+                if respond(&mut stream, s, &response_body, Some(ra), close)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
             Reply::Ok | Reply::Status(_) | Reply::StatusWithBody(..) => {
                 let s = reply.status().unwrap_or(200);
-                if respond(&mut stream, s, &response_body, None, close).await.is_err() {
+                if respond(&mut stream, s, &response_body, None, close)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
