@@ -1,0 +1,557 @@
+//! A scriptable test Audit Record Repository: a small HTTP/1.1 server on 127.0.0.1.
+//!
+//! It runs on its own thread with its own tokio runtime, so sync and async tests can both use
+//! it, and it stops (closing every connection, hung ones included) when dropped. Each request
+//! is answered with the next scripted [`Reply`], then with random 503s at the `fail_ratio`,
+//! then with the default reply. Every request is recorded with its arrival time, lowercased
+//! headers and decoded (gunzipped) body. Bodies are read by `Content-Length` only (which is
+//! what reqwest sends); connections are kept alive; sizes are bounded.
+#![allow(dead_code)]
+
+use flate2::read::GzDecoder;
+use std::collections::VecDeque;
+use std::io::Read;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Largest request head (request line + headers).
+const MAX_HEAD: usize = 64 * 1024;
+/// Default largest request body (raw and decoded); larger ones get 413.
+const DEFAULT_MAX_BODY: usize = 64 << 20;
+
+/// How the server answers one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// 200 with a batch-response Bundle (for batch/transaction) or an OperationOutcome.
+    Ok,
+    /// This status with an OperationOutcome body.
+    Status(u16),
+    /// This status with a `Retry-After` header of this value.
+    StatusWithRetryAfter(u16, String),
+    /// This status with this body (sent as `application/fhir+json`).
+    StatusWithBody(u16, String),
+    /// Read the request, then never answer (until the server is dropped).
+    Hang,
+    /// Read the request, then close the connection without answering.
+    CloseConnection,
+}
+
+impl Reply {
+    /// The HTTP status this reply sends, if it sends one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Reply::Ok => Some(200),
+            Reply::Status(s) | Reply::StatusWithRetryAfter(s, _) | Reply::StatusWithBody(s, _) => {
+                Some(*s)
+            }
+            Reply::Hang | Reply::CloseConnection => None,
+        }
+    }
+
+    fn is_success(&self) -> bool {
+        self.status().is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// When the request was fully read.
+    pub time: Instant,
+    /// `POST`, …
+    pub method: String,
+    /// The request target, e.g. `/fhir`.
+    pub path: String,
+    /// Headers in arrival order, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// The body, gunzipped if `Content-Encoding: gzip`.
+    pub body: Vec<u8>,
+    /// The body's size on the wire.
+    pub raw_len: usize,
+    /// How the server answered.
+    pub reply: Reply,
+}
+
+impl Recorded {
+    /// The first value of a header (name matched case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    script: VecDeque<Reply>,
+    default: Reply,
+    fail_ratio: f64,
+    max_body: usize,
+    requests: Vec<Recorded>,
+    accepted_events: usize,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking test thread must not hide the recorded requests from the others.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The running test ARR; stops when dropped.
+pub struct Arr {
+    addr: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Arr {
+    /// Start on a free port of 127.0.0.1.
+    pub fn start() -> Arr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("local addr");
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                script: VecDeque::new(),
+                default: Reply::Ok,
+                fail_ratio: 0.0,
+                max_body: DEFAULT_MAX_BODY,
+                requests: Vec::new(),
+                accepted_events: 0,
+            }),
+            changed: Condvar::new(),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let server_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("test-arr".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(serve(listener, server_shared, stop_rx));
+                // Dropping the runtime cancels every connection task, hung ones included.
+            })
+            .expect("spawn test ARR thread");
+        Arr {
+            addr,
+            shared,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The URL to POST Bundles to, e.g. `http://127.0.0.1:PORT/fhir`.
+    pub fn url(&self) -> String {
+        format!("http://{}/fhir", self.addr)
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Replies for the next requests, used in order before the default.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.shared.lock().script.extend(replies);
+    }
+
+    /// The reply once the script is used up (initially [`Reply::Ok`]).
+    pub fn set_default(&self, reply: Reply) {
+        self.shared.lock().default = reply;
+    }
+
+    /// Answer this share (0.0–1.0) of unscripted requests with 503.
+    pub fn fail_ratio(&self, ratio: f64) {
+        self.shared.lock().fail_ratio = ratio.clamp(0.0, 1.0);
+    }
+
+    /// Bodies larger than this (on the wire or gunzipped) get 413 (default 64 MiB).
+    pub fn set_max_body(&self, bytes: usize) {
+        self.shared.lock().max_body = bytes;
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// The bodies answered with 2xx, parsed as JSON, in order.
+    pub fn accepted_bundles(&self) -> Vec<serde_json::Value> {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.reply.is_success())
+            .filter_map(Recorded::json)
+            .collect()
+    }
+
+    /// `entry[].resource.id` of the accepted Bundles, in order.
+    pub fn accepted_event_ids(&self) -> Vec<String> {
+        self.accepted_bundles()
+            .iter()
+            .flat_map(|b| event_ids(b).into_iter())
+            .collect()
+    }
+
+    /// Wait until at least `n` events were accepted; false on timeout.
+    pub fn wait_for_events(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_until(timeout, |s| s.accepted_events >= n)
+    }
+
+    /// Wait until at least `n` requests arrived; false on timeout.
+    pub fn wait_for_requests(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_until(timeout, |s| s.requests.len() >= n)
+    }
+
+    fn wait_until(&self, timeout: Duration, done: impl Fn(&State) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        loop {
+            if done(&state) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+impl Drop for Arr {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn event_ids(bundle: &serde_json::Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Ok(listener) = TcpListener::from_std(listener) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    tokio::spawn(connection(stream, shared.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// A parsed request head.
+struct Head {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    close: bool,
+}
+
+impl Head {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Serve requests on one connection until it closes or a reply ends it.
+async fn connection(mut stream: TcpStream, shared: Arc<Shared>) {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let Some((head, head_len)) = read_head(&mut stream, &mut buf).await else {
+            return;
+        };
+        buf.drain(..head_len);
+        let max_body = shared.lock().max_body;
+        if head.get("transfer-encoding").is_some() {
+            let _ = respond(&mut stream, 411, "", None, true).await;
+            return;
+        }
+        let len: usize = match head.get("content-length").map(str::parse) {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => {
+                let _ = respond(&mut stream, 400, "", None, true).await;
+                return;
+            }
+        };
+        if len > max_body {
+            record(&shared, &head, Vec::new(), len, Reply::Status(413));
+            let _ = respond(&mut stream, 413, &outcome("too large"), None, true).await;
+            return;
+        }
+        while buf.len() < len {
+            let mut chunk = [0u8; 16 * 1024];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let raw: Vec<u8> = buf.drain(..len).collect();
+        let gzipped = head
+            .get("content-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+        let body = if gzipped {
+            let mut out = Vec::new();
+            let limit = u64::try_from(max_body).unwrap_or(u64::MAX) + 1;
+            if GzDecoder::new(&raw[..])
+                .take(limit)
+                .read_to_end(&mut out)
+                .is_err()
+            {
+                record(&shared, &head, raw.clone(), len, Reply::Status(400));
+                let _ = respond(&mut stream, 400, &outcome("bad gzip"), None, true).await;
+                return;
+            }
+            out
+        } else {
+            raw
+        };
+        let reply = if body.len() > max_body {
+            Reply::Status(413)
+        } else {
+            next_reply(&shared)
+        };
+        let response_body = match &reply {
+            Reply::Ok => ok_body(&body),
+            Reply::StatusWithBody(_, b) => b.clone(),
+            Reply::Status(s) | Reply::StatusWithRetryAfter(s, _) => {
+                outcome(&format!("scripted status {s}"))
+            }
+            Reply::Hang | Reply::CloseConnection => String::new(),
+        };
+        record(&shared, &head, body, len, reply.clone());
+        let close = head.close || reply == Reply::Status(413);
+        match reply {
+            Reply::Hang => {
+                std::future::pending::<()>().await;
+            }
+            Reply::CloseConnection => return,
+            Reply::StatusWithRetryAfter(s, ref ra) => {
+                if respond(&mut stream, s, &response_body, Some(ra), close)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Reply::Ok | Reply::Status(_) | Reply::StatusWithBody(..) => {
+                let s = reply.status().unwrap_or(200);
+                if respond(&mut stream, s, &response_body, None, close)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        if close {
+            return;
+        }
+    }
+}
+
+fn next_reply(shared: &Shared) -> Reply {
+    let mut s = shared.lock();
+    if let Some(r) = s.script.pop_front() {
+        return r;
+    }
+    if s.fail_ratio > 0.0 && fastrand::f64() < s.fail_ratio {
+        return Reply::Status(503);
+    }
+    s.default.clone()
+}
+
+fn record(shared: &Shared, head: &Head, body: Vec<u8>, raw_len: usize, reply: Reply) {
+    let r = Recorded {
+        time: Instant::now(),
+        method: head.method.clone(),
+        path: head.path.clone(),
+        headers: head.headers.clone(),
+        body,
+        raw_len,
+        reply,
+    };
+    let mut s = shared.lock();
+    if r.reply.is_success() {
+        s.accepted_events += r.json().map_or(0, |b| event_ids(&b).len());
+    }
+    s.requests.push(r);
+    drop(s);
+    shared.changed.notify_all();
+}
+
+/// Read until a complete head is buffered; `None` when the connection ends or misbehaves.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Head, usize)> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let text = std::str::from_utf8(&buf[..end]).ok()?;
+            let mut lines = text.split("\r\n");
+            let mut first = lines.next()?.split(' ');
+            let method = first.next()?.to_owned();
+            let path = first.next()?.to_owned();
+            let version = first.next()?.to_owned();
+            let mut headers = Vec::new();
+            for line in lines {
+                let (n, v) = line.split_once(':')?;
+                headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+            let conn = headers
+                .iter()
+                .find(|(n, _)| n == "connection")
+                .map(|(_, v)| v.to_ascii_lowercase());
+            let close = match conn.as_deref() {
+                Some("close") => true,
+                Some("keep-alive") => false,
+                _ => version != "HTTP/1.1",
+            };
+            return Some((
+                Head {
+                    method,
+                    path,
+                    headers,
+                    close,
+                },
+                end + 4,
+            ));
+        }
+        if buf.len() > MAX_HEAD {
+            return None;
+        }
+        let mut chunk = [0u8; 8 * 1024];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    body: &str,
+    retry_after: Option<&str>,
+    close: bool,
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n",
+        reason(status),
+        body.len()
+    );
+    if let Some(ra) = retry_after {
+        head.push_str(&format!("Retry-After: {ra}\r\n"));
+    }
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.flush().await
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+fn outcome(text: &str) -> String {
+    serde_json::json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "processing", "diagnostics": text}]
+    })
+    .to_string()
+}
+
+/// A batch-response (or transaction-response) with one `201` per entry, or an informational
+/// OperationOutcome for other bodies.
+fn ok_body(request: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(request).ok();
+    let kind = parsed.as_ref().and_then(|b| b["type"].as_str());
+    match (kind, &parsed) {
+        (Some(t @ ("batch" | "transaction")), Some(b)) => {
+            let n = b["entry"].as_array().map_or(0, Vec::len);
+            let entries: Vec<_> = (0..n)
+                .map(|_| serde_json::json!({"response": {"status": "201 Created"}}))
+                .collect();
+            serde_json::json!({
+                "resourceType": "Bundle",
+                "type": format!("{t}-response"),
+                "entry": entries
+            })
+            .to_string()
+        }
+        _ => serde_json::json!({
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "information", "code": "informational", "diagnostics": "accepted"}]
+        })
+        .to_string(),
+    }
+}
