@@ -132,10 +132,10 @@ fn arr_503_then_recovery_delivers_everything_with_a_stable_request_id() {
     assert!(agent.stop().success());
     let reqs = arr.requests();
     assert!(reqs.len() >= 4, "three failures then success");
-    let first_id = reqs[0].headers.get("x-request-id").cloned();
+    let first_id = reqs[0].header("x-request-id").map(str::to_owned);
     assert!(first_id.is_some());
-    assert!(reqs[..4].iter().all(|r| r.headers.get("x-request-id") == first_id.as_ref()));
-    assert_eq!(reqs[0].headers.get("content-type").map(String::as_str), Some("application/fhir+json"));
+    assert!(reqs[..4].iter().all(|r| r.header("x-request-id").map(str::to_owned) == first_id));
+    assert_eq!(reqs[0].header("content-type"), Some("application/fhir+json"));
     assert_no_loss_no_dup(&arr, 10);
 }
 
