@@ -45,8 +45,11 @@ pub fn key(id: FileId, head_crc: u32) -> String {
 ///
 /// `data` is what the file starts with; `settled` says whether a shorter, newline-less `data`
 /// is final anyway (the file is being released and will not grow any more). Returns `None`
-/// while the head may still change.
+/// while the head may still change, and for an empty file (it has no stream yet).
 pub fn head_crc(data: &[u8], settled: bool) -> Option<u32> {
+    if data.is_empty() {
+        return None;
+    }
     let window = &data[..data.len().min(HEAD_BYTES)];
     match memchr::memchr(b'\n', window) {
         Some(nl) => Some(crc32c::crc32c(&window[..nl])),
@@ -81,6 +84,7 @@ mod tests {
     #[test]
     fn head_needs_a_complete_first_line_or_enough_bytes() {
         assert_eq!(head_crc(b"", false), None);
+        assert_eq!(head_crc(b"", true), None);
         assert_eq!(head_crc(b"partial", false), None);
         assert_eq!(head_crc(b"partial", true), Some(crc32c::crc32c(b"partial")));
         assert_eq!(head_crc(b"one\ntwo\n", false), Some(crc32c::crc32c(b"one")));
@@ -111,7 +115,10 @@ mod tests {
         let reopened = File::open(&b).unwrap();
         let id2 = FileId::of(&reopened.metadata().unwrap());
         assert_eq!(id, id2);
-        assert_eq!(Some(before.clone()), file_key(&reopened, id2, false).unwrap());
+        assert_eq!(
+            Some(before.clone()),
+            file_key(&reopened, id2, false).unwrap()
+        );
         assert!(before.starts_with(&format!("file:{}:{}:", id.dev, id.ino)));
     }
 

@@ -136,12 +136,14 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Posit
 
 fn read_state(path: &Path) -> Result<Option<StateFile>, PositionsError> {
     match std::fs::read(path) {
-        Ok(bytes) => StateFile::from_json(&bytes)
-            .map(Some)
-            .map_err(|message| PositionsError::Format {
-                path: path.to_path_buf(),
-                message,
-            }),
+        Ok(bytes) => {
+            StateFile::from_json(&bytes)
+                .map(Some)
+                .map_err(|message| PositionsError::Format {
+                    path: path.to_path_buf(),
+                    message,
+                })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err("read", path)(e)),
     }
@@ -354,7 +356,10 @@ mod tests {
         p.forget(&cp("b", "file:1:3:bb", 0).stream);
         p.persist().unwrap();
         let again = Positions::load(&dir).unwrap();
-        assert_eq!(again.known("a"), BTreeMap::from([("file:1:2:aa".to_owned(), 20)]));
+        assert_eq!(
+            again.known("a"),
+            BTreeMap::from([("file:1:2:aa".to_owned(), 20)])
+        );
         assert!(again.known("b").is_empty());
 
         // A corrupt main file falls back to the previous generation.

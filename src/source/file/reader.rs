@@ -183,7 +183,10 @@ impl LineReader {
 
     /// Hand out the pending incomplete line, if any (the file is being released and will not
     /// grow any more). Its `end` is the end of the data read.
-    pub fn finish<E>(&mut self, emit: &mut dyn FnMut(RawLine<'_>) -> Result<(), E>) -> Result<(), E> {
+    pub fn finish<E>(
+        &mut self,
+        emit: &mut dyn FnMut(RawLine<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         if !self.has_pending() {
             return Ok(());
         }
@@ -373,9 +376,21 @@ mod tests {
             Ok(())
         };
         let o = r.read(&file, &mut buf, 8, 4, &mut emit).ok().unwrap();
-        assert_eq!(o, ReadOutcome { bytes: 4, more: true });
+        assert_eq!(
+            o,
+            ReadOutcome {
+                bytes: 4,
+                more: true
+            }
+        );
         let o = r.read(&file, &mut buf, 8, 4, &mut emit).ok().unwrap();
-        assert_eq!(o, ReadOutcome { bytes: 4, more: false });
+        assert_eq!(
+            o,
+            ReadOutcome {
+                bytes: 4,
+                more: false
+            }
+        );
         assert_eq!(n, 4);
     }
 }
