@@ -639,6 +639,23 @@ mod tests {
     }
 
     #[test]
+    fn rotated_file_with_only_a_partial_line_is_released_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        let cfg = config(&[&log], ReadFrom::Beginning);
+        std::fs::write(&log, b"no newline yet").unwrap();
+        let mut h = start(&cfg, BTreeMap::new(), false);
+        assert!(h.quiet(Duration::from_millis(50)).is_empty());
+        std::fs::rename(&log, dir.path().join("app.log.1")).unwrap();
+        let lines = h.lines(1);
+        assert_eq!(
+            (lines[0].text.as_str(), lines[0].end),
+            ("no newline yet", 14)
+        );
+        h.stop();
+    }
+
+    #[test]
     fn truncation_restarts_at_zero() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("a.log");

@@ -323,8 +323,10 @@ impl Follower {
             self.last_report = Instant::now();
         }
         if let Some(gone) = &mut self.gone {
-            let at_end = !polled.more && self.reader.position() >= size;
-            if bytes > 0 || grew || !at_end {
+            // Idle = no growth and nothing read. Not "read position == size": a file whose only
+            // content is an incomplete first line is never read before its release, and
+            // `release` reads whatever is left anyway.
+            if bytes > 0 || grew || polled.more {
                 gone.idle_since = None;
             } else if gone.idle_since.get_or_insert_with(Instant::now).elapsed() >= release_after {
                 self.release(buf, sink)?;
