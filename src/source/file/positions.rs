@@ -1,0 +1,421 @@
+//! Persisted read positions of all file streams: `<state_dir>/positions.json`.
+//!
+//! In: [`Checkpoint`]s from the pipeline (sent only once everything before them is safe) and
+//! forgotten streams. Out: per source, stream key → offset to resume at.
+//!
+//! Guarantees:
+//! * writes are atomic: tmp file → fsync → the previous file is kept as `positions.json.bak`
+//!   → rename → fsync of the directory; files are 0600, the directory 0700;
+//! * a missing file means "no positions"; a corrupt one falls back to the `.bak`, else to
+//!   nothing, with a loud error, and never stops start-up;
+//! * the format is a versioned, tagged enum ([`StateFile`]): a format change is a new
+//!   variant, never a silent reinterpretation;
+//! * entries expire on load when they were last seen more than [`EXPIRE_AFTER`] before the
+//!   newest entry in the file (the agent's own clock of activity, not the wall clock, so a
+//!   long downtime does not wipe every position). Streams the source still follows are
+//!   refreshed at least hourly (it reports their position even when idle).
+
+use crate::source::{Checkpoint, StreamId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Entries not seen for this long (relative to the newest entry) are dropped on load.
+pub const EXPIRE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+const FILE_NAME: &str = "positions.json";
+const BAK_NAME: &str = "positions.json.bak";
+const TMP_NAME: &str = "positions.json.tmp";
+
+/// Why positions could not be loaded or written.
+#[derive(Debug, thiserror::Error)]
+pub enum PositionsError {
+    /// A file system operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file does not hold a known format.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// One stream's saved position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// `[[sources]] name`.
+    pub source: String,
+    /// Stream key (see `identity`).
+    pub key: String,
+    /// Where the stream was last seen (for humans).
+    pub path: PathBuf,
+    /// Resume here.
+    pub offset: u64,
+    /// Seconds since the Unix epoch when the position last changed or was confirmed.
+    pub last_seen: u64,
+}
+
+/// The on-disk format, one variant per version (`{"version": 1, "positions": [...]}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateFile {
+    /// Version 1.
+    V1 {
+        /// All entries.
+        positions: Vec<Entry>,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct V1Repr {
+    version: u32,
+    positions: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+struct VersionOnly {
+    version: u32,
+}
+
+impl StateFile {
+    fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        match self {
+            StateFile::V1 { positions } => serde_json::to_vec_pretty(&V1Repr {
+                version: 1,
+                positions: positions.clone(),
+            }),
+        }
+    }
+
+    fn from_json(bytes: &[u8]) -> Result<StateFile, String> {
+        let v: VersionOnly = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        match v.version {
+            1 => {
+                let r: V1Repr = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+                Ok(StateFile::V1 {
+                    positions: r.positions,
+                })
+            }
+            other => Err(format!("unsupported positions format version {other}")),
+        }
+    }
+}
+
+/// The positions of all file sources, in memory, persisted on demand.
+#[derive(Debug)]
+pub struct Positions {
+    dir: PathBuf,
+    entries: BTreeMap<(String, String), Entry>,
+    dirty: bool,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PositionsError {
+    let path = path.to_path_buf();
+    move |source| PositionsError::Io { op, path, source }
+}
+
+fn read_state(path: &Path) -> Result<Option<StateFile>, PositionsError> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            StateFile::from_json(&bytes)
+                .map(Some)
+                .map_err(|message| PositionsError::Format {
+                    path: path.to_path_buf(),
+                    message,
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("read", path)(e)),
+    }
+}
+
+impl Positions {
+    /// Load `<state_dir>/positions.json` (missing = empty; corrupt → `.bak`, else empty, with
+    /// a loud error). Creates `state_dir` (0700) if needed; fails only if that is impossible.
+    pub fn load(state_dir: &Path) -> Result<Positions, PositionsError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(io_err("create directory", state_dir))?;
+        let main = state_dir.join(FILE_NAME);
+        let bak = state_dir.join(BAK_NAME);
+        let state = match read_state(&main) {
+            Ok(Some(s)) => Some(s),
+            Ok(None) => match read_state(&bak) {
+                // A crash can only leave the main file missing if it never existed; a lone
+                // .bak still beats starting from nothing.
+                Ok(Some(s)) => {
+                    tracing::warn!(path = %main.display(), "positions file missing; using the backup");
+                    Some(s)
+                }
+                _ => None,
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "positions file unreadable; trying the backup");
+                match read_state(&bak) {
+                    Ok(Some(s)) => {
+                        tracing::error!(path = %bak.display(), "read positions from the backup; streams may repeat lines read since");
+                        Some(s)
+                    }
+                    Ok(None) => {
+                        tracing::error!(path = %bak.display(), "no backup of the positions; starting without saved positions");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "backup of the positions unreadable too; starting without saved positions");
+                        None
+                    }
+                }
+            }
+        };
+        let mut entries = BTreeMap::new();
+        if let Some(StateFile::V1 { positions }) = state {
+            let newest = positions.iter().map(|e| e.last_seen).max().unwrap_or(0);
+            let cutoff = newest.saturating_sub(EXPIRE_AFTER.as_secs());
+            for e in positions {
+                if e.last_seen < cutoff {
+                    tracing::info!(source = %e.source, key = %e.key, path = %e.path.display(), "position expired: stream not seen for 7 days");
+                    continue;
+                }
+                entries.insert((e.source.clone(), e.key.clone()), e);
+            }
+        }
+        Ok(Positions {
+            dir: state_dir.to_path_buf(),
+            entries,
+            dirty: false,
+        })
+    }
+
+    /// Stream key → saved offset, for one source.
+    pub fn known(&self, source: &str) -> BTreeMap<String, u64> {
+        self.entries
+            .values()
+            .filter(|e| e.source == source)
+            .map(|e| (e.key.clone(), e.offset))
+            .collect()
+    }
+
+    /// Record a checkpoint as it is (the pipeline sends them in order, so a smaller offset
+    /// means the stream really restarted).
+    pub fn apply(&mut self, cp: &Checkpoint) {
+        let s = &cp.stream;
+        let entry = Entry {
+            source: s.source.to_string(),
+            key: s.key.clone(),
+            path: s.path.clone(),
+            offset: cp.offset,
+            last_seen: now_secs(),
+        };
+        self.entries
+            .insert((entry.source.clone(), entry.key.clone()), entry);
+        self.dirty = true;
+    }
+
+    /// Drop a stream that is gone for good.
+    pub fn forget(&mut self, stream: &StreamId) {
+        if self
+            .entries
+            .remove(&(stream.source.to_string(), stream.key.clone()))
+            .is_some()
+        {
+            self.dirty = true;
+        }
+    }
+
+    /// Whether something changed since the last successful [`Positions::persist`].
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Write atomically (see the module doc). A failure is counted and logged, and the
+    /// positions stay dirty so the next call tries again.
+    pub fn persist(&mut self) -> Result<(), PositionsError> {
+        match self.write() {
+            Ok(()) => {
+                self.dirty = false;
+                Ok(())
+            }
+            Err(e) => {
+                crate::events::position_write_failed(
+                    &self.dir.join(FILE_NAME).display().to_string(),
+                    &e.to_string(),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    fn write(&self) -> Result<(), PositionsError> {
+        let main = self.dir.join(FILE_NAME);
+        let bak = self.dir.join(BAK_NAME);
+        let tmp = self.dir.join(TMP_NAME);
+        let state = StateFile::V1 {
+            positions: self.entries.values().cloned().collect(),
+        };
+        let json = state.to_json().map_err(|e| PositionsError::Format {
+            path: main.clone(),
+            message: e.to_string(),
+        })?;
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io_err("create", &tmp))?;
+            f.write_all(&json).map_err(io_err("write", &tmp))?;
+            f.sync_all().map_err(io_err("fsync", &tmp))?;
+        }
+        // Keep the previous generation as .bak. A hard link keeps positions.json in place the
+        // whole time, so there is no moment without a main file.
+        if main.exists() {
+            match std::fs::remove_file(&bak) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &bak)(e)),
+            }
+            if std::fs::hard_link(&main, &bak).is_err() {
+                std::fs::copy(&main, &bak).map_err(io_err("copy to backup", &bak))?;
+            }
+        }
+        std::fs::rename(&tmp, &main).map_err(io_err("rename over", &main))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync directory", &self.dir))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+
+    fn cp(source: &str, key: &str, offset: u64) -> Checkpoint {
+        Checkpoint {
+            stream: Arc::new(StreamId {
+                source: Arc::from(source),
+                key: key.to_owned(),
+                path: PathBuf::from("/var/log/x.log"),
+            }),
+            offset,
+        }
+    }
+
+    #[test]
+    fn positions_persist_atomically_and_reload() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("state");
+        let mut p = Positions::load(&dir).unwrap();
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert!(p.known("a").is_empty());
+        assert!(!p.is_dirty());
+        p.apply(&cp("a", "file:1:2:aa", 10));
+        p.apply(&cp("b", "file:1:3:bb", 5));
+        assert!(p.is_dirty());
+        p.persist().unwrap();
+        assert!(!p.is_dirty());
+        let main = dir.join(FILE_NAME);
+        assert_eq!(
+            std::fs::metadata(&main).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!dir.join(TMP_NAME).exists());
+        let text = std::fs::read_to_string(&main).unwrap();
+        assert!(text.contains("\"version\": 1"), "{text}");
+
+        // Second generation: the first becomes the .bak.
+        p.apply(&cp("a", "file:1:2:aa", 20));
+        p.forget(&cp("b", "file:1:3:bb", 0).stream);
+        p.persist().unwrap();
+        let again = Positions::load(&dir).unwrap();
+        assert_eq!(
+            again.known("a"),
+            BTreeMap::from([("file:1:2:aa".to_owned(), 20)])
+        );
+        assert!(again.known("b").is_empty());
+
+        // A corrupt main file falls back to the previous generation.
+        std::fs::write(&main, b"{\"version\":1, \"positions\": [trunc").unwrap();
+        let fallback = Positions::load(&dir).unwrap();
+        assert_eq!(
+            fallback.known("a"),
+            BTreeMap::from([("file:1:2:aa".to_owned(), 10)])
+        );
+        assert_eq!(
+            fallback.known("b"),
+            BTreeMap::from([("file:1:3:bb".to_owned(), 5)])
+        );
+
+        // Both corrupt: empty, no failure.
+        std::fs::write(dir.join(BAK_NAME), b"garbage").unwrap();
+        let empty = Positions::load(&dir).unwrap();
+        assert!(empty.known("a").is_empty());
+    }
+
+    #[test]
+    fn unknown_version_is_not_reinterpreted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            br#"{"version":2,"positions":[{"source":"a","key":"k","path":"/x","offset":1,"last_seen":1}]}"#,
+        )
+        .unwrap();
+        let p = Positions::load(dir.path()).unwrap();
+        assert!(p.known("a").is_empty());
+    }
+
+    #[test]
+    fn stale_entries_expire_relative_to_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let newest = 1_000_000_000u64;
+        let state = StateFile::V1 {
+            positions: vec![
+                Entry {
+                    source: "a".into(),
+                    key: "fresh".into(),
+                    path: "/x".into(),
+                    offset: 1,
+                    last_seen: newest,
+                },
+                Entry {
+                    source: "a".into(),
+                    key: "stale".into(),
+                    path: "/y".into(),
+                    offset: 2,
+                    last_seen: newest - EXPIRE_AFTER.as_secs() - 1,
+                },
+            ],
+        };
+        std::fs::write(dir.path().join(FILE_NAME), state.to_json().unwrap()).unwrap();
+        let p = Positions::load(dir.path()).unwrap();
+        assert_eq!(p.known("a"), BTreeMap::from([("fresh".to_owned(), 1)]));
+    }
+}
