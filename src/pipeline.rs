@@ -419,6 +419,7 @@ pub fn create_private_dir(path: &std::path::Path) -> Result<(), PositionsError> 
         .mode(0o700)
         .create(path)
         .map_err(|e| PositionsError::Io {
+            op: "creating directory",
             path: path.to_path_buf(),
             source: e,
         })
