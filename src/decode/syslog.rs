@@ -119,12 +119,12 @@ impl SyslogDecoder {
 
 fn skip_pri(line: &str) -> &str {
     let b = line.as_bytes();
-    if b.first() == Some(&b'<') {
-        if let Some(close) = b.iter().take(5).position(|&c| c == b'>') {
-            if close > 1 && b[1..close].iter().all(u8::is_ascii_digit) {
-                return &line[close + 1..];
-            }
-        }
+    if b.first() == Some(&b'<')
+        && let Some(close) = b.iter().take(5).position(|&c| c == b'>')
+        && close > 1
+        && b[1..close].iter().all(u8::is_ascii_digit)
+    {
+        return &line[close + 1..];
     }
     line
 }
