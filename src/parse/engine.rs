@@ -197,20 +197,19 @@ struct Template {
 pub(crate) struct SpecProblem {
     /// Index into `rules`, or None for parser-level keys.
     pub rule: Option<usize>,
-    /// Key path inside the rule or parser, e.g. `regex`, `fields.user`, `json_match."$.a"`.
-    pub key: String,
+    /// Key path inside the rule or parser, e.g. `["regex"]`, `["fields", "user"]`.
+    pub key: Vec<String>,
     /// What is wrong.
     pub message: String,
 }
 
 impl SpecProblem {
     fn render(&self, parser: &str) -> String {
+        let key: Vec<String> = self.key.iter().map(|k| quote_key(k)).collect();
+        let key = key.join(".");
         match self.rule {
-            Some(i) => format!(
-                "parser {parser:?}: rules[{i}].{}: {}",
-                self.key, self.message
-            ),
-            None => format!("parser {parser:?}: {}: {}", self.key, self.message),
+            Some(i) => format!("parser {parser:?}: rules[{i}].{key}: {}", self.message),
+            None => format!("parser {parser:?}: {key}: {}", self.message),
         }
     }
 }
@@ -228,7 +227,7 @@ pub(crate) fn compile_parser_located(
     if spec.name.trim().is_empty() {
         problems.push(SpecProblem {
             rule: None,
-            key: "name".into(),
+            key: vec!["name".into()],
             message: "must not be empty".into(),
         });
     }
@@ -237,14 +236,14 @@ pub(crate) fn compile_parser_located(
     {
         problems.push(SpecProblem {
             rule: None,
-            key: "decode".into(),
+            key: vec!["decode".into()],
             message: format!("unknown decoder {d:?} (allowed: syslog, raw, json)"),
         });
     }
     if spec.rules.is_empty() {
         problems.push(SpecProblem {
             rule: None,
-            key: "rules".into(),
+            key: vec!["rules".into()],
             message: "a parser needs at least one rule".into(),
         });
     }
@@ -280,19 +279,19 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(String, String)>> {
-    let mut errs: Vec<(String, String)> = Vec::new();
+fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(Vec<String>, String)>> {
+    let mut errs: Vec<(Vec<String>, String)> = Vec::new();
     let regex = match r.regex.as_deref().map(build_regex) {
         Some(Ok(re)) => Some(re),
         Some(Err(e)) => {
-            errs.push(("regex".into(), e));
+            errs.push((vec!["regex".into()], e));
             None
         }
         None => None,
     };
     let mut json_match = Vec::new();
     for (path, re) in &r.json_match {
-        let key = format!("json_match.{}", quote_key(path));
+        let key = vec!["json_match".to_owned(), path.clone()];
         match (parse_json_path(path), build_regex(re)) {
             (Ok(p), Ok(re)) => json_match.push((p, re)),
             (Err(e), _) | (_, Err(e)) => errs.push((key, e)),
@@ -302,7 +301,7 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(String, String)>> {
         Some(p) => p,
         None => {
             errs.push((
-                "pattern".into(),
+                vec!["pattern".into()],
                 format!(
                     "unknown pattern {:?} (allowed: {})",
                     r.pattern,
@@ -318,7 +317,7 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(String, String)>> {
     let mut fields = Vec::new();
     let mut time_template = None;
     for (name, tpl) in &r.fields {
-        let key = format!("fields.{}", quote_key(name));
+        let key = vec!["fields".to_owned(), name.clone()];
         let field = FieldName::parse(name);
         if field.is_none() {
             let all: Vec<&str> = FieldName::ALL.iter().map(|f| f.as_str()).collect();
@@ -345,14 +344,14 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(String, String)>> {
         Some(f) => match check_strftime(f) {
             Ok(()) => TimeFormat::Strftime(f.to_owned()),
             Err(e) => {
-                errs.push(("time_format".into(), e));
+                errs.push((vec!["time_format".into()], e));
                 TimeFormat::Rfc3339
             }
         },
     };
     if r.time_format.is_some() && !r.fields.contains_key("time") {
         errs.push((
-            "time_format".into(),
+            vec!["time_format".into()],
             "time_format is set but the rule has no `time` field".into(),
         ));
     }
@@ -379,7 +378,7 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(String, String)>> {
     })
 }
 
-fn quote_key(k: &str) -> String {
+pub(crate) fn quote_key(k: &str) -> String {
     if !k.is_empty()
         && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
