@@ -82,7 +82,10 @@ pub struct RuleSpec {
 pub struct SampleSpec {
     /// The input line, as it appears in the log file.
     pub line: String,
-    /// What it yields, e.g. `login outcome=0 user=alice`, or `nothing`.
+    /// What it yields: `nothing` (a `pattern = "none"` rule), `unmatched`, or the pattern
+    /// followed by every set value as `field=value` in field declaration order, `time` first
+    /// (as a FHIR instant), values containing spaces in double quotes, e.g.
+    /// `login time=2026-11-25T15:22:44+00:00 outcome=0 user=alice`. Tests check it exactly.
     pub yields: String,
 }
 
