@@ -1,13 +1,993 @@
-//! Config validation (stub).
-use super::{Config, ConfigError};
-use std::path::Path;
+//! `balp-agent check`: a config file's text in, every problem out at once, each as
+//! `PATH:LINE:COL: key.path: message` (line and column 1-based, the column counted in
+//! characters; array indices in key paths are 0-based, e.g. `sources[1].read_from`).
+//!
+//! Order of work: TOML syntax (if the text does not parse, only syntax problems are reported,
+//! as `syntax`); then the spanned tree is walked against a static schema (unknown keys, wrong
+//! types, bad durations/sizes/enum values, missing required keys); then cross-checks (duplicate
+//! names, parser references, regexes and templates via the parser engine, time zones, URLs,
+//! globs, and whether the files and directories the agent will use are usable). Only a file
+//! without problems is turned into a [`Config`] by [`load`].
+//!
+//! Writability of `agent.state_dir` and `output.path` is probed by creating and removing a
+//! small file in the directory (or in its nearest existing ancestor when it does not exist
+//! yet, since the agent creates it).
 
-/// Load and validate.
+use super::units::{parse_duration, parse_size};
+use super::{Config, ConfigError};
+use crate::parse::engine::{
+    PATTERN_NAMES, SpecProblem, compile_parser_located, quote_key, unknown_parser_message,
+};
+use crate::parse::presets;
+use crate::parse::spec::ParserSpec;
+use serde::Deserialize;
+use std::ops::Range;
+use std::path::Path;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+/// Load and validate: any problem makes this fail with all of them listed.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let label = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        problems: vec![format!("{}: cannot read: {e}", path.display())],
+        problems: vec![format!("{label}:1:1: (file): cannot read: {e}")],
     })?;
+    let problems = check_text(&label, &text);
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
     toml::from_str(&text).map_err(|e| ConfigError {
-        problems: vec![format!("{}: {e}", path.display())],
+        problems: vec![format!("{label}:1:1: (config): {}", one_line(e.message()))],
     })
+}
+
+/// Every problem of a config text, formatted `PATH:LINE:COL: key.path: message`, in file
+/// order. Empty = valid.
+pub fn check_text(path_label: &str, text: &str) -> Vec<String> {
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
+    match DeTable::parse(text) {
+        Err(e) => {
+            let at = e.span().map_or(0, |s| s.start);
+            c.problems
+                .push((at, "syntax".into(), one_line(e.message())));
+        }
+        Ok(root) => {
+            c.walk_table(root.get_ref(), ROOT, "", root.span());
+            c.cross_check(root.get_ref(), text);
+        }
+    }
+    c.problems.sort_by_key(|p| p.0);
+    let lines = LineIndex::new(text);
+    c.problems
+        .into_iter()
+        .map(|(at, key, msg)| {
+            let (line, col) = lines.position(text, at);
+            format!("{path_label}:{line}:{col}: {key}: {msg}")
+        })
+        .collect()
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { starts }
+    }
+
+    fn position(&self, text: &str, at: usize) -> (usize, usize) {
+        let at = at.min(text.len());
+        let line = self.starts.partition_point(|&s| s <= at).max(1);
+        let start = self.starts[line - 1];
+        let col = text
+            .get(start..at)
+            .map_or(at - start, |s| s.chars().count())
+            + 1;
+        (line, col)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Ty {
+    Str,
+    Bool,
+    PositiveInt,
+    Duration,
+    Size,
+    Enum(&'static [&'static str]),
+    StrList,
+    StrOrList,
+    StrMap,
+    Table(&'static [Field]),
+    TableArray(&'static [Field]),
+}
+
+struct Field {
+    name: &'static str,
+    ty: Ty,
+    required: bool,
+}
+
+const fn opt(name: &'static str, ty: Ty) -> Field {
+    Field {
+        name,
+        ty,
+        required: false,
+    }
+}
+
+const fn req(name: &'static str, ty: Ty) -> Field {
+    Field {
+        name,
+        ty,
+        required: true,
+    }
+}
+
+const SOURCE_TYPES: &[&str] = &["file", "syslog", "journald"];
+const DECODERS: &[&str] = &["syslog", "raw", "json"];
+
+const ROOT: &[Field] = &[
+    opt("agent", Ty::Table(AGENT)),
+    opt("sources", Ty::TableArray(SOURCE)),
+    opt("parsers", Ty::TableArray(PARSER)),
+    opt("output", Ty::Table(OUTPUT)),
+    opt("spool", Ty::Table(SPOOL)),
+    opt("metrics", Ty::Table(METRICS)),
+];
+const AGENT: &[Field] = &[
+    opt("state_dir", Ty::Str),
+    opt("hostname", Ty::Str),
+    opt("mode", Ty::Enum(&["minimal", "comprehensive"])),
+    opt("observer", Ty::Table(OBSERVER)),
+    opt("event_id_extension", Ty::Str),
+];
+const OBSERVER: &[Field] = &[
+    opt("display", Ty::Str),
+    opt("site", Ty::Str),
+    opt("type", Ty::Str),
+];
+const SOURCE: &[Field] = &[
+    req("name", Ty::Str),
+    req("type", Ty::Enum(SOURCE_TYPES)),
+    opt("include", Ty::StrList),
+    opt("exclude", Ty::StrList),
+    opt("read_from", Ty::Enum(&["beginning", "end"])),
+    opt("decode", Ty::Enum(DECODERS)),
+    opt("parsers", Ty::StrList),
+    opt("max_line_bytes", Ty::Size),
+    opt("timezone", Ty::Str),
+    opt("fhir_base", Ty::StrOrList),
+    opt("poll_interval", Ty::Duration),
+    opt("listen", Ty::Str),
+    opt("match", Ty::StrList),
+];
+const PARSER: &[Field] = &[
+    req("name", Ty::Str),
+    opt("description", Ty::Str),
+    opt("programs", Ty::StrList),
+    opt("decode", Ty::Enum(DECODERS)),
+    opt("rules", Ty::TableArray(RULE)),
+    opt("samples", Ty::TableArray(SAMPLE)),
+];
+const RULE: &[Field] = &[
+    opt("name", Ty::Str),
+    opt("regex", Ty::Str),
+    opt("json_match", Ty::StrMap),
+    req("pattern", Ty::Enum(PATTERN_NAMES)),
+    opt("time_format", Ty::Str),
+    opt("fields", Ty::StrMap),
+];
+const SAMPLE: &[Field] = &[req("line", Ty::Str), req("yields", Ty::Str)];
+const OUTPUT: &[Field] = &[
+    opt("type", Ty::Enum(&["http", "directory", "stdout"])),
+    opt("url", Ty::Str),
+    opt("path", Ty::Str),
+    opt(
+        "bundle_type",
+        Ty::Enum(&["collection", "batch", "transaction"]),
+    ),
+    opt("max_events", Ty::PositiveInt),
+    opt("max_bytes", Ty::Size),
+    opt("flush_interval", Ty::Duration),
+    opt("compression", Ty::Enum(&["gzip", "none"])),
+    opt("timeout", Ty::Duration),
+    opt("headers", Ty::StrMap),
+    opt("retry", Ty::Table(RETRY)),
+    opt("auth", Ty::Table(AUTH)),
+    opt("tls", Ty::Table(TLS)),
+];
+const RETRY: &[Field] = &[
+    opt("initial_backoff", Ty::Duration),
+    opt("max_backoff", Ty::Duration),
+];
+const AUTH: &[Field] = &[
+    opt("type", Ty::Enum(&["none", "bearer", "basic", "oauth2"])),
+    opt("token_file", Ty::Str),
+    opt("username", Ty::Str),
+    opt("password_file", Ty::Str),
+    opt("token_url", Ty::Str),
+    opt("client_id", Ty::Str),
+    opt("client_secret_file", Ty::Str),
+    opt("scope", Ty::Str),
+];
+const TLS: &[Field] = &[
+    opt("ca_file", Ty::Str),
+    opt("client_cert_file", Ty::Str),
+    opt("client_key_file", Ty::Str),
+    opt("insecure_skip_verify", Ty::Bool),
+];
+const SPOOL: &[Field] = &[
+    opt("max_bytes", Ty::Size),
+    opt("when_full", Ty::Enum(&["block"])),
+];
+const METRICS: &[Field] = &[req("listen", Ty::Str)];
+
+type Table<'i> = DeTable<'i>;
+type Value<'i> = Spanned<DeValue<'i>>;
+
+struct Checker {
+    /// (byte offset, key path, message)
+    problems: Vec<(usize, String, String)>,
+}
+
+fn join(path: &str, key: &str) -> String {
+    let k = quote_key(key);
+    if path.is_empty() {
+        k
+    } else {
+        format!("{path}.{k}")
+    }
+}
+
+fn type_name(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a datetime",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// The value of `key` in `t`, if present.
+fn get<'a, 'i>(t: &'a Table<'i>, key: &str) -> Option<&'a Value<'i>> {
+    t.iter().find(|(k, _)| k.get_ref() == key).map(|(_, v)| v)
+}
+
+fn get_str<'a>(t: &'a Table<'_>, key: &str) -> Option<(&'a str, Range<usize>)> {
+    get(t, key).and_then(|v| v.get_ref().as_str().map(|s| (s, v.span())))
+}
+
+fn get_table<'a, 'i>(t: &'a Table<'i>, key: &str) -> Option<(&'a Table<'i>, Range<usize>)> {
+    get(t, key).and_then(|v| v.get_ref().as_table().map(|s| (s, v.span())))
+}
+
+fn tables<'a, 'i>(t: &'a Table<'i>, key: &str) -> Vec<(&'a Table<'i>, Range<usize>)> {
+    get(t, key)
+        .and_then(|v| v.get_ref().as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.get_ref().as_table().map(|t| (t, v.span())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn str_list<'a>(t: &'a Table<'_>, key: &str) -> Vec<(&'a str, Range<usize>)> {
+    match get(t, key) {
+        Some(v) => match v.get_ref() {
+            DeValue::Array(a) => a
+                .iter()
+                .filter_map(|x| x.get_ref().as_str().map(|s| (s, x.span())))
+                .collect(),
+            DeValue::String(s) => vec![(s.as_ref(), v.span())],
+            _ => Vec::new(),
+        },
+        None => Vec::new(),
+    }
+}
+
+impl Checker {
+    fn report(&mut self, at: &Range<usize>, path: impl Into<String>, msg: impl Into<String>) {
+        self.problems.push((at.start, path.into(), msg.into()));
+    }
+
+    fn walk_table(&mut self, t: &Table<'_>, schema: &[Field], path: &str, span: Range<usize>) {
+        for (k, v) in t.iter() {
+            let key = k.get_ref().as_ref();
+            let kpath = join(path, key);
+            match schema.iter().find(|f| f.name == key) {
+                Some(f) => self.check_value(v, f.ty, &kpath),
+                None => {
+                    let allowed: Vec<&str> = schema.iter().map(|f| f.name).collect();
+                    self.report(
+                        &k.span(),
+                        kpath,
+                        format!("unknown key {key:?} (allowed: {})", allowed.join(", ")),
+                    );
+                }
+            }
+        }
+        for f in schema.iter().filter(|f| f.required) {
+            if get(t, f.name).is_none() {
+                let shown = if path.is_empty() { "(top level)" } else { path };
+                self.report(&span, shown, format!("missing required key `{}`", f.name));
+            }
+        }
+    }
+
+    fn check_value(&mut self, v: &Value<'_>, ty: Ty, path: &str) {
+        let span = v.span();
+        let val = v.get_ref();
+        let expected = |what: &str| format!("expected {what}, found {}", type_name(val));
+        match ty {
+            Ty::Str => {
+                if !val.is_str() {
+                    self.report(&span, path, expected("a string"));
+                }
+            }
+            Ty::Bool => {
+                if !val.is_bool() {
+                    self.report(&span, path, expected("true or false"));
+                }
+            }
+            Ty::PositiveInt => match val.as_integer() {
+                Some(i) => {
+                    let n = i64::from_str_radix(i.as_str(), i.radix()).unwrap_or(0);
+                    if n < 1 {
+                        self.report(&span, path, "must be at least 1");
+                    }
+                }
+                None => self.report(&span, path, expected("an integer")),
+            },
+            Ty::Duration => match val.as_str() {
+                Some(s) => {
+                    if let Err(e) = parse_duration(s) {
+                        self.report(&span, path, e);
+                    }
+                }
+                None => self.report(&span, path, expected("a duration string like \"5s\"")),
+            },
+            Ty::Size => match val {
+                DeValue::String(s) => {
+                    if let Err(e) = parse_size(s) {
+                        self.report(&span, path, e);
+                    }
+                }
+                DeValue::Integer(i) => {
+                    if u64::from_str_radix(i.as_str(), i.radix()).is_err() {
+                        self.report(&span, path, "a size must not be negative");
+                    }
+                }
+                _ => self.report(&span, path, expected("a size like \"64KiB\"")),
+            },
+            Ty::Enum(allowed) => match val.as_str() {
+                Some(s) if allowed.contains(&s) => {}
+                Some(s) => self.report(
+                    &span,
+                    path,
+                    format!("unknown value {s:?} (allowed: {})", allowed.join(", ")),
+                ),
+                None => self.report(
+                    &span,
+                    path,
+                    expected(&format!("one of {}", allowed.join(", "))),
+                ),
+            },
+            Ty::StrList | Ty::StrOrList => match val {
+                DeValue::String(_) if matches!(ty, Ty::StrOrList) => {}
+                DeValue::Array(a) => {
+                    for (i, x) in a.iter().enumerate() {
+                        if !x.get_ref().is_str() {
+                            self.report(
+                                &x.span(),
+                                format!("{path}[{i}]"),
+                                format!("expected a string, found {}", type_name(x.get_ref())),
+                            );
+                        }
+                    }
+                }
+                _ => self.report(&span, path, expected("an array of strings")),
+            },
+            Ty::StrMap => match val.as_table() {
+                Some(t) => {
+                    for (k, x) in t.iter() {
+                        if !x.get_ref().is_str() {
+                            self.report(
+                                &x.span(),
+                                join(path, k.get_ref()),
+                                format!("expected a string, found {}", type_name(x.get_ref())),
+                            );
+                        }
+                    }
+                }
+                None => self.report(&span, path, expected("a table of strings")),
+            },
+            Ty::Table(schema) => match val.as_table() {
+                Some(t) => self.walk_table(t, schema, path, span),
+                None => self.report(&span, path, expected("a table")),
+            },
+            Ty::TableArray(schema) => match val.as_array() {
+                Some(a) => {
+                    for (i, x) in a.iter().enumerate() {
+                        let p = format!("{path}[{i}]");
+                        match x.get_ref().as_table() {
+                            Some(t) => self.walk_table(t, schema, &p, x.span()),
+                            None => self.report(
+                                &x.span(),
+                                p,
+                                format!("expected a table, found {}", type_name(x.get_ref())),
+                            ),
+                        }
+                    }
+                }
+                None => self.report(&span, path, expected("an array of tables")),
+            },
+        }
+    }
+
+    fn cross_check(&mut self, root: &Table<'_>, text: &str) {
+        let user_parsers = self.check_parsers(root, text);
+        self.check_sources(root, &user_parsers);
+        self.check_agent(root);
+        self.check_output(root);
+        if let Some((m, _)) = get_table(root, "metrics")
+            && let Some((listen, span)) = get_str(m, "listen")
+            && !valid_listen(listen)
+        {
+            self.report(
+                &span,
+                "metrics.listen",
+                format!("invalid address {listen:?}: expected host:port, e.g. \"127.0.0.1:9464\""),
+            );
+        }
+    }
+
+    /// Duplicate names, and every parser compiled. Returns the user parsers that could be
+    /// read (for references and decoder checks).
+    fn check_parsers(&mut self, root: &Table<'_>, text: &str) -> Vec<ParserSpec> {
+        let entries = tables(root, "parsers");
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, (t, _)) in entries.iter().enumerate() {
+            if let Some((name, span)) = get_str(t, "name") {
+                if seen.contains(&name) {
+                    self.report(
+                        &span,
+                        format!("parsers[{i}].name"),
+                        format!("duplicate parser name {name:?}"),
+                    );
+                }
+                seen.push(name);
+            }
+        }
+        #[derive(Deserialize)]
+        struct OnlyParsers {
+            #[serde(default)]
+            parsers: Vec<ParserSpec>,
+        }
+        // Typed problems under `parsers` were reported by the schema walk already.
+        if self.problems.iter().any(|p| p.1.starts_with("parsers[")) {
+            return Vec::new();
+        }
+        let Ok(only) = toml::from_str::<OnlyParsers>(text) else {
+            return Vec::new();
+        };
+        for (i, spec) in only.parsers.iter().enumerate() {
+            let Err(problems) = compile_parser_located(spec) else {
+                continue;
+            };
+            let Some((t, tspan)) = entries.get(i) else {
+                continue;
+            };
+            for p in problems {
+                self.report_spec_problem(i, t, tspan, &p);
+            }
+        }
+        only.parsers
+    }
+
+    fn report_spec_problem(
+        &mut self,
+        i: usize,
+        t: &Table<'_>,
+        tspan: &Range<usize>,
+        p: &SpecProblem,
+    ) {
+        let mut path = format!("parsers[{i}]");
+        let mut span = tspan.clone();
+        let mut table: Option<&Table<'_>> = Some(t);
+        if let Some(r) = p.rule {
+            path = format!("{path}.rules[{r}]");
+            match tables(t, "rules").get(r) {
+                Some((rt, rspan)) => {
+                    table = Some(rt);
+                    span = rspan.clone();
+                }
+                None => table = None,
+            }
+        }
+        for seg in &p.key {
+            path = join(&path, seg);
+            let Some(cur) = table else { break };
+            match get(cur, seg) {
+                Some(v) => {
+                    span = v.span();
+                    table = v.get_ref().as_table();
+                }
+                None => table = None,
+            }
+        }
+        self.report(&span, path, p.message.clone());
+    }
+
+    fn check_sources(&mut self, root: &Table<'_>, user: &[ParserSpec]) {
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, (t, tspan)) in tables(root, "sources").into_iter().enumerate() {
+            let p = format!("sources[{i}]");
+            if let Some((name, span)) = get_str(t, "name") {
+                if seen.contains(&name) {
+                    self.report(
+                        &span,
+                        format!("{p}.name"),
+                        format!("duplicate source name {name:?}"),
+                    );
+                }
+                seen.push(name);
+            }
+            if let Some((ty, span)) = get_str(t, "type") {
+                if ty == "syslog" || ty == "journald" {
+                    self.report(
+                        &span,
+                        format!("{p}.type"),
+                        format!("source type {ty:?} is not implemented yet (only \"file\")"),
+                    );
+                }
+                if ty == "file" && str_list(t, "include").is_empty() {
+                    self.report(
+                        &tspan,
+                        p.clone(),
+                        "a file source needs `include` (globs of files to follow)",
+                    );
+                }
+            }
+            for key in ["include", "exclude"] {
+                for (k, (g, span)) in str_list(t, key).into_iter().enumerate() {
+                    if let Err(e) = glob::Pattern::new(g) {
+                        self.report(
+                            &span,
+                            format!("{p}.{key}[{k}]"),
+                            format!("invalid glob {g:?}: {e}"),
+                        );
+                    }
+                }
+            }
+            if let Some((tz, span)) = get_str(t, "timezone")
+                && let Err(e) = jiff::tz::TimeZone::get(tz)
+            {
+                self.report(
+                    &span,
+                    format!("{p}.timezone"),
+                    format!("unknown time zone {tz:?}: {}", one_line(&e.to_string())),
+                );
+            }
+            let decode = get_str(t, "decode").map_or("syslog", |(d, _)| d);
+            let names = str_list(t, "parsers");
+            if names.is_empty() && get(t, "parsers").is_none() {
+                self.report(&tspan, p.clone(), "a source needs `parsers` (preset or [[parsers]] names); without them it emits nothing");
+            }
+            for (k, (name, span)) in names.iter().enumerate() {
+                let kp = format!("{p}.parsers[{k}]");
+                if names[..k].iter().any(|(n, _)| n == name) {
+                    self.report(span, kp.clone(), format!("parser {name:?} is listed twice"));
+                }
+                let spec = user
+                    .iter()
+                    .find(|u| u.name == *name)
+                    .cloned()
+                    .or_else(|| presets::get(name));
+                match spec {
+                    None => {
+                        // Without readable user parsers we cannot tell whether the name exists.
+                        if user.is_empty() && tables_present_but_unread(self) {
+                            continue;
+                        }
+                        self.report(span, kp, unknown_parser_message(name, user));
+                    }
+                    Some(spec) => {
+                        if let Some(want) = spec.decode.as_deref()
+                            && want != decode
+                        {
+                            self.report(
+                                span,
+                                kp,
+                                format!("parser {name:?} is written for decode = {want:?} but this source uses decode = {decode:?}"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_agent(&mut self, root: &Table<'_>) {
+        let agent = get_table(root, "agent");
+        // An unset state_dir (the default) is not probed: it only matters on the host that
+        // runs the agent, under systemd's StateDirectory.
+        if let Some((dir, span)) = agent.as_ref().and_then(|(a, _)| get_str(a, "state_dir"))
+            && let Err(e) = probe_writable_dir(Path::new(dir))
+        {
+            self.report(&span, "agent.state_dir", e);
+        }
+        if let Some((a, _)) = agent
+            && let Some((ext, span)) = get_str(a, "event_id_extension")
+            && reqwest::Url::parse(ext).is_err()
+        {
+            self.report(
+                &span,
+                "agent.event_id_extension",
+                format!("{ext:?} is not an absolute URI"),
+            );
+        }
+    }
+
+    fn check_output(&mut self, root: &Table<'_>) {
+        let Some((out, ospan)) = get_table(root, "output") else {
+            return;
+        };
+        let ty = get_str(out, "type").map_or("directory", |(t, _)| t);
+        match ty {
+            "http" => match get_str(out, "url") {
+                Some((url, span)) => {
+                    if let Err(e) = check_http_url(url) {
+                        self.report(&span, "output.url", e);
+                    }
+                }
+                None => self.report(&ospan, "output", "output.type = \"http\" needs `url`"),
+            },
+            "directory" => match get_str(out, "path") {
+                Some((dir, span)) => {
+                    if let Err(e) = probe_writable_dir(Path::new(dir)) {
+                        self.report(&span, "output.path", e);
+                    }
+                }
+                None => self.report(&ospan, "output", "output.type = \"directory\" needs `path`"),
+            },
+            _ => {}
+        }
+        if let Some((retry, _)) = get_table(out, "retry")
+            && let (Some((a, _)), Some((b, bspan))) = (
+                get_str(retry, "initial_backoff"),
+                get_str(retry, "max_backoff"),
+            )
+            && let (Ok(a), Ok(b)) = (parse_duration(a), parse_duration(b))
+            && a > b
+        {
+            self.report(
+                &bspan,
+                "output.retry.max_backoff",
+                "must not be smaller than initial_backoff",
+            );
+        }
+        if let Some((auth, aspan)) = get_table(out, "auth") {
+            let needs: &[&str] = match get_str(auth, "type").map_or("none", |(t, _)| t) {
+                "bearer" => &["token_file"],
+                "basic" => &["username", "password_file"],
+                "oauth2" => &["token_url", "client_id", "client_secret_file"],
+                _ => &[],
+            };
+            for k in needs {
+                if get(auth, k).is_none() {
+                    self.report(&aspan, "output.auth", format!("this auth type needs `{k}`"));
+                }
+            }
+            for k in ["token_file", "password_file", "client_secret_file"] {
+                self.check_readable(auth, k, "output.auth");
+            }
+            if let Some((url, span)) = get_str(auth, "token_url")
+                && let Err(e) = check_http_url(url)
+            {
+                self.report(&span, "output.auth.token_url", e);
+            }
+        }
+        if let Some((tls, tspan)) = get_table(out, "tls") {
+            for k in ["ca_file", "client_cert_file", "client_key_file"] {
+                self.check_readable(tls, k, "output.tls");
+            }
+            if get(tls, "client_cert_file").is_some() != get(tls, "client_key_file").is_some() {
+                self.report(
+                    &tspan,
+                    "output.tls",
+                    "client_cert_file and client_key_file go together",
+                );
+            }
+        }
+    }
+
+    fn check_readable(&mut self, t: &Table<'_>, key: &str, prefix: &str) {
+        if let Some((file, span)) = get_str(t, key)
+            && let Err(e) = std::fs::File::open(file)
+        {
+            self.report(
+                &span,
+                format!("{prefix}.{key}"),
+                format!("cannot read {file:?}: {e}"),
+            );
+        }
+    }
+}
+
+/// True when `[[parsers]]` exist but could not be read (type problems): unknown-name
+/// reports would then be noise.
+fn tables_present_but_unread(c: &Checker) -> bool {
+    c.problems.iter().any(|p| p.1.starts_with("parsers["))
+}
+
+fn check_http_url(url: &str) -> Result<(), String> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => Ok(()),
+        Ok(u) => Err(format!(
+            "{url:?}: expected an http:// or https:// URL, not {}:",
+            u.scheme()
+        )),
+        Err(e) => Err(format!("invalid URL {url:?}: {e}")),
+    }
+}
+
+fn valid_listen(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// Can the agent create files in `dir` (or create `dir` itself)?
+fn probe_writable_dir(dir: &Path) -> Result<(), String> {
+    let mut existing = dir;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => existing = p,
+            _ => {
+                existing = Path::new(".");
+                break;
+            }
+        }
+    }
+    if !existing.is_dir() {
+        return Err(format!(
+            "{} exists and is not a directory",
+            existing.display()
+        ));
+    }
+    let probe = existing.join(format!(".balp-agent-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "{} is not writable{}: {e}",
+            existing.display(),
+            if existing == dir {
+                ""
+            } else {
+                " (needed to create the directory)"
+            }
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid_config(dir: &Path) -> String {
+        format!(
+            r#"
+[agent]
+state_dir = "{state}"
+mode = "minimal"
+[agent.observer]
+display = "balp-agent@host01"
+type = "4"
+
+[[sources]]
+name = "auth"
+type = "file"
+include = ["/var/log/auth.log"]
+exclude = ["*.gz"]
+read_from = "end"
+decode = "syslog"
+parsers = ["sshd"]
+max_line_bytes = "64KiB"
+timezone = "Europe/Berlin"
+
+[[sources]]
+name = "nginx"
+type = "file"
+include = ["/var/log/nginx/fhir-access.log"]
+decode = "raw"
+parsers = ["fhir_access", "billing-app"]
+fhir_base = "/fhir"
+
+[[parsers]]
+name = "billing-app"
+[[parsers.rules]]
+regex = '^user=(?P<user>\S+) read (?P<type>\w+)/(?P<id>\S+) from (?P<ip>\S+)$'
+pattern = "read"
+fields = {{ user = "{{user}}", resource = "{{type}}/{{id}}", client_address = "{{ip}}" }}
+
+[output]
+type = "http"
+url = "https://arr.example.org/fhir"
+bundle_type = "collection"
+max_events = 500
+max_bytes = "4MiB"
+flush_interval = "1s"
+compression = "gzip"
+timeout = "30s"
+headers = {{ "X-Tenant" = "a" }}
+[output.retry]
+initial_backoff = "1s"
+max_backoff = "5m"
+[output.auth]
+type = "none"
+
+[spool]
+max_bytes = "1GiB"
+when_full = "block"
+
+[metrics]
+listen = "127.0.0.1:9464"
+"#,
+            state = dir.join("state").display()
+        )
+    }
+
+    #[test]
+    fn valid_config_has_no_problems_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = valid_config(dir.path());
+        assert_eq!(check_text("c.toml", &text), Vec::<String>::new());
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, &text).unwrap();
+        let cfg = load(&path).unwrap();
+        assert_eq!(cfg.sources.len(), 2);
+        assert_eq!(cfg.parsers[0].name, "billing-app");
+    }
+
+    #[test]
+    fn every_mistake_is_reported_with_position_and_key_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"[agent]
+state_dir = "{state}"
+colour = "blue"
+
+[[sources]]
+name = "auth"
+type = "file"
+include = ["/var/log/[auth.log"]
+read_from = "middle"
+parsers = ["sshd", "nope"]
+timezone = "Mars/Olympus"
+poll_interval = "5 parsecs"
+
+[[sources]]
+name = "auth"
+type = "journald"
+parsers = ["fhir_access"]
+
+[[sources]]
+type = "file"
+include = ["/x"]
+decode = "raw"
+parsers = ["bad"]
+
+[[parsers]]
+name = "bad"
+[[parsers.rules]]
+regex = '^(?P<a>x)'
+pattern = "read"
+fields = {{ user = "{{b}}" }}
+
+[output]
+type = "http"
+url = "ftp://arr.example.org"
+max_events = "many"
+[output.retry]
+max_backoff = "5"
+[output.tls]
+ca_file = "/nonexistent/ca.pem"
+"#,
+            state = dir.path().join("state").display()
+        );
+        let got = check_text("c.toml", &text);
+        let expect = [
+            "c.toml:3:1: agent.colour: unknown key \"colour\"",
+            "c.toml:8:12: sources[0].include[0]: invalid glob",
+            "c.toml:9:13: sources[0].read_from: unknown value \"middle\" (allowed: beginning, end)",
+            "c.toml:10:20: sources[0].parsers[1]: unknown parser \"nope\"",
+            "c.toml:11:12: sources[0].timezone: unknown time zone \"Mars/Olympus\"",
+            "c.toml:12:17: sources[0].poll_interval: invalid duration \"5 parsecs\"",
+            "c.toml:15:8: sources[1].name: duplicate source name \"auth\"",
+            "c.toml:16:8: sources[1].type: source type \"journald\" is not implemented yet",
+            "c.toml:17:12: sources[1].parsers[0]: parser \"fhir_access\" is written for decode = \"raw\" but this source uses decode = \"syslog\"",
+            "c.toml:19:1: sources[2]: missing required key `name`",
+            "c.toml:30:19: parsers[0].rules[0].fields.user: template \"{b}\": the regex has no capture named \"b\" (captures: a)",
+            "c.toml:34:7: output.url: \"ftp://arr.example.org\": expected an http:// or https:// URL",
+            "c.toml:35:14: output.max_events: expected an integer, found a string",
+            "c.toml:37:15: output.retry.max_backoff: invalid duration \"5\": a unit is required",
+            "c.toml:39:11: output.tls.ca_file: cannot read \"/nonexistent/ca.pem\"",
+        ];
+        for e in expect {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in\n{}",
+                got.join("\n")
+            );
+        }
+        assert_eq!(got.len(), expect.len(), "{}", got.join("\n"));
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let got = check_text("c.toml", "[agent]\nmode = \n");
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("c.toml:2:"), "{got:?}");
+        assert!(got[0].contains(": syntax: "), "{got:?}");
+    }
+
+    #[test]
+    fn output_requirements_and_unwritable_dirs() {
+        let got = check_text(
+            "c.toml",
+            "[output]\ntype = \"directory\"\n[output.auth]\ntype = \"bearer\"\n",
+        );
+        let all = got.join("\n");
+        assert!(
+            all.contains("output: output.type = \"directory\" needs `path`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("output.auth: this auth type needs `token_file`"),
+            "{all}"
+        );
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let text = format!(
+            "[agent]\nstate_dir = \"{}\"\n[output]\ntype = \"http\"\n",
+            f.path().join("sub").display()
+        );
+        let all = check_text("c.toml", &text).join("\n");
+        assert!(all.contains("agent.state_dir: "), "{all}");
+        assert!(all.contains("is not a directory"), "{all}");
+        assert!(all.contains("needs `url`"), "{all}");
+    }
+
+    #[test]
+    fn load_lists_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[spool]\nwhen_full = \"drop\"\n").unwrap();
+        let err = load(&path).unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert!(
+            err.problems[0]
+                .contains(":2:13: spool.when_full: unknown value \"drop\" (allowed: block)"),
+            "{err}"
+        );
+    }
 }

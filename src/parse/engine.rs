@@ -1,1 +1,905 @@
-//! Parser engine (stub).
+//! The parser engine: [`ParserSpec`]s (presets or user `[[parsers]]`) are compiled once into
+//! a [`ParserSet`] per source; each [`Decoded`] line then yields a [`LineOutcome`].
+//!
+//! Guarantees: parsers are tried in the configured order, rules within a parser in order, and
+//! the first rule that matches decides (one line, at most one [`Extracted`]). Everything that
+//! can be checked ahead (regex syntax and size, capture names used by templates, field and
+//! pattern names, time formats) is checked by [`compile_parser`], so matching itself cannot
+//! fail. A `time` value that does not parse with the rule's format falls back to the
+//! decoder's header time.
+//!
+//! Speed: templates are pre-split into literal pieces and capture indices; a rule's regex is
+//! first run as a cheap `is_match` (the regex crate's literal prefilters make non-matching
+//! lines cost little), and capture positions are only computed for the rule that matched.
+//! The only per-line allocations are the output strings.
+
+use crate::decode::syslog::parse_rfc3339;
+use crate::decode::{Decoded, Stamp};
+use crate::parse::spec::{ParserSpec, RuleSpec};
+use crate::parse::{Extracted, FieldName, Fields, Pattern, presets};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use regex::{Captures, Regex, RegexBuilder};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// Largest compiled program a configured regex may produce.
+const REGEX_SIZE_LIMIT: usize = 2 << 20;
+
+/// Every pattern name a rule may give, `none` included.
+pub const PATTERN_NAMES: &[&str] = &[
+    "rest",
+    "create",
+    "read",
+    "update",
+    "delete",
+    "query",
+    "login",
+    "logout",
+    "security-alert",
+    "disclosure",
+    "none",
+];
+
+/// The non-strftime time formats.
+pub const NAMED_TIME_FORMATS: &[&str] = &["rfc3339", "epoch", "epoch_ms"];
+
+/// Look a pattern name up: `Some(None)` for `none`, `None` when unknown.
+pub fn parse_pattern(name: &str) -> Option<Option<Pattern>> {
+    Some(Some(match name {
+        "rest" => Pattern::Rest,
+        "create" => Pattern::Create,
+        "read" => Pattern::Read,
+        "update" => Pattern::Update,
+        "delete" => Pattern::Delete,
+        "query" => Pattern::Query,
+        "login" => Pattern::Login,
+        "logout" => Pattern::Logout,
+        "security-alert" => Pattern::SecurityAlert,
+        "disclosure" => Pattern::Disclosure,
+        "none" => return Some(None),
+        _ => return None,
+    }))
+}
+
+/// Compiled parsers for one source, in the configured order.
+#[derive(Debug, Clone)]
+pub struct ParserSet {
+    parsers: Vec<CompiledParser>,
+}
+
+/// What the parsers made of one line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LineOutcome {
+    /// A rule matched; `extracted` is None for rules with `pattern = "none"` (known noise).
+    Matched {
+        /// Name of the parser whose rule matched.
+        parser: Arc<str>,
+        /// The event to emit, if any.
+        extracted: Option<Extracted>,
+    },
+    /// No rule of any parser matched.
+    Unmatched,
+}
+
+impl ParserSet {
+    /// names = the source's `parsers` list: each a preset name or a [[parsers]] name (user
+    /// parsers shadow presets of the same name). Errors: one message per problem.
+    pub fn build(names: &[String], user: &[ParserSpec]) -> Result<ParserSet, Vec<String>> {
+        let mut parsers = Vec::with_capacity(names.len());
+        let mut problems = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            if names[..i].contains(name) {
+                problems.push(format!("parser {name:?} is listed twice"));
+                continue;
+            }
+            let spec = match user.iter().find(|p| &p.name == name) {
+                Some(spec) => Cow::Borrowed(spec),
+                None => match presets::get(name) {
+                    Some(spec) => Cow::Owned(spec),
+                    None => {
+                        problems.push(unknown_parser_message(name, user));
+                        continue;
+                    }
+                },
+            };
+            match compile_parser(&spec) {
+                Ok(p) => parsers.push(p),
+                Err(mut e) => problems.append(&mut e),
+            }
+        }
+        if problems.is_empty() {
+            Ok(ParserSet { parsers })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Try parsers in order; within a parser, rules in order; first match wins. `tz` is the
+    /// source's zone for times without offset.
+    pub fn parse(&self, decoded: &Decoded, tz: &TimeZone) -> LineOutcome {
+        for p in &self.parsers {
+            if let Some(extracted) = p.parse(decoded, tz) {
+                return LineOutcome::Matched {
+                    parser: p.name.clone(),
+                    extracted,
+                };
+            }
+        }
+        LineOutcome::Unmatched
+    }
+
+    /// The parsers' names, in order.
+    pub fn parser_names(&self) -> Vec<Arc<str>> {
+        self.parsers.iter().map(|p| p.name.clone()).collect()
+    }
+}
+
+/// The message for a parser name that is neither a `[[parsers]]` entry nor a preset.
+pub(crate) fn unknown_parser_message(name: &str, user: &[ParserSpec]) -> String {
+    let mut known: Vec<&str> = user.iter().map(|p| p.name.as_str()).collect();
+    known.extend(presets::names());
+    format!(
+        "unknown parser {name:?}: not a [[parsers]] name nor a preset (known: {})",
+        known.join(", ")
+    )
+}
+
+/// One parser, ready to match.
+#[derive(Debug, Clone)]
+pub struct CompiledParser {
+    name: Arc<str>,
+    programs: Vec<String>,
+    rules: Vec<CompiledRule>,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    regex: Option<Regex>,
+    json_match: Vec<(Vec<String>, Regex)>,
+    pattern: Option<Pattern>,
+    time: Option<(Template, TimeFormat)>,
+    fields: Vec<(FieldName, Template)>,
+    needs_captures: bool,
+}
+
+#[derive(Debug, Clone)]
+enum TimeFormat {
+    Rfc3339,
+    Epoch,
+    EpochMs,
+    Strftime(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Var {
+    Capture(usize),
+    Json(Vec<String>),
+    Host,
+    Program,
+    Pid,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Piece {
+    Literal(String),
+    /// Alternatives: the first one that is set.
+    Vars(Vec<Var>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Template {
+    pieces: Vec<Piece>,
+}
+
+/// A problem of a spec, located by rule and key so `check` can point at it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SpecProblem {
+    /// Index into `rules`, or None for parser-level keys.
+    pub rule: Option<usize>,
+    /// Key path inside the rule or parser, e.g. `["regex"]`, `["fields", "user"]`.
+    pub key: Vec<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl SpecProblem {
+    fn render(&self, parser: &str) -> String {
+        let key: Vec<String> = self.key.iter().map(|k| quote_key(k)).collect();
+        let key = key.join(".");
+        match self.rule {
+            Some(i) => format!("parser {parser:?}: rules[{i}].{key}: {}", self.message),
+            None => format!("parser {parser:?}: {key}: {}", self.message),
+        }
+    }
+}
+
+/// Compile one parser; every problem is reported, each as one message naming the parser,
+/// rule and key.
+pub fn compile_parser(spec: &ParserSpec) -> Result<CompiledParser, Vec<String>> {
+    compile_parser_located(spec).map_err(|ps| ps.iter().map(|p| p.render(&spec.name)).collect())
+}
+
+pub(crate) fn compile_parser_located(
+    spec: &ParserSpec,
+) -> Result<CompiledParser, Vec<SpecProblem>> {
+    let mut problems = Vec::new();
+    if spec.name.trim().is_empty() {
+        problems.push(SpecProblem {
+            rule: None,
+            key: vec!["name".into()],
+            message: "must not be empty".into(),
+        });
+    }
+    if let Some(d) = &spec.decode
+        && !["syslog", "raw", "json"].contains(&d.as_str())
+    {
+        problems.push(SpecProblem {
+            rule: None,
+            key: vec!["decode".into()],
+            message: format!("unknown decoder {d:?} (allowed: syslog, raw, json)"),
+        });
+    }
+    if spec.rules.is_empty() {
+        problems.push(SpecProblem {
+            rule: None,
+            key: vec!["rules".into()],
+            message: "a parser needs at least one rule".into(),
+        });
+    }
+    let mut rules = Vec::with_capacity(spec.rules.len());
+    for (i, r) in spec.rules.iter().enumerate() {
+        match compile_rule(r) {
+            Ok(rule) => rules.push(rule),
+            Err(errs) => problems.extend(errs.into_iter().map(|(key, message)| SpecProblem {
+                rule: Some(i),
+                key,
+                message,
+            })),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(CompiledParser {
+        name: Arc::from(spec.name.as_str()),
+        programs: spec.programs.clone(),
+        rules,
+    })
+}
+
+fn build_regex(re: &str) -> Result<Regex, String> {
+    RegexBuilder::new(re)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("invalid regex: {}", one_line(&e.to_string())))
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(Vec<String>, String)>> {
+    let mut errs: Vec<(Vec<String>, String)> = Vec::new();
+    let regex = match r.regex.as_deref().map(build_regex) {
+        Some(Ok(re)) => Some(re),
+        Some(Err(e)) => {
+            errs.push((vec!["regex".into()], e));
+            None
+        }
+        None => None,
+    };
+    let mut json_match = Vec::new();
+    for (path, re) in &r.json_match {
+        let key = vec!["json_match".to_owned(), path.clone()];
+        match (parse_json_path(path), build_regex(re)) {
+            (Ok(p), Ok(re)) => json_match.push((p, re)),
+            (Err(e), _) | (_, Err(e)) => errs.push((key, e)),
+        }
+    }
+    let pattern = match parse_pattern(&r.pattern) {
+        Some(p) => p,
+        None => {
+            errs.push((
+                vec!["pattern".into()],
+                format!(
+                    "unknown pattern {:?} (allowed: {})",
+                    r.pattern,
+                    PATTERN_NAMES.join(", ")
+                ),
+            ));
+            None
+        }
+    };
+    let capture_names: Option<Vec<Option<&str>>> =
+        regex.as_ref().map(|re| re.capture_names().collect());
+    let regex_failed = r.regex.is_some() && regex.is_none();
+    let mut fields = Vec::new();
+    let mut time_template = None;
+    for (name, tpl) in &r.fields {
+        let key = vec!["fields".to_owned(), name.clone()];
+        let field = FieldName::parse(name);
+        if field.is_none() {
+            let all: Vec<&str> = FieldName::ALL.iter().map(|f| f.as_str()).collect();
+            errs.push((
+                key.clone(),
+                format!("unknown field {name:?} (allowed: {})", all.join(", ")),
+            ));
+        }
+        match parse_template(tpl, capture_names.as_deref()) {
+            Ok(t) => match field {
+                Some(FieldName::Time) => time_template = Some(t),
+                Some(f) => fields.push((f, t)),
+                None => {}
+            },
+            // Capture names cannot be checked against a regex that did not compile.
+            Err(_) if regex_failed => {}
+            Err(e) => errs.push((key, e)),
+        }
+    }
+    let time_format = match r.time_format.as_deref() {
+        None | Some("rfc3339") => TimeFormat::Rfc3339,
+        Some("epoch") => TimeFormat::Epoch,
+        Some("epoch_ms") => TimeFormat::EpochMs,
+        Some(f) => match check_strftime(f) {
+            Ok(()) => TimeFormat::Strftime(f.to_owned()),
+            Err(e) => {
+                errs.push((vec!["time_format".into()], e));
+                TimeFormat::Rfc3339
+            }
+        },
+    };
+    if r.time_format.is_some() && !r.fields.contains_key("time") {
+        errs.push((
+            vec!["time_format".into()],
+            "time_format is set but the rule has no `time` field".into(),
+        ));
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let needs_captures = fields
+        .iter()
+        .map(|(_, t)| t)
+        .chain(time_template.iter())
+        .any(|t| {
+            t.pieces.iter().any(|p| match p {
+                Piece::Vars(vs) => vs.iter().any(|v| matches!(v, Var::Capture(_))),
+                Piece::Literal(_) => false,
+            })
+        });
+    Ok(CompiledRule {
+        regex,
+        json_match,
+        pattern,
+        time: time_template.map(|t| (t, time_format)),
+        fields,
+        needs_captures,
+    })
+}
+
+pub(crate) fn quote_key(k: &str) -> String {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        k.to_owned()
+    } else {
+        format!("{k:?}")
+    }
+}
+
+fn check_strftime(f: &str) -> Result<(), String> {
+    if f.contains("%Z") {
+        return Err(format!(
+            "time_format {f:?}: zone abbreviations (%Z) cannot be read unambiguously; leave them out of the captured time and set the source's `timezone`"
+        ));
+    }
+    // Format a known instant and read it back: this rejects unknown directives and formats
+    // that cannot be parsed into a full date and time.
+    let probe = Timestamp::new(1_795_000_000, 123_456_000)
+        .map_err(|e| e.to_string())?
+        .to_zoned_datetime(TimeZone::UTC);
+    let bad = |e: String| {
+        format!(
+            "invalid time_format {f:?}: {e} (use strftime directives, or rfc3339, epoch, epoch_ms)"
+        )
+    };
+    let text = jiff::fmt::strtime::format(f, &probe).map_err(|e| bad(e.to_string()))?;
+    let bdt = jiff::fmt::strtime::parse(f, &text).map_err(|e| bad(e.to_string()))?;
+    if bdt.offset().is_some() {
+        bdt.to_timestamp()
+            .map(|_| ())
+            .map_err(|e| bad(e.to_string()))
+    } else {
+        bdt.to_datetime()
+            .map(|_| ())
+            .map_err(|e| bad(e.to_string()))
+    }
+}
+
+fn parse_json_path(p: &str) -> Result<Vec<String>, String> {
+    let body = p
+        .strip_prefix("$.")
+        .or_else(|| if p == "$" { Some("") } else { None })
+        .unwrap_or(p);
+    if body.is_empty() {
+        return Err(format!("JSON path {p:?} names no field (write e.g. $.a.b)"));
+    }
+    let segs: Vec<String> = body.split('.').map(str::to_owned).collect();
+    if segs.iter().any(String::is_empty) {
+        return Err(format!("JSON path {p:?} has an empty segment"));
+    }
+    Ok(segs)
+}
+
+/// Split a template into pieces; `captures` = the regex's capture names (None: no regex).
+fn parse_template(t: &str, captures: Option<&[Option<&str>]>) -> Result<Template, String> {
+    let mut pieces = Vec::new();
+    let mut lit = String::new();
+    let mut chars = t.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '{' if chars.peek().map(|x| x.1) == Some('{') => {
+                chars.next();
+                lit.push('{');
+            }
+            '}' if chars.peek().map(|x| x.1) == Some('}') => {
+                chars.next();
+                lit.push('}');
+            }
+            '}' => {
+                return Err(format!(
+                    "template {t:?}: unmatched `}}` (write `}}}}` for a literal brace)"
+                ));
+            }
+            '{' => {
+                let rest = &t[i + 1..];
+                let Some(end) = rest.find('}') else {
+                    return Err(format!(
+                        "template {t:?}: unclosed `{{` (write `{{{{` for a literal brace)"
+                    ));
+                };
+                let inner = &rest[..end];
+                let mut vars = Vec::new();
+                for alt in inner.split('|') {
+                    vars.push(parse_var(alt.trim(), captures, t)?);
+                }
+                if !lit.is_empty() {
+                    pieces.push(Piece::Literal(std::mem::take(&mut lit)));
+                }
+                pieces.push(Piece::Vars(vars));
+                // Skip the variable's characters and the closing brace.
+                let stop = i + 1 + end;
+                while chars.peek().is_some_and(|&(j, _)| j <= stop) {
+                    chars.next();
+                }
+            }
+            c => lit.push(c),
+        }
+    }
+    if !lit.is_empty() {
+        pieces.push(Piece::Literal(lit));
+    }
+    Ok(Template { pieces })
+}
+
+fn parse_var(name: &str, captures: Option<&[Option<&str>]>, t: &str) -> Result<Var, String> {
+    if name.starts_with('$') {
+        return parse_json_path(name)
+            .map(Var::Json)
+            .map_err(|e| format!("template {t:?}: {e}"));
+    }
+    if name.is_empty() {
+        return Err(format!("template {t:?}: empty `{{}}`"));
+    }
+    if let Some(idx) = captures.and_then(|c| c.iter().position(|n| *n == Some(name))) {
+        return Ok(Var::Capture(idx));
+    }
+    match name {
+        "host" => return Ok(Var::Host),
+        "program" => return Ok(Var::Program),
+        "pid" => return Ok(Var::Pid),
+        _ => {}
+    }
+    match captures {
+        None => Err(format!(
+            "template {t:?}: {{{name}}} names a regex capture but the rule has no regex"
+        )),
+        Some(c) => {
+            let names: Vec<&str> = c.iter().flatten().copied().collect();
+            Err(format!(
+                "template {t:?}: the regex has no capture named {name:?} (captures: {})",
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            ))
+        }
+    }
+}
+
+impl CompiledParser {
+    /// The parser's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// `None`: no rule matched; `Some(x)`: a rule matched and emits `x` (None = noise).
+    pub fn parse(&self, decoded: &Decoded, tz: &TimeZone) -> Option<Option<Extracted>> {
+        if !self.programs.is_empty() {
+            let prog = decoded.program.as_deref()?;
+            let base = prog.split_once('(').map_or(prog, |(b, _)| b);
+            if !self.programs.iter().any(|p| p == prog || p == base) {
+                return None;
+            }
+        }
+        let msg = decoded.message.as_str();
+        for rule in &self.rules {
+            if let Some(re) = &rule.regex
+                && !re.is_match(msg)
+            {
+                continue;
+            }
+            if !rule.json_match.is_empty() {
+                let Some(obj) = decoded.json.as_ref() else {
+                    continue;
+                };
+                let all = rule.json_match.iter().all(|(path, re)| {
+                    json_lookup(obj, path)
+                        .and_then(json_text)
+                        .is_some_and(|s| re.is_match(&s))
+                });
+                if !all {
+                    continue;
+                }
+            }
+            let Some(pattern) = rule.pattern else {
+                return Some(None);
+            };
+            let caps = match (&rule.regex, rule.needs_captures) {
+                (Some(re), true) => re.captures(msg),
+                _ => None,
+            };
+            let ctx = Ctx {
+                caps: caps.as_ref(),
+                decoded,
+            };
+            let mut fields = Fields::default();
+            for (name, tpl) in &rule.fields {
+                fields.set(*name, tpl.render(&ctx));
+            }
+            let time = rule
+                .time
+                .as_ref()
+                .and_then(|(tpl, fmt)| parse_time(&tpl.render(&ctx), fmt, tz))
+                .or(decoded.time);
+            return Some(Some(Extracted {
+                parser: self.name.clone(),
+                pattern,
+                time,
+                fields,
+            }));
+        }
+        None
+    }
+}
+
+struct Ctx<'a> {
+    caps: Option<&'a Captures<'a>>,
+    decoded: &'a Decoded,
+}
+
+impl Template {
+    fn render(&self, ctx: &Ctx<'_>) -> String {
+        let mut out = String::new();
+        for p in &self.pieces {
+            match p {
+                Piece::Literal(s) => out.push_str(s),
+                Piece::Vars(vars) => {
+                    if let Some(v) = vars.iter().find_map(|v| {
+                        var_value(v, ctx).filter(|s| {
+                            let t = s.trim();
+                            !t.is_empty() && t != "-"
+                        })
+                    }) {
+                        out.push_str(&v);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn var_value<'a>(v: &Var, ctx: &Ctx<'a>) -> Option<Cow<'a, str>> {
+    match v {
+        Var::Capture(i) => ctx
+            .caps
+            .and_then(|c| c.get(*i))
+            .map(|m| Cow::Borrowed(m.as_str())),
+        Var::Json(path) => ctx
+            .decoded
+            .json
+            .as_ref()
+            .and_then(|o| json_lookup(o, path))
+            .and_then(json_text),
+        Var::Host => ctx.decoded.host.as_deref().map(Cow::Borrowed),
+        Var::Program => ctx.decoded.program.as_deref().map(Cow::Borrowed),
+        Var::Pid => ctx.decoded.pid.as_deref().map(Cow::Borrowed),
+    }
+}
+
+fn json_lookup<'a>(
+    obj: &'a serde_json::Map<String, serde_json::Value>,
+    path: &[String],
+) -> Option<&'a serde_json::Value> {
+    let (first, rest) = path.split_first()?;
+    let mut cur = obj.get(first)?;
+    for seg in rest {
+        cur = match cur {
+            serde_json::Value::Object(m) => m.get(seg)?,
+            serde_json::Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// A JSON value as template text: strings as they are, null as absent, the rest as JSON.
+fn json_text(v: &serde_json::Value) -> Option<Cow<'_, str>> {
+    match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
+        other => Some(Cow::Owned(other.to_string())),
+    }
+}
+
+fn parse_time(s: &str, fmt: &TimeFormat, tz: &TimeZone) -> Option<Stamp> {
+    let s = s.trim();
+    match fmt {
+        TimeFormat::Rfc3339 => parse_rfc3339(s, tz),
+        TimeFormat::Epoch => {
+            let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+            let secs: i64 = secs.parse().ok()?;
+            if !frac.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let mut nanos: i32 = 0;
+            for (k, b) in frac.bytes().take(9).enumerate() {
+                nanos += i32::from(b - b'0') * 10i32.pow(8 - k as u32);
+            }
+            Timestamp::new(secs, nanos)
+                .ok()
+                .map(|ts| Stamp::in_zone(ts, tz))
+        }
+        TimeFormat::EpochMs => {
+            let ms: i64 = s.parse().ok()?;
+            Timestamp::from_millisecond(ms)
+                .ok()
+                .map(|ts| Stamp::in_zone(ts, tz))
+        }
+        TimeFormat::Strftime(f) => {
+            let bdt = jiff::fmt::strtime::parse(f, s).ok()?;
+            if let Some(offset) = bdt.offset() {
+                let ts = bdt.to_timestamp().ok()?;
+                Some(Stamp { ts, offset })
+            } else {
+                let dt = bdt.to_datetime().ok()?;
+                let ts = tz.to_ambiguous_timestamp(dt).earlier().ok()?;
+                Some(Stamp::in_zone(ts, tz))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::spec::ParserFile;
+
+    fn spec(toml_text: &str) -> ParserSpec {
+        let f: ParserFile = toml::from_str(toml_text).unwrap();
+        f.parsers.into_iter().next().unwrap()
+    }
+
+    fn raw(line: &str) -> Decoded {
+        crate::decode::raw::decode(line)
+    }
+
+    #[test]
+    fn template_fills_fields_from_captures_literals_and_alternatives() {
+        let p = compile_parser(&spec(
+            r#"
+            [[parsers]]
+            name = "app"
+            [[parsers.rules]]
+            regex = '^user=(?P<user>\S+) alt=(?P<alt>\S+) read (?P<type>\w+)/(?P<id>\S+)'
+            pattern = "read"
+            fields = { user = "{user|alt}", resource = "{type}/{id}", description = "{{x}} {alt}" }
+            "#,
+        ))
+        .unwrap();
+        let e = p
+            .parse(&raw("user=- alt=bob read Patient/1"), &TimeZone::UTC)
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.pattern, Pattern::Read);
+        assert_eq!(e.fields.get(FieldName::User), Some("bob"));
+        assert_eq!(e.fields.get(FieldName::Resource), Some("Patient/1"));
+        assert_eq!(e.fields.get(FieldName::Description), Some("{x} bob"));
+    }
+
+    #[test]
+    fn every_problem_of_a_parser_is_reported() {
+        let errs = compile_parser(&spec(
+            r#"
+            [[parsers]]
+            name = "bad"
+            [[parsers.rules]]
+            regex = '(unclosed'
+            pattern = "read"
+            [[parsers.rules]]
+            regex = '(?P<a>x)'
+            pattern = "reed"
+            time_format = "%H"
+            fields = { user = "{b}", colour = "{a}", time = "{a}" }
+            "#,
+        ))
+        .unwrap_err();
+        let all = errs.join("\n");
+        assert!(all.contains("rules[0].regex: invalid regex"), "{all}");
+        assert!(
+            all.contains("rules[1].pattern: unknown pattern \"reed\""),
+            "{all}"
+        );
+        assert!(
+            all.contains("rules[1].time_format: invalid time_format"),
+            "{all}"
+        );
+        assert!(
+            all.contains("rules[1].fields.user: template \"{b}\": the regex has no capture named \"b\" (captures: a)"),
+            "{all}"
+        );
+        assert!(
+            all.contains("rules[1].fields.colour: unknown field"),
+            "{all}"
+        );
+        assert_eq!(errs.len(), 5, "{all}");
+    }
+
+    #[test]
+    fn time_formats_are_checked_by_round_trip() {
+        assert!(check_strftime("%d/%b/%Y:%H:%M:%S %z").is_ok());
+        assert!(check_strftime("%Y-%m-%d %H:%M:%S%.f").is_ok());
+        assert!(check_strftime("%H:%M:%S").is_err());
+        assert!(check_strftime("%Y-%m-%d %H:%M:%S %Z").is_err());
+        assert!(check_strftime("%Y %!").is_err());
+    }
+
+    #[test]
+    fn json_paths_and_json_match() {
+        let p = compile_parser(&spec(
+            r#"
+            [[parsers]]
+            name = "j"
+            [[parsers.rules]]
+            json_match = { "$.class" = "^connection$", "$.data.status" = "^0$" }
+            pattern = "login"
+            time_format = "epoch_ms"
+            fields = { user = "{$.account.user}", client_address = "{$.ips.1}", time = "{$.ts}", outcome = "{$.data.status}" }
+            "#,
+        ))
+        .unwrap();
+        let d = crate::decode::json::decode(
+            r#"{"class":"connection","ts":1700000000123,"account":{"user":"a"},"ips":["x","1.2.3.4"],"data":{"status":0}}"#,
+        );
+        let e = p.parse(&d, &TimeZone::UTC).unwrap().unwrap();
+        assert_eq!(e.fields.get(FieldName::User), Some("a"));
+        assert_eq!(e.fields.get(FieldName::ClientAddress), Some("1.2.3.4"));
+        assert_eq!(e.fields.get(FieldName::Outcome), Some("0"));
+        assert_eq!(
+            e.time.unwrap().to_instant(),
+            "2023-11-14T22:13:20.123+00:00"
+        );
+        let d = crate::decode::json::decode(r#"{"class":"connection","data":{"status":1045}}"#);
+        assert_eq!(p.parse(&d, &TimeZone::UTC), None);
+    }
+
+    #[test]
+    fn time_without_offset_is_read_in_source_zone() {
+        let p = compile_parser(&spec(
+            r#"
+            [[parsers]]
+            name = "t"
+            [[parsers.rules]]
+            regex = '^(?P<t>\d{8} \d\d:\d\d:\d\d),'
+            pattern = "read"
+            time_format = "%Y%m%d %H:%M:%S"
+            fields = { time = "{t}" }
+            "#,
+        ))
+        .unwrap();
+        let tz = TimeZone::get("Europe/Berlin").unwrap();
+        let e = p
+            .parse(&raw("20261125 15:21:39,vm,x"), &tz)
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.time.unwrap().to_instant(), "2026-11-25T15:21:39+01:00");
+    }
+
+    #[test]
+    fn unparseable_time_falls_back_to_header_time() {
+        let p = compile_parser(&spec(
+            r#"
+            [[parsers]]
+            name = "t"
+            [[parsers.rules]]
+            regex = '^at (?P<t>\S+)'
+            pattern = "read"
+            fields = { time = "{t}" }
+            "#,
+        ))
+        .unwrap();
+        let mut d = raw("at yesterday");
+        d.time = Some(Stamp::now_utc());
+        let e = p.parse(&d, &TimeZone::UTC).unwrap().unwrap();
+        assert_eq!(e.time, d.time);
+    }
+
+    #[test]
+    fn programs_filter_accepts_module_suffix() {
+        let p = compile_parser(&spec(
+            r#"
+            [[parsers]]
+            name = "s"
+            programs = ["sshd"]
+            [[parsers.rules]]
+            regex = 'x'
+            pattern = "none"
+            "#,
+        ))
+        .unwrap();
+        let mut d = raw("x");
+        assert_eq!(p.parse(&d, &TimeZone::UTC), None);
+        d.program = Some("sshd(pam_unix)".into());
+        assert_eq!(p.parse(&d, &TimeZone::UTC), Some(None));
+        d.program = Some("sudo".into());
+        assert_eq!(p.parse(&d, &TimeZone::UTC), None);
+    }
+
+    #[test]
+    fn build_reports_unknown_names_and_user_parsers_shadow_presets() {
+        let user = spec(
+            r#"
+            [[parsers]]
+            name = "sshd"
+            [[parsers.rules]]
+            regex = 'mine'
+            pattern = "logout"
+            "#,
+        );
+        let set = ParserSet::build(&["sshd".into()], std::slice::from_ref(&user)).unwrap();
+        let out = set.parse(&raw("mine"), &TimeZone::UTC);
+        assert!(matches!(
+            out,
+            LineOutcome::Matched {
+                extracted: Some(_),
+                ..
+            }
+        ));
+        let errs = ParserSet::build(&["nope".into(), "fhir_access".into()], &[]).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].contains("unknown parser \"nope\""), "{errs:?}");
+    }
+
+    #[test]
+    fn repeated_group_keeps_captures_of_earlier_iterations() {
+        // The fhir_access preset relies on this for order-independent key="value" suffixes.
+        let re = Regex::new(r#"(?:\s+(?:a="(?P<a>[^"]*)"|b="(?P<b>[^"]*)"|\w+=\S*))*"#).unwrap();
+        let c = re.captures(r#" a="1" b="2" c=3"#).unwrap();
+        assert_eq!(c.name("a").map(|m| m.as_str()), Some("1"));
+        assert_eq!(c.name("b").map(|m| m.as_str()), Some("2"));
+    }
+}

@@ -12,8 +12,18 @@
 //! ```
 //!
 //! Templates: `{name}` is a named regex capture, `{$.a.b}` a field of a JSON line (with
-//! `decode = "json"`), `{host}` / `{program}` / `{pid}` the syslog header; anything else is
-//! literal text. `{{` and `}}` write literal braces.
+//! `decode = "json"`; `{$.a.0}` indexes an array), `{host}` / `{program}` / `{pid}` the syslog
+//! header (a regex capture of the same name takes precedence); anything else is literal text.
+//! `{{` and `}}` write literal braces. `{a|b|$.c}` takes the first alternative that is set
+//! (not empty and not `-`), e.g. `user = "{kv_user|remote_user}"`. A field whose template
+//! renders empty or `-` is left unset.
+//!
+//! A rule's conditions are its `regex` (matched against the decoded message) and its
+//! `json_match` entries; all must hold. Conditions on a captured value (e.g. "only when the
+//! status is below 400") are written into the regex itself, splitting the rule in two (see the
+//! `fhir_access` preset).
+//!
+//! `programs` compares the syslog tag; a tag like `sshd(pam_unix)` also counts as `sshd`.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -30,6 +40,10 @@ pub struct ParserSpec {
     /// Only lines whose syslog program (tag) is one of these; empty = any line.
     #[serde(default)]
     pub programs: Vec<String>,
+    /// The decoder this parser is written for (`syslog`, `raw` or `json`); `check` reports a
+    /// source that uses it with another decoder. Unset = any.
+    #[serde(default)]
+    pub decode: Option<String>,
     /// The rules, tried in order.
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
@@ -68,7 +82,10 @@ pub struct RuleSpec {
 pub struct SampleSpec {
     /// The input line, as it appears in the log file.
     pub line: String,
-    /// What it yields, e.g. `login outcome=0 user=alice`, or `nothing`.
+    /// What it yields: `nothing` (a `pattern = "none"` rule), `unmatched`, or the pattern
+    /// followed by every set value as `field=value` in field declaration order, `time` first
+    /// (as a FHIR instant), values containing spaces in double quotes, e.g.
+    /// `login time=2026-11-25T15:22:44+00:00 outcome=0 user=alice`. Tests check it exactly.
     pub yields: String,
 }
 
