@@ -25,7 +25,11 @@ fn main() {
     let mut runs = Vec::new();
     for i in 0..3 {
         let t = Instant::now();
-        let ok = Command::new("wc").arg("-l").arg(&log).stdout(Stdio::null()).status();
+        let ok = Command::new("wc")
+            .arg("-l")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .status();
         assert!(ok.map(|s| s.success()).unwrap_or(false), "wc failed");
         baseline.push(t.elapsed().as_secs_f64());
 
@@ -77,12 +81,24 @@ max_events = 500
     rss.sort();
     let base = baseline[1];
     println!("lines: {lines} ({:.1} MiB)", size as f64 / (1 << 20) as f64);
-    println!("runs (s): {:?}", runs.iter().map(|r| (r.0 * 1000.0).round() / 1000.0).collect::<Vec<_>>());
+    println!(
+        "runs (s): {:?}",
+        runs.iter()
+            .map(|r| (r.0 * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>()
+    );
     println!("median: {secs:.3} s");
     println!("lines/s: {:.0}", lines as f64 / secs);
     println!("events/s: {:.0} ({events} events)", events as f64 / secs);
-    println!("peak RSS: {:.1} MiB (median of runs)", rss[1] as f64 / 1024.0);
-    println!("baseline wc -l: {base:.3} s ({:.0} lines/s); agent/baseline time ratio: {:.1}", lines as f64 / base, secs / base);
+    println!(
+        "peak RSS: {:.1} MiB (median of runs)",
+        rss[1] as f64 / 1024.0
+    );
+    println!(
+        "baseline wc -l: {base:.3} s ({:.0} lines/s); agent/baseline time ratio: {:.1}",
+        lines as f64 / base,
+        secs / base
+    );
 }
 
 fn generate(path: &Path, n: usize) {
@@ -133,6 +149,10 @@ fn wait_rusage(pid: i32) -> (i32, i64) {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert!(r == pid, "wait4 failed");
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
     (code, usage.ru_maxrss)
 }

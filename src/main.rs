@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser, Debug)]
-#[command(name = "balp-agent", version, about = "Log lines in, IHE BALP AuditEvents out")]
+#[command(
+    name = "balp-agent",
+    version,
+    about = "Log lines in, IHE BALP AuditEvents out"
+)]
 struct Cli {
     /// Config file.
     #[arg(short, long, global = true, default_value = config::DEFAULT_CONFIG_PATH)]
@@ -144,7 +148,9 @@ fn cmd_run(path: &std::path::Path, once: bool) -> Result<ExitCode> {
         let signals = tokio::spawn(watch_signals(trigger.clone()));
         let result = pipeline::run(cfg, RunOptions { once }, &trigger).await;
         signals.abort();
-        result.map(|()| ExitCode::SUCCESS).map_err(anyhow::Error::from)
+        result
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from)
     })
 }
 
@@ -169,7 +175,11 @@ async fn watch_signals(trigger: Arc<shutdown::ShutdownTrigger>) {
     }
 }
 
-fn cmd_test(path: &std::path::Path, source: &str, file: Option<&std::path::Path>) -> Result<ExitCode> {
+fn cmd_test(
+    path: &std::path::Path,
+    source: &str,
+    file: Option<&std::path::Path>,
+) -> Result<ExitCode> {
     let cfg = match load_config(path) {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -178,7 +188,11 @@ fn cmd_test(path: &std::path::Path, source: &str, file: Option<&std::path::Path>
         eprintln!(
             "{}: no source named {source:?} (sources: {})",
             path.display(),
-            cfg.sources.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+            cfg.sources
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         return Ok(ExitCode::FAILURE);
     };
@@ -198,7 +212,10 @@ fn cmd_test(path: &std::path::Path, source: &str, file: Option<&std::path::Path>
                 std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?,
             )),
         ),
-        None => ("-".to_owned(), Box::new(std::io::BufReader::new(std::io::stdin()))),
+        None => (
+            "-".to_owned(),
+            Box::new(std::io::BufReader::new(std::io::stdin())),
+        ),
     };
     let stream = Arc::new(StreamId {
         source: Arc::from(source),

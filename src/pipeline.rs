@@ -92,7 +92,10 @@ pub struct SourceProcessor {
 pub fn source_zone(source: &SourceConfig) -> Result<TimeZone, String> {
     match &source.timezone {
         Some(name) => TimeZone::get(name).map_err(|e| {
-            format!("sources.{}.timezone: unknown zone {name:?}: {e}", source.name)
+            format!(
+                "sources.{}.timezone: unknown zone {name:?}: {e}",
+                source.name
+            )
         }),
         None => Ok(TimeZone::system()),
     }
@@ -255,10 +258,9 @@ pub async fn run(
     let mut pending_sources = config.sources.len();
     let mut batch_tx = Some(batch_tx);
     let mut sources_open = true;
-    let mut delivery_result: Option<Result<(), PipelineError>> = None;
-    let mut delivery = Some(delivery);
+    let mut delivery = delivery;
 
-    loop {
+    let delivery_result = loop {
         tokio::select! {
             biased;
             Some(checkpoints) = ack_rx.recv() => {
@@ -321,27 +323,20 @@ pub async fn run(
                     last_persist = Instant::now();
                 }
             }
-            res = async {
-                match delivery.as_mut() {
-                    Some(handle) => handle.await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                delivery = None;
-                delivery_result = Some(match res {
-                    Ok(r) => r,
-                    Err(e) => Err(PipelineError::Internal(format!("delivery task: {e}"))),
-                });
+            res = &mut delivery => {
                 // Collect the acks sent before the task ended, then stop.
                 while let Ok(checkpoints) = ack_rx.try_recv() {
                     for cp in &checkpoints {
                         positions.apply(cp);
                     }
                 }
-                break;
+                break match res {
+                    Ok(r) => r,
+                    Err(e) => Err(PipelineError::Internal(format!("delivery task: {e}"))),
+                };
             }
         }
-    }
+    };
 
     // Delivery stopped: on error or interruption, make the sources stop too.
     crate::systemd::notify("STOPPING=1");
@@ -353,7 +348,7 @@ pub async fn run(
         }
     }
     positions.persist()?;
-    let result = delivery_result.unwrap_or(Ok(()));
+    let result = delivery_result;
     if result.is_ok() {
         tracing::info!("balp-agent stopped cleanly");
     }

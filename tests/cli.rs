@@ -5,7 +5,11 @@ mod common;
 use common::agent::{corpus, run, write_config};
 use std::collections::BTreeMap;
 
-fn test_events(config: &std::path::Path, source: &str, file: &std::path::Path) -> (Vec<serde_json::Value>, String) {
+fn test_events(
+    config: &std::path::Path,
+    source: &str,
+    file: &std::path::Path,
+) -> (Vec<serde_json::Value>, String) {
     let out = run(&[
         "test",
         "-c",
@@ -55,7 +59,10 @@ parsers = ["sshd"]
 type = "stdout"
 "#,
     );
-    for file in ["generated/debian12-rsyslog-auth/auth.log", "generated/debian12-rsyslog-auth/auth.traditional.log"] {
+    for file in [
+        "generated/debian12-rsyslog-auth/auth.log",
+        "generated/debian12-rsyslog-auth/auth.traditional.log",
+    ] {
         let (events, stderr) = test_events(&cfg, "auth", &corpus(file));
         // Read off the file: Accepted ×2 (alice password, alice publickey); Failed password ×3
         // (alice, invalid user mallory, root); sshd session closed ×2 (alice).
@@ -78,7 +85,10 @@ type = "stdout"
         for e in &events {
             assert!(e.get("identifier").is_none());
             assert_eq!(e["type"]["code"], "110114");
-            assert!(e["meta"]["profile"].is_null(), "login/logout claim no BALP profile");
+            assert!(
+                e["meta"]["profile"].is_null(),
+                "login/logout claim no BALP profile"
+            );
         }
     }
 }
@@ -123,12 +133,19 @@ type = "stdout"
         assert_eq!(c.get("create/0"), Some(&1), "{file}: {c:?}");
         assert_eq!(c.get("update/0"), Some(&1), "{file}: {c:?}");
         assert_eq!(c.get("delete/0"), Some(&1), "{file}: {c:?}");
-        let profiled = events.iter().filter(|e| e["meta"]["profile"].is_array()).count();
+        let profiled = events
+            .iter()
+            .filter(|e| e["meta"]["profile"].is_array())
+            .count();
         // Failed requests (2), the operation and the batch claim no profile.
         assert_eq!(profiled, 7, "{file}");
         // The 401 line names remote_user dr.smith, but authentication failed: no user agent.
         let unauthorized: Vec<_> = events.iter().filter(|e| e["outcome"] == "4").collect();
-        assert!(unauthorized.iter().all(|e| !e.to_string().contains("IRCP") || !e.to_string().contains("401")));
+        assert!(
+            unauthorized
+                .iter()
+                .all(|e| !e.to_string().contains("IRCP") || !e.to_string().contains("401"))
+        );
         common::agent::assert_conformant(&events);
     }
 }
@@ -157,17 +174,30 @@ flush_interval = "soon"
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let label = cfg.to_str().unwrap();
-    assert!(stderr.contains(&format!("{label}:3:1: agent.colour")), "{stderr}");
-    assert!(stderr.contains(&format!("{label}:8:13: sources[0].read_from")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{label}:3:1: agent.colour")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{label}:8:13: sources[0].read_from")),
+        "{stderr}"
+    );
     assert!(stderr.contains("no_such_preset"), "{stderr}");
-    assert!(stderr.contains(&format!("{label}:13:18: output.flush_interval")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{label}:13:18: output.flush_interval")),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn check_accepts_the_shipped_example_config() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
     let out = run(&["check", "-c", example]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -175,7 +205,10 @@ fn presets_are_listed_and_shown_as_toml() {
     let out = run(&["presets"]);
     assert!(out.status.success());
     let list = String::from_utf8_lossy(&out.stdout);
-    assert!(list.contains("sshd") && list.contains("fhir_access"), "{list}");
+    assert!(
+        list.contains("sshd") && list.contains("fhir_access"),
+        "{list}"
+    );
     let out = run(&["presets", "show", "sshd"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);

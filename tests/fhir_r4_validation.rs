@@ -52,12 +52,27 @@ type = "stdout"
     );
     let inputs = [
         ("auth", "generated/debian12-rsyslog-auth/auth.log"),
-        ("auth", "generated/debian12-rsyslog-auth/auth.traditional.log"),
+        (
+            "auth",
+            "generated/debian12-rsyslog-auth/auth.traditional.log",
+        ),
         ("auth", "loghub/OpenSSH_2k.log"),
-        ("fhir", "generated/nginx1.22-apache2.4-fhir/nginx-access.log"),
-        ("fhir", "generated/nginx1.22-apache2.4-fhir/nginx-access-fhir_audit.log"),
-        ("fhir", "generated/nginx1.22-apache2.4-fhir/apache-access.log"),
-        ("fhir", "generated/nginx1.22-apache2.4-fhir/apache-access-fhir_audit.log"),
+        (
+            "fhir",
+            "generated/nginx1.22-apache2.4-fhir/nginx-access.log",
+        ),
+        (
+            "fhir",
+            "generated/nginx1.22-apache2.4-fhir/nginx-access-fhir_audit.log",
+        ),
+        (
+            "fhir",
+            "generated/nginx1.22-apache2.4-fhir/apache-access.log",
+        ),
+        (
+            "fhir",
+            "generated/nginx1.22-apache2.4-fhir/apache-access-fhir_audit.log",
+        ),
     ];
     let ndjson = dir.path().join("events.ndjson");
     let mut all = String::new();
@@ -70,13 +85,21 @@ type = "stdout"
             source,
             corpus(file).to_str().unwrap(),
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         all.push_str(&String::from_utf8_lossy(&out.stdout));
     }
     assert!(all.lines().count() > 20);
     std::fs::write(&ndjson, &all).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fhir_validate.py");
-    let out = Command::new("python3").arg(script).arg(&ndjson).output().unwrap();
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&ndjson)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}\n{}",

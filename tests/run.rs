@@ -2,13 +2,21 @@
 
 mod common;
 
-use common::agent::{Agent, append, assert_conformant, events_in_dir, fhir_lines, wait_until, write_config};
+use common::agent::{
+    Agent, append, assert_conformant, events_in_dir, fhir_lines, wait_until, write_config,
+};
 use common::arr::{Arr, Reply};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-fn http_config(dir: &Path, log_glob: &str, arr: &Arr, max_events: usize, flush: &str) -> std::path::PathBuf {
+fn http_config(
+    dir: &Path,
+    log_glob: &str,
+    arr: &Arr,
+    max_events: usize,
+    flush: &str,
+) -> std::path::PathBuf {
     write_config(
         dir,
         &format!(
@@ -57,12 +65,18 @@ fn run_once_on_example_config_writes_bundles_to_directory() {
     // The example config uses paths relative to its own directory: copy it with the samples.
     std::fs::create_dir_all(dir.path().join("examples/logs")).unwrap();
     for f in ["auth.log", "fhir-access.log"] {
-        std::fs::copy(root.join("examples/logs").join(f), dir.path().join("examples/logs").join(f)).unwrap();
+        std::fs::copy(
+            root.join("examples/logs").join(f),
+            dir.path().join("examples/logs").join(f),
+        )
+        .unwrap();
     }
     let cfg = dir.path().join("config.toml");
     std::fs::copy(root.join("config.example.toml"), &cfg).unwrap();
     let mut agent = Agent::start(&cfg, &["--once"]);
-    let status = agent.wait(Duration::from_secs(30)).expect("run --once ends by itself");
+    let status = agent
+        .wait(Duration::from_secs(30))
+        .expect("run --once ends by itself");
     assert!(status.success(), "{}", agent.log());
     let events = events_in_dir(&dir.path().join("out"));
     // 7 sshd events + 11 FHIR REST events (see tests/cli.rs for the count by kind).
@@ -83,16 +97,30 @@ fn restart_resumes_with_no_loss_and_no_duplicates() {
     append(&log, &fhir_lines(0, 100));
     let cfg = http_config(dir.path(), log.to_str().unwrap(), &arr, 50, "100ms");
     let mut agent = Agent::start(&cfg, &[]);
-    assert!(arr.wait_for_events(100, Duration::from_secs(20)), "{}", agent.log());
+    assert!(
+        arr.wait_for_events(100, Duration::from_secs(20)),
+        "{}",
+        agent.log()
+    );
     assert!(agent.stop().success(), "{}", agent.log());
     // Written while the agent is down.
     append(&log, &fhir_lines(100, 50));
     let mut agent = Agent::start(&cfg, &[]);
     append(&log, &fhir_lines(150, 50));
-    assert!(arr.wait_for_events(200, Duration::from_secs(20)), "{}", agent.log());
+    assert!(
+        arr.wait_for_events(200, Duration::from_secs(20)),
+        "{}",
+        agent.log()
+    );
     assert!(agent.stop().success());
     assert_no_loss_no_dup(&arr, 200);
-    assert_conformant(&arr.accepted_bundles().iter().flat_map(|b| b["entry"].as_array().cloned().unwrap_or_default()).map(|e| e["resource"].clone()).collect::<Vec<_>>());
+    assert_conformant(
+        &arr.accepted_bundles()
+            .iter()
+            .flat_map(|b| b["entry"].as_array().cloned().unwrap_or_default())
+            .map(|e| e["resource"].clone())
+            .collect::<Vec<_>>(),
+    );
 }
 
 #[test]
@@ -103,7 +131,11 @@ fn rename_rotation_loses_nothing() {
     append(&log, &fhir_lines(0, 30));
     let cfg = http_config(dir.path(), log.to_str().unwrap(), &arr, 50, "100ms");
     let mut agent = Agent::start(&cfg, &[]);
-    assert!(arr.wait_for_events(30, Duration::from_secs(20)), "{}", agent.log());
+    assert!(
+        arr.wait_for_events(30, Duration::from_secs(20)),
+        "{}",
+        agent.log()
+    );
     // logrotate `create`: rename, then a writer that still holds the old file adds more,
     // then a new file appears at the path.
     let mut old = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
@@ -114,7 +146,11 @@ fn rename_rotation_loses_nothing() {
     }
     drop(old);
     append(&log, &fhir_lines(50, 30));
-    assert!(arr.wait_for_events(80, Duration::from_secs(20)), "{}", agent.log());
+    assert!(
+        arr.wait_for_events(80, Duration::from_secs(20)),
+        "{}",
+        agent.log()
+    );
     assert!(agent.stop().success());
     assert_no_loss_no_dup(&arr, 80);
 }
@@ -123,19 +159,34 @@ fn rename_rotation_loses_nothing() {
 fn arr_503_then_recovery_delivers_everything_with_a_stable_request_id() {
     let dir = tempfile::tempdir().unwrap();
     let arr = Arr::start();
-    arr.script([Reply::Status(503), Reply::Status(503), Reply::StatusWithRetryAfter(429, "0".into())]);
+    arr.script([
+        Reply::Status(503),
+        Reply::Status(503),
+        Reply::StatusWithRetryAfter(429, "0".into()),
+    ]);
     let log = dir.path().join("access.log");
     append(&log, &fhir_lines(0, 10));
     let cfg = http_config(dir.path(), log.to_str().unwrap(), &arr, 500, "300ms");
     let mut agent = Agent::start(&cfg, &[]);
-    assert!(arr.wait_for_events(10, Duration::from_secs(20)), "{}", agent.log());
+    assert!(
+        arr.wait_for_events(10, Duration::from_secs(20)),
+        "{}",
+        agent.log()
+    );
     assert!(agent.stop().success());
     let reqs = arr.requests();
     assert!(reqs.len() >= 4, "three failures then success");
     let first_id = reqs[0].header("x-request-id").map(str::to_owned);
     assert!(first_id.is_some());
-    assert!(reqs[..4].iter().all(|r| r.header("x-request-id").map(str::to_owned) == first_id));
-    assert_eq!(reqs[0].header("content-type"), Some("application/fhir+json"));
+    assert!(
+        reqs[..4]
+            .iter()
+            .all(|r| r.header("x-request-id").map(str::to_owned) == first_id)
+    );
+    assert_eq!(
+        reqs[0].header("content-type"),
+        Some("application/fhir+json")
+    );
     assert_no_loss_no_dup(&arr, 10);
 }
 
@@ -150,15 +201,27 @@ fn arr_400_dead_letters_the_bundle_and_goes_on() {
     let mut agent = Agent::start(&cfg, &[]);
     let dead = dir.path().join("state/dead-letter");
     assert!(
-        wait_until(Duration::from_secs(20), || std::fs::read_dir(&dead).map(|d| d.count() > 0).unwrap_or(false)),
+        wait_until(Duration::from_secs(20), || std::fs::read_dir(&dead)
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)),
         "{}",
         agent.log()
     );
     append(&log, &fhir_lines(5, 5));
-    assert!(arr.wait_for_events(5, Duration::from_secs(20)), "{}", agent.log());
+    assert!(
+        arr.wait_for_events(5, Duration::from_secs(20)),
+        "{}",
+        agent.log()
+    );
     assert!(agent.stop().success());
-    let letter = std::fs::read_dir(&dead).unwrap().next().unwrap().unwrap().path();
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(letter).unwrap()).unwrap();
+    let letter = std::fs::read_dir(&dead)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(letter).unwrap()).unwrap();
     assert_eq!(v["status"], 400);
     assert_eq!(v["bundle"]["entry"].as_array().map(Vec::len), Some(5));
     assert!(agent.log().contains("dead-lettered"));
@@ -190,7 +253,9 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
     for cycle in 0..3 {
         let agent = Agent::start(&cfg, &[]);
         let target = (cycle + 1) * 500;
-        wait_until(Duration::from_secs(20), || arr.accepted_event_ids().len() >= target);
+        wait_until(Duration::from_secs(20), || {
+            arr.accepted_event_ids().len() >= target
+        });
         agent.signal("KILL");
         drop(agent);
         append(&log, &fhir_lines(3000 + cycle * 100, 100));
@@ -198,7 +263,12 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
     let mut agent = Agent::start(&cfg, &[]);
     let all = 3300;
     assert!(
-        wait_until(Duration::from_secs(30), || arr.accepted_event_ids().iter().collect::<BTreeSet<_>>().len() >= all),
+        wait_until(Duration::from_secs(30), || arr
+            .accepted_event_ids()
+            .iter()
+            .collect::<BTreeSet<_>>()
+            .len()
+            >= all),
         "{}",
         agent.log()
     );

@@ -110,7 +110,11 @@ impl Drop for Agent {
 fn fastrand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Append lines to a file (creating it), flushed.
@@ -172,6 +176,9 @@ pub fn events_in_dir(dir: &Path) -> Vec<serde_json::Value> {
 pub fn assert_conformant(events: &[serde_json::Value]) {
     for ev in events {
         let problems = balp_agent::balp::conformance::check(ev);
-        assert!(problems.is_empty(), "non-conformant event {ev}: {problems:?}");
+        assert!(
+            problems.is_empty(),
+            "non-conformant event {ev}: {problems:?}"
+        );
     }
 }
