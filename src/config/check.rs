@@ -46,6 +46,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn check_text(path_label: &str, text: &str) -> Vec<String> {
     let mut c = Checker {
         problems: Vec::new(),
+        base: Path::new(path_label)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
     };
     match DeTable::parse(text) {
         Err(e) => {
@@ -238,6 +242,8 @@ type Value<'i> = Spanned<DeValue<'i>>;
 struct Checker {
     /// (byte offset, key path, message)
     problems: Vec<(usize, String, String)>,
+    /// Directory of the config file: relative paths in it are relative to this.
+    base: std::path::PathBuf,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -626,7 +632,7 @@ impl Checker {
         // An unset state_dir (the default) is not probed: it only matters on the host that
         // runs the agent, under systemd's StateDirectory.
         if let Some((dir, span)) = agent.as_ref().and_then(|(a, _)| get_str(a, "state_dir"))
-            && let Err(e) = probe_writable_dir(Path::new(dir))
+            && let Err(e) = probe_writable_dir(&self.base.join(dir))
         {
             self.report(&span, "agent.state_dir", e);
         }
@@ -658,7 +664,7 @@ impl Checker {
             },
             "directory" => match get_str(out, "path") {
                 Some((dir, span)) => {
-                    if let Err(e) = probe_writable_dir(Path::new(dir)) {
+                    if let Err(e) = probe_writable_dir(&self.base.join(dir)) {
                         self.report(&span, "output.path", e);
                     }
                 }
@@ -717,7 +723,7 @@ impl Checker {
 
     fn check_readable(&mut self, t: &Table<'_>, key: &str, prefix: &str) {
         if let Some((file, span)) = get_str(t, key)
-            && let Err(e) = std::fs::File::open(file)
+            && let Err(e) = std::fs::File::open(self.base.join(file))
         {
             self.report(
                 &span,
