@@ -426,7 +426,10 @@ impl AuditEvent {
 
     /// The claimed profiles (empty when none).
     pub fn profiles(&self) -> &[String] {
-        self.meta.as_ref().map(|m| m.profile.as_slice()).unwrap_or(&[])
+        self.meta
+            .as_ref()
+            .map(|m| m.profile.as_slice())
+            .unwrap_or(&[])
     }
 }
 
@@ -443,7 +446,10 @@ mod tests {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap();
-            out.push((path.display().to_string(), serde_json::from_str(&text).unwrap()));
+            out.push((
+                path.display().to_string(),
+                serde_json::from_str(&text).unwrap(),
+            ));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -458,8 +464,8 @@ mod tests {
             if let Some(o) = value.as_object_mut() {
                 o.remove("text");
             }
-            let event: AuditEvent = serde_json::from_value(value.clone())
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let event: AuditEvent =
+                serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
             let back = serde_json::to_value(&event).unwrap();
             assert_eq!(back, value, "{name} changed in the round trip");
         }
