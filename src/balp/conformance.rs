@@ -634,6 +634,7 @@ pub fn check(event: &Value) -> Vec<String> {
         return vec!["event is not a JSON object".to_owned()];
     };
     base(root, &mut p);
+    strings(event, "", &mut p);
     for url in event
         .pointer("/meta/profile")
         .and_then(Value::as_array)
@@ -677,13 +678,12 @@ fn base(root: &serde_json::Map<String, Value>, p: &mut Vec<String>) {
         None => {}
     }
     if let Some(meta) = root.get("meta") {
-        if let Some(prof) = meta.get("profile") {
-            if !prof
+        if let Some(prof) = meta.get("profile")
+            && !prof
                 .as_array()
                 .is_some_and(|a| a.iter().all(Value::is_string))
-            {
-                p.push("meta.profile must be an array of canonical strings".into());
-            }
+        {
+            p.push("meta.profile must be an array of canonical strings".into());
         }
         for key in ["tag", "security"] {
             codings(meta.get(key), &format!("meta.{key}"), p);
@@ -796,10 +796,10 @@ fn base(root: &serde_json::Map<String, Value>, p: &mut Vec<String>) {
                 "{at}: sev-1 violated (name and query both present)"
             ));
         }
-        if let Some(q) = o.get("query") {
-            if !q.as_str().is_some_and(|s| BASE64.is_match(s)) {
-                p.push(format!("{at}.query is not base64Binary"));
-            }
+        if let Some(q) = o.get("query")
+            && !q.as_str().is_some_and(|s| BASE64.is_match(s))
+        {
+            p.push(format!("{at}.query is not base64Binary"));
         }
         for (j, d) in array(o.get("detail")).iter().enumerate() {
             let n = ["valueString", "valueBase64Binary"]
@@ -812,6 +812,27 @@ fn base(root: &serde_json::Map<String, Value>, p: &mut Vec<String>) {
                 ));
             }
         }
+    }
+}
+
+/// FHIR primitives: no empty strings, no control characters but tab, CR and LF.
+fn strings(v: &Value, at: &str, p: &mut Vec<String>) {
+    match v {
+        Value::String(s) if s.is_empty() => p.push(format!("{at}: empty string")),
+        Value::String(s)
+            if s.chars()
+                .any(|c| c.is_control() && !matches!(c, '\t' | '\r' | '\n')) =>
+        {
+            p.push(format!("{at}: control character in string"));
+        }
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, x)| strings(x, &format!("{at}[{i}]"), p)),
+        Value::Object(o) => o
+            .iter()
+            .for_each(|(k, x)| strings(x, &format!("{at}/{k}"), p)),
+        _ => {}
     }
 }
 
@@ -908,10 +929,10 @@ fn check_profile(event: &Value, prof: &Profile, p: &mut Vec<String>) {
     if prof.no_modifier_extension && event.get("modifierExtension").is_some() {
         p.push(format!("{id}: modifierExtension is not allowed"));
     }
-    if let Some(tc) = prof.type_code {
-        if !event.get("type").is_some_and(|t| coding_is(t, tc)) {
-            p.push(format!("{id}: type must be {}#{}", tc.0, tc.1));
-        }
+    if let Some(tc) = prof.type_code
+        && !event.get("type").is_some_and(|t| coding_is(t, tc))
+    {
+        p.push(format!("{id}: type must be {}#{}", tc.0, tc.1));
     }
     if let Some(allowed) = prof.subtype {
         let n = array(event.get("subtype"))
@@ -925,21 +946,21 @@ fn check_profile(event: &Value, prof: &Profile, p: &mut Vec<String>) {
             ));
         }
     }
-    if let Some(a) = prof.action {
-        if event.get("action").and_then(Value::as_str) != Some(a) {
-            p.push(format!("{id}: action must be {a}"));
-        }
+    if let Some(a) = prof.action
+        && event.get("action").and_then(Value::as_str) != Some(a)
+    {
+        p.push(format!("{id}: action must be {a}"));
     }
     let outcome = event.get("outcome").and_then(Value::as_str);
     if prof.outcome_required && outcome.is_none() {
         p.push(format!("{id}: outcome is required"));
     }
-    if let (Some(f), Some(o)) = (prof.outcome_fixed, outcome) {
-        if o != f {
-            p.push(format!(
-                "{id}: outcome must be {f} (the profile covers success only), is {o}"
-            ));
-        }
+    if let (Some(f), Some(o)) = (prof.outcome_fixed, outcome)
+        && o != f
+    {
+        p.push(format!(
+            "{id}: outcome must be {f} (the profile covers success only), is {o}"
+        ));
     }
     let agents = array(event.get("agent"));
     if agents.len() < prof.agent_min {
@@ -1056,27 +1077,25 @@ fn slices(
                     p.push(format!("{at} allows one {path}"));
                 }
             }
-            if let Some(r) = s.requestor {
-                if it.get("requestor").and_then(Value::as_bool) != Some(r) {
-                    p.push(format!("{at} requestor must be {r}"));
-                }
+            if let Some(r) = s.requestor
+                && it.get("requestor").and_then(Value::as_bool) != Some(r)
+            {
+                p.push(format!("{at} requestor must be {r}"));
             }
-            if let Some((el, allowed)) = s.bound {
-                if let Some(c) = it.get(el) {
-                    if !allowed.iter().any(|a| coding_is(c, *a)) {
-                        p.push(format!(
-                            "{at}.{el} is not in {:?}",
-                            allowed.iter().map(|a| a.1).collect::<Vec<_>>()
-                        ));
-                    }
-                }
+            if let Some((el, allowed)) = s.bound
+                && let Some(c) = it.get(el)
+                && !allowed.iter().any(|a| coding_is(c, *a))
+            {
+                p.push(format!(
+                    "{at}.{el} is not in {:?}",
+                    allowed.iter().map(|a| a.1).collect::<Vec<_>>()
+                ));
             }
-            if let Some(t) = s.what_type {
-                if let Some(w) = it.get("what") {
-                    if !refers_to(w, t) {
-                        p.push(format!("{at}.what must reference a {t}"));
-                    }
-                }
+            if let Some(t) = s.what_type
+                && let Some(w) = it.get("what")
+                && !refers_to(w, t)
+            {
+                p.push(format!("{at}.what must reference a {t}"));
             }
             if s.audit_source && it.get("who") != event.pointer("/source/observer") {
                 p.push(format!(
@@ -1239,8 +1258,12 @@ mod tests {
         v["type"] = json!({"coding": [{"system": "s", "code": "c"}]});
         v["entity"][0]["name"] = json!("n");
         v["agent"][0]["network"]["type"] = json!("7");
+        v["outcomeDesc"] = json!("a\u{1}b");
+        v["source"]["site"] = json!("");
         let problems = check(&v);
         for needle in [
+            "control character",
+            "empty string",
             "identifier",
             "recorded",
             "Coding, not a CodeableConcept",
