@@ -27,7 +27,10 @@
 //!   comprehensive mode adds the full command line as `description` (it can hold patient data).
 //! * `POST [base]` cannot be told apart as batch or transaction without the body: it is
 //!   recorded with subtype `transaction`.
-//! * Disclosure is not mapped yet (no events).
+//! * Disclosure is recorded at the disclosing side (the agent's host): `IHE.BasicAudit.
+//!   PrivacyDisclosure.Source`, claimed (on any outcome, the profile allows failures) when a
+//!   patient and the recipient's address are known. The source agent's `who` is the observer
+//!   itself (val-audit-source); the recipient comes from `client_address`/`client_id`.
 
 use super::codes::{self, Code};
 use super::model::{
@@ -51,7 +54,7 @@ pub fn map_extracted(ctx: &MapContext, ex: &Extracted, line: LineRef<'_>) -> Vec
         }
         Pattern::Login | Pattern::Logout => Some(auth_event(ctx, f, ex.pattern)),
         Pattern::SecurityAlert => Some(security_alert(ctx, f)),
-        Pattern::Disclosure => None,
+        Pattern::Disclosure => Some(disclosure(ctx, f)),
     };
     let Some(built) = built else {
         return Vec::new();
@@ -82,9 +85,31 @@ fn sanitized(fields: &Fields) -> Option<Fields> {
 /// An event before ids, source, time and per-patient parts are filled in.
 struct Built {
     event: AuditEvent,
-    /// Profiles (plain, with-patient) to claim on success, if the interaction is covered.
-    profiles: Option<(&'static str, &'static str)>,
+    /// Profiles to claim, if any.
+    claim: Claim,
     patients: Vec<String>,
+}
+
+/// Which profile an event may claim: without / with a patient, and whether only on success.
+#[derive(Debug, Clone, Copy, Default)]
+struct Claim {
+    plain: Option<&'static str>,
+    with_patient: Option<&'static str>,
+    success_only: bool,
+}
+
+impl Claim {
+    /// A REST profile pair (success only).
+    fn rest(pair: Option<(&'static str, &'static str)>) -> Claim {
+        match pair {
+            Some((plain, with_patient)) => Claim {
+                plain: Some(plain),
+                with_patient: Some(with_patient),
+                success_only: true,
+            },
+            None => Claim::default(),
+        }
+    }
 }
 
 fn fan_out(ctx: &MapContext, b: Built, recorded: &str, line: LineRef<'_>) -> Vec<AuditEvent> {
@@ -102,13 +127,13 @@ fn fan_out(ctx: &MapContext, b: Built, recorded: &str, line: LineRef<'_>) -> Vec
     if line.flags.invalid_utf8 {
         meta.tag.push(codes::FLAG_INVALID_UTF8.coding());
     }
-    let success = base.outcome == Some(Outcome::Success);
+    let allowed = !b.claim.success_only || base.outcome == Some(Outcome::Success);
     let variants: Vec<(Option<&String>, Option<&'static str>)> = if b.patients.is_empty() {
-        vec![(None, b.profiles.filter(|_| success).map(|p| p.0))]
+        vec![(None, b.claim.plain.filter(|_| allowed))]
     } else {
         b.patients
             .iter()
-            .map(|p| (Some(p), b.profiles.filter(|_| success).map(|p| p.1)))
+            .map(|p| (Some(p), b.claim.with_patient.filter(|_| allowed)))
             .collect()
     };
     variants
@@ -576,7 +601,7 @@ fn rest_event(
     let covered = !req.conditional && client_ok;
     Built {
         event: ev,
-        profiles: interaction.profiles().filter(|_| covered),
+        claim: Claim::rest(interaction.profiles().filter(|_| covered)),
         patients: dedup(patients),
     }
 }
@@ -859,7 +884,7 @@ fn auth_event(ctx: &MapContext, f: &Fields, pattern: Pattern) -> Built {
     };
     Built {
         event: ev,
-        profiles: None,
+        claim: Claim::default(),
         patients: Vec::new(),
     }
 }
@@ -915,7 +940,73 @@ fn security_alert(ctx: &MapContext, f: &Fields) -> Built {
     field_patients(f, &mut patients);
     Built {
         event: ev,
-        profiles: None,
+        claim: Claim::default(),
+        patients: dedup(patients),
+    }
+}
+
+// ---- disclosure -------------------------------------------------------------------------
+
+fn disclosure(ctx: &MapContext, f: &Fields) -> Built {
+    let mut ev = AuditEvent {
+        type_: codes::DCM_EXPORT.coding(),
+        subtype: vec![codes::LIFECYCLE_DISCLOSE.coding()],
+        action: Some(Action::R),
+        outcome: Some(outcome(f)),
+        outcome_desc: f.get(F::OutcomeDesc).map(str::to_owned),
+        ..AuditEvent::default()
+    };
+    if let Some(pou) = f.get(F::PurposeOfUse).map(str::trim) {
+        ev.purpose_of_event
+            .push(CodeableConcept::from_coding(Coding::new(
+                codes::SYS_ACT_REASON,
+                pou,
+                None,
+            )));
+    }
+    // val-audit-source: the source agent is the observer, with an identical Reference.
+    let mut source = server_agent(ctx, f, codes::DCM_SOURCE_ROLE_ID);
+    source.who = Some(Reference::display(&ctx.observer_display));
+    ev.agent.push(source);
+    let recipient = client_agent(f, codes::DCM_DESTINATION_ROLE_ID);
+    let recipient_ok = recipient.who.is_some() && recipient.network.is_some();
+    ev.agent.push(recipient);
+    if let Some(u) = user_agent(ctx, f, codes::ROLE_HUMANUSER) {
+        ev.agent.push(u);
+    }
+    let mut patients = Vec::new();
+    if let Some(r) = f.get(F::Resource).map(str::trim) {
+        let what = match r.split('/').collect::<Vec<_>>().as_slice() {
+            [t, id] if is_type(t) && is_id(id) => {
+                if *t == "Patient" {
+                    patients.push((*id).to_owned());
+                }
+                Reference::to(&format!("{t}/{id}"))
+            }
+            _ => Reference::identifier(r),
+        };
+        ev.entity.push(Entity {
+            what: Some(what),
+            type_: Some(codes::ENTITY_SYSTEM_OBJECT.coding()),
+            role: Some(codes::ROLE_DOMAIN_RESOURCE.coding()),
+            description: f
+                .get(F::Description)
+                .filter(|_| ctx.mode == Mode::Comprehensive)
+                .map(str::to_owned),
+            ..Entity::default()
+        });
+    }
+    field_patients(f, &mut patients);
+    // The profile needs a second entity (the data) beside the patient.
+    let claimable = recipient_ok && !ev.entity.is_empty();
+    Built {
+        event: ev,
+        claim: Claim {
+            plain: None,
+            // The profile needs a second entity (the data) beside the patient.
+            with_patient: claimable.then_some(codes::profile::DISCLOSURE_SOURCE),
+            success_only: false,
+        },
         patients: dedup(patients),
     }
 }
@@ -1639,6 +1730,163 @@ mod tests {
             let back: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
             assert!(!back.contains_key("identifier"));
             assert_eq!(back["resourceType"], "AuditEvent");
+        }
+    }
+
+    #[test]
+    fn disclosure_is_recorded_at_the_source() {
+        let fields = [
+            (F::User, "clerk"),
+            (F::ClientAddress, "payer.example.com"),
+            (F::Resource, "DocumentReference/d1"),
+            (F::Patient, "p1,p2"),
+            (F::PurposeOfUse, "HPAYMT"),
+        ];
+        let vs = map(Mode::Minimal, Pattern::Disclosure, &fields);
+        assert_eq!(vs.len(), 2);
+        let v = &vs[0];
+        assert_eq!(profile(v), Some("IHE.BasicAudit.PrivacyDisclosure.Source"));
+        assert_eq!(
+            (v["type"]["code"].as_str(), subtype(v)),
+            (Some("110106"), "disclose")
+        );
+        assert_eq!(v["agent"][0]["who"], v["source"]["observer"]);
+        assert_eq!(v["agent"][1]["network"]["address"], "payer.example.com");
+        assert_eq!(v["purposeOfEvent"][0]["coding"][0]["code"], "HPAYMT");
+        let mut failed = fields.to_vec();
+        failed.push((F::Outcome, "4"));
+        let v = &map(Mode::Minimal, Pattern::Disclosure, &failed)[0];
+        assert_eq!(profile(v), Some("IHE.BasicAudit.PrivacyDisclosure.Source"));
+        let v = &map(Mode::Minimal, Pattern::Disclosure, &fields[..3])[0];
+        assert_eq!(profile(v), None, "no patient, no claim");
+        let no_data: Vec<_> = fields
+            .iter()
+            .filter(|(k, _)| *k != F::Resource)
+            .copied()
+            .collect();
+        let v = &map(Mode::Minimal, Pattern::Disclosure, &no_data)[0];
+        assert_eq!(profile(v), None, "no data entity, no claim");
+    }
+
+    #[test]
+    fn bases_match_as_whole_path_prefixes() {
+        let mut c = ctx(Mode::Minimal);
+        c.fhir_bases = vec!["https://h.example.org/r4/".into(), "/".into()];
+        let ex = extracted(
+            Pattern::Rest,
+            &[(F::Url, "/r4/Patient/1"), (F::ClientAddress, "h")],
+        );
+        let v = &conformant(&map_extracted(&c, &ex, line("p")))[0];
+        assert_eq!(entity_refs(v), vec!["Patient/1", "Patient/1"]);
+        let ex = extracted(
+            Pattern::Rest,
+            &[(F::Url, "/Observation/2"), (F::ClientAddress, "h")],
+        );
+        let v = &conformant(&map_extracted(&c, &ex, line("p")))[0];
+        assert_eq!(entity_refs(v), vec!["Observation/2"]);
+        assert_eq!(below_base("/fhir", &["/fhir".into()]), Some(""));
+        assert_eq!(below_base("/fhirx/Patient", &["/fhir".into()]), None);
+        assert_eq!(
+            below_base("/a/fhir/X", &["/a".into(), "/a/fhir".into()]),
+            Some("/X")
+        );
+    }
+
+    #[test]
+    fn random_field_combinations_always_conform() {
+        let pool: &[(F, &[&str])] = &[
+            (
+                F::Method,
+                &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "x"],
+            ),
+            (
+                F::Url,
+                &[
+                    "/fhir/Patient/1",
+                    "/fhir/Observation?patient=1,2",
+                    "/fhir/Patient/3/Observation",
+                    "/fhir/Observation/_search",
+                    "/fhir/_search?subject=Patient/4",
+                    "/fhir/Observation/9/_history/1",
+                    "/fhir",
+                    "/fhir/$op",
+                    "/fhir/Patient?_id=5,5",
+                    "/elsewhere",
+                    "%%%",
+                ],
+            ),
+            (F::Status, &["200", "201", "302", "404", "500", "0", "abc"]),
+            (F::Outcome, &["0", "4", "8", "12", "success", "weird"]),
+            (
+                F::ClientAddress,
+                &["10.0.0.1", "2001:db8::1", "host.example", " "],
+            ),
+            (F::ForwardedFor, &["203.0.113.1, 10.0.0.1", ",", "unknown"]),
+            (F::ClientId, &["app"]),
+            (
+                F::ServerAddress,
+                &["https://fhir.example.org/fhir", "192.0.2.1"],
+            ),
+            (F::User, &["u", "a b"]),
+            (F::UserName, &["Name"]),
+            (F::UserRole, &["role"]),
+            (F::RequestId, &["r1"]),
+            (F::Patient, &["7", "7,8", "Patient/9", "bad id"]),
+            (
+                F::Resource,
+                &[
+                    "Patient/1",
+                    "Observation",
+                    "table",
+                    "Observation/1/_history/2",
+                ],
+            ),
+            (F::Query, &["SELECT 1"]),
+            (F::Description, &["desc"]),
+            (F::TargetUser, &["root"]),
+            (F::Command, &["/bin/ls -l"]),
+            (F::Subtype, &["110122", "999999", "x"]),
+            (F::Jti, &["j"]),
+            (F::Issuer, &["https://idp", "noturi"]),
+            (F::PurposeOfUse, &["TREAT"]),
+            (F::Database, &["db"]),
+            (F::Terminal, &["pts/1"]),
+            (F::OutcomeDesc, &["why"]),
+        ];
+        let patterns = [
+            Pattern::Rest,
+            Pattern::Create,
+            Pattern::Read,
+            Pattern::Update,
+            Pattern::Delete,
+            Pattern::Query,
+            Pattern::Login,
+            Pattern::Logout,
+            Pattern::SecurityAlert,
+            Pattern::Disclosure,
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..1500 {
+            let mut fields = Vec::new();
+            for (k, vals) in pool {
+                if rng.bool() {
+                    fields.push((*k, vals[rng.usize(..vals.len())]));
+                }
+            }
+            let pattern = patterns[rng.usize(..patterns.len())];
+            let mode = if rng.bool() {
+                Mode::Minimal
+            } else {
+                Mode::Comprehensive
+            };
+            let events = map_extracted(&ctx(mode), &extracted(pattern, &fields), line("p"));
+            for v in conformant(&events) {
+                let n = v["entity"]
+                    .as_array()
+                    .map(|a| a.iter().filter(|e| e["role"]["code"] == "1").count())
+                    .unwrap_or(0);
+                assert!(n <= 1, "{pattern:?} {fields:?}: more than one patient");
+            }
         }
     }
 }
