@@ -9,10 +9,19 @@ use std::sync::OnceLock;
 /// (name, TOML text) of every preset, in listing order.
 const SOURCES: &[(&str, &str)] = &[
     ("sshd", include_str!("../../presets/sshd.toml")),
+    ("sudo", include_str!("../../presets/sudo.toml")),
+    ("su", include_str!("../../presets/su.toml")),
+    ("login", include_str!("../../presets/login.toml")),
+    ("pam", include_str!("../../presets/pam.toml")),
     (
         "fhir_access",
         include_str!("../../presets/fhir_access.toml"),
     ),
+    (
+        "fhir_access_json",
+        include_str!("../../presets/fhir_access_json.toml"),
+    ),
+    ("json_app", include_str!("../../presets/json_app.toml")),
 ];
 
 /// Every preset, parsed once.
