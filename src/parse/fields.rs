@@ -80,6 +80,9 @@ field_names! {
     Issuer = "iss",
     /// Purpose of use code.
     PurposeOfUse = "purpose_of_use",
+    /// The account that started a switch of user (the user who ran `su`); `user` is the
+    /// account switched to.
+    InvokingUser = "invoking_user",
 }
 
 /// Values of the fields a rule filled. Empty strings and `-` are treated as absent.

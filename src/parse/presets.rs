@@ -9,10 +9,19 @@ use std::sync::OnceLock;
 /// (name, TOML text) of every preset, in listing order.
 const SOURCES: &[(&str, &str)] = &[
     ("sshd", include_str!("../../presets/sshd.toml")),
+    ("sudo", include_str!("../../presets/sudo.toml")),
+    ("su", include_str!("../../presets/su.toml")),
+    ("login", include_str!("../../presets/login.toml")),
+    ("pam", include_str!("../../presets/pam.toml")),
     (
         "fhir_access",
         include_str!("../../presets/fhir_access.toml"),
     ),
+    (
+        "fhir_access_json",
+        include_str!("../../presets/fhir_access_json.toml"),
+    ),
+    ("json_app", include_str!("../../presets/json_app.toml")),
 ];
 
 /// Every preset, parsed once.
@@ -106,8 +115,15 @@ mod tests {
     }
 
     fn run_file(preset: &str, path: &str) -> Vec<LineOutcome> {
-        let spec = get(preset).unwrap();
-        let set = ParserSet::build(&[preset.to_owned()], &[]).unwrap();
+        run_set(&[preset], path)
+    }
+
+    /// Run the presets together (in this order) over a corpus file; the first preset's
+    /// decoder is used for all.
+    fn run_set(presets: &[&str], path: &str) -> Vec<LineOutcome> {
+        let spec = get(presets[0]).unwrap();
+        let names: Vec<String> = presets.iter().map(|p| (*p).to_owned()).collect();
+        let set = ParserSet::build(&names, &[]).unwrap();
         let dec = decoder_for(&spec);
         let full = format!("{}/../shared/corpus/{path}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(full).unwrap();
@@ -296,5 +312,212 @@ mod tests {
                 assert_eq!(e.fields.get(FieldName::User), None);
             }
         }
+    }
+
+    const AUTH_PRESETS: [&str; 5] = ["sshd", "sudo", "su", "login", "pam"];
+
+    /// (parser, pattern, outcome, user) → count.
+    fn by_parser_pattern_outcome_user(
+        outcomes: &[LineOutcome],
+    ) -> BTreeMap<(String, String, String, String), usize> {
+        let mut m = BTreeMap::new();
+        for e in events(outcomes) {
+            let key = (
+                e.parser.to_string(),
+                e.pattern.as_str().to_owned(),
+                e.fields.get(FieldName::Outcome).unwrap_or("-").to_owned(),
+                e.fields.get(FieldName::User).unwrap_or("-").to_owned(),
+            );
+            *m.entry(key).or_insert(0) += 1;
+        }
+        m
+    }
+
+    fn key(p: &str, pat: &str, o: &str, u: &str) -> (String, String, String, String) {
+        (p.into(), pat.into(), o.into(), u.into())
+    }
+
+    #[test]
+    fn auth_presets_record_each_attempt_once_on_generated_auth_logs() {
+        // grep on both files (same 132 records):
+        // sshd: 2 Accepted (alice), 3 Failed (alice, mallory, root), 2 sshd session closed.
+        // sudo: 3 COMMAND= lines without reason (alice), "3 incorrect password attempts"
+        //   (alice), "user NOT in sudoers" (bob); 5 pam_unix(sudo*) lines emit nothing.
+        // su: 11 "(to X) Y on T" (9 to alice, 2 to bob), 3 "FAILED SU (to bob)"; its 22
+        //   pam_unix(su*:session) and 3 pam_unix(su-l:auth) lines emit nothing.
+        // login: 1 session opened + 1 closed (alice), 1 FAILED LOGIN (alice); its
+        //   pam_unix(login:auth) failure emits nothing.
+        // pam: every pam_unix line belongs to sshd/sudo/su/login -> no event.
+        let expect: BTreeMap<_, usize> = [
+            (key("sshd", "login", "0", "alice"), 2),
+            (key("sshd", "login", "4", "alice"), 1),
+            (key("sshd", "login", "4", "mallory"), 1),
+            (key("sshd", "login", "4", "root"), 1),
+            (key("sshd", "logout", "-", "alice"), 2),
+            (key("sudo", "security-alert", "0", "alice"), 3),
+            (key("sudo", "security-alert", "4", "alice"), 1),
+            (key("sudo", "security-alert", "4", "bob"), 1),
+            (key("su", "login", "0", "alice"), 9),
+            (key("su", "login", "0", "bob"), 2),
+            (key("su", "login", "4", "bob"), 3),
+            (key("login", "login", "0", "alice"), 1),
+            (key("login", "login", "4", "alice"), 1),
+            (key("login", "logout", "-", "alice"), 1),
+        ]
+        .into();
+        for f in ["auth.log", "auth.traditional.log"] {
+            let path = format!("generated/debian12-rsyslog-auth/{f}");
+            let out = run_set(&AUTH_PRESETS, &path);
+            assert_eq!(by_parser_pattern_outcome_user(&out), expect, "{f}");
+            let ev = events(&out);
+            assert_eq!(ev.len(), 29, "{f}");
+            // grep -v 'pam_(limits|systemd|env)(' | grep -v 'Server listening': 76 lines,
+            // all claimed (as an event or as a known repeat); the rest stay unparsed.
+            let matched = out
+                .iter()
+                .filter(|o| matches!(o, LineOutcome::Matched { .. }))
+                .count();
+            assert_eq!(matched, 76, "{f}");
+            // Every sudo alert is a 110132 with a run-as user and a command.
+            for e in ev.iter().filter(|e| &*e.parser == "sudo") {
+                assert_eq!(e.fields.get(FieldName::Subtype), Some("110132"));
+                assert!(e.fields.get(FieldName::TargetUser).is_some());
+                assert!(e.fields.get(FieldName::Command).is_some());
+            }
+            let reasons: Vec<_> = ev
+                .iter()
+                .filter(|e| &*e.parser == "sudo")
+                .filter_map(|e| e.fields.get(FieldName::OutcomeDesc))
+                .collect();
+            assert_eq!(
+                reasons,
+                ["3 incorrect password attempts", "user NOT in sudoers"]
+            );
+            // su: the invoking user is kept; 10 root switches, 4 by alice (1 ok, 3 failed).
+            let mut invokers = BTreeMap::new();
+            for e in ev.iter().filter(|e| &*e.parser == "su") {
+                *invokers
+                    .entry(e.fields.get(FieldName::InvokingUser).unwrap())
+                    .or_insert(0) += 1;
+            }
+            assert_eq!(invokers, [("alice", 4), ("root", 10)].into());
+        }
+    }
+
+    #[test]
+    fn no_auth_line_is_claimed_by_two_presets() {
+        // Each preset alone: at most one of them emits an event for any line, and `pam` alone
+        // emits none on a host whose pam_unix lines all belong to sshd/sudo/su/login. The
+        // order of the presets in a source does not change the outcome.
+        for f in ["auth.log", "auth.traditional.log"] {
+            let path = format!("generated/debian12-rsyslog-auth/{f}");
+            let alone: Vec<Vec<LineOutcome>> =
+                AUTH_PRESETS.iter().map(|p| run_file(p, &path)).collect();
+            let n = alone[0].len();
+            for i in 0..n {
+                let claiming: Vec<&str> = AUTH_PRESETS
+                    .iter()
+                    .zip(&alone)
+                    .filter(|(_, outs)| {
+                        matches!(
+                            outs[i],
+                            LineOutcome::Matched {
+                                extracted: Some(_),
+                                ..
+                            }
+                        )
+                    })
+                    .map(|(p, _)| *p)
+                    .collect();
+                assert!(claiming.len() <= 1, "{f} line {}: {claiming:?}", i + 1);
+            }
+            assert!(events(&alone[4]).is_empty(), "pam alone on {f}");
+            let forward = run_set(&AUTH_PRESETS, &path);
+            let mut reversed_names = AUTH_PRESETS;
+            reversed_names.reverse();
+            let reversed = run_set(&reversed_names, &path);
+            assert_eq!(
+                events(&forward),
+                events(&reversed),
+                "{f}: order of presets matters"
+            );
+        }
+    }
+
+    #[test]
+    fn auth_presets_read_old_pam_lines_of_loghub_linux() {
+        // grep Linux_2k.log (RHEL-era "prog(pam_unix)[pid]" tags): 86 su(pam_unix) session
+        // opened (43 cyrus, 43 news) -> su logins; 86 su session closed -> nothing;
+        // login(pam_unix): 1 opened + 1 closed (root); sshd(pam_unix): 36 session closed
+        // (test) -> logout, the rest (auth failure, check pass, session opened) nothing;
+        // gdm(pam_unix) lines carry no service in the message -> unmatched.
+        let out = run_set(&AUTH_PRESETS, "loghub/Linux_2k.log");
+        assert_eq!(out.len(), 2000);
+        let expect: BTreeMap<_, usize> = [
+            (key("sshd", "logout", "-", "test"), 36),
+            (key("su", "login", "0", "cyrus"), 43),
+            (key("su", "login", "0", "news"), 43),
+            (key("login", "login", "0", "root"), 1),
+            (key("login", "logout", "-", "root"), 1),
+        ]
+        .into();
+        assert_eq!(by_parser_pattern_outcome_user(&out), expect);
+        let matched = out
+            .iter()
+            .filter(|o| matches!(o, LineOutcome::Matched { .. }))
+            .count();
+        // 677 sshd(pam_unix) + 172 su(pam_unix) + 2 login(pam_unix) lines.
+        assert_eq!(matched, 677 + 172 + 2);
+    }
+
+    /// (time, method, url, status, user, client_address, request_id) of every event.
+    fn rest_rows(out: &[LineOutcome]) -> Vec<[Option<String>; 7]> {
+        events(out)
+            .iter()
+            .map(|e| {
+                let g = |f| e.fields.get(f).map(str::to_owned);
+                [
+                    e.time.map(|t| t.to_instant()),
+                    g(FieldName::Method),
+                    g(FieldName::Url),
+                    g(FieldName::Status),
+                    g(FieldName::User),
+                    g(FieldName::ClientAddress),
+                    g(FieldName::RequestId),
+                ]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fhir_access_json_sees_the_same_requests_as_the_combined_format() {
+        let dir = "generated/nginx1.22-apache2.4-fhir";
+        let json = run_file("fhir_access_json", &format!("{dir}/nginx-access-json.log"));
+        assert_eq!(json.len(), 12);
+        let ev = events(&json);
+        assert_eq!(ev.len(), 12);
+        assert!(ev.iter().all(|e| e.pattern == crate::parse::Pattern::Rest));
+        let non_metadata = ev
+            .iter()
+            .filter(|e| !e.fields.get(FieldName::Url).unwrap().ends_with("/metadata"))
+            .count();
+        assert_eq!(non_metadata, 11);
+        // Same log written with the key="value" suffix: same requests, users and request ids
+        // (user: upstream_user on 9 lines; the 401's remote_user is not trusted).
+        let kv = run_file("fhir_access", &format!("{dir}/nginx-access-fhir_audit.log"));
+        assert_eq!(rest_rows(&json), rest_rows(&kv));
+        // Plain combined: same method, url, status and client per line.
+        let plain = run_file("fhir_access", &format!("{dir}/nginx-access.log"));
+        let strip = |rows: Vec<[Option<String>; 7]>| -> Vec<_> {
+            rows.into_iter()
+                .map(|r| (r[1].clone(), r[2].clone(), r[3].clone(), r[5].clone()))
+                .collect()
+        };
+        assert_eq!(strip(rest_rows(&json)), strip(rest_rows(&plain)));
+        let users = ev
+            .iter()
+            .filter(|e| e.fields.get(FieldName::User) == Some("dr.smith"))
+            .count();
+        assert_eq!(users, 9);
     }
 }
