@@ -59,6 +59,8 @@ max_events = 500
         .expect("config");
         let out = std::fs::File::create(dir.path().join("sink.ndjson")).expect("sink");
         let t = Instant::now();
+        // Reaped by wait4 below, which also reports the child's own peak RSS.
+        #[allow(clippy::zombie_processes)]
         let child = Command::new(bin)
             .args(["run", "--once", "-c"])
             .arg(&cfg)

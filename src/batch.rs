@@ -28,6 +28,8 @@ pub struct Batch {
     pub events: Vec<EventRecord>,
     /// Positions that become safe when this batch is accepted.
     pub checkpoints: Vec<Checkpoint>,
+    /// Streams fully read and gone: their positions are dropped once this batch is accepted.
+    pub forgets: Vec<Arc<StreamId>>,
     /// Approximate size of the Bundle JSON.
     pub bytes: usize,
 }
@@ -141,13 +143,26 @@ impl Batcher {
         }
     }
 
+    /// Record that `stream` is gone: its position is forgotten after this batch is accepted.
+    pub fn forget(&mut self, stream: &Arc<StreamId>) {
+        self.current.checkpoints.retain(|c| *c.stream != **stream);
+        self.current.forgets.push(stream.clone());
+    }
+
     /// Cut whatever is pending (events or only positions); `None` if there is nothing.
     pub fn flush(&mut self) -> Option<Batch> {
-        if self.current.events.is_empty() && self.current.checkpoints.is_empty() {
+        if self.is_empty() {
             None
         } else {
             Some(std::mem::take(&mut self.current))
         }
+    }
+
+    /// Is nothing (no event, no position) waiting?
+    pub fn is_empty(&self) -> bool {
+        self.current.events.is_empty()
+            && self.current.checkpoints.is_empty()
+            && self.current.forgets.is_empty()
     }
 
     /// Are any events waiting?

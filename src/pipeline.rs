@@ -247,13 +247,16 @@ pub async fn run(
     );
 
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(4);
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Vec<Checkpoint>>();
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Ack>();
     let delivery = tokio::spawn(delivery_task(output, batch_rx, ack_tx, shutdown.clone()));
 
     let mut batcher = Batcher::new(config.output.max_events, config.output.max_bytes.0 as usize);
     let flush_every = config.output.flush_interval.0;
-    let mut flush_tick = tokio::time::interval(flush_every.max(Duration::from_millis(10)));
-    flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the oldest pending item of the current batch must go out (flush_interval after it
+    // arrived); None while the batcher is empty.
+    let mut flush_at: Option<tokio::time::Instant> = None;
+    let mut persist_tick = tokio::time::interval(PERSIST_EVERY);
+    persist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_persist = Instant::now();
     let mut pending_sources = config.sources.len();
     let mut batch_tx = Some(batch_tx);
@@ -263,10 +266,8 @@ pub async fn run(
     let delivery_result = loop {
         tokio::select! {
             biased;
-            Some(checkpoints) = ack_rx.recv() => {
-                for cp in &checkpoints {
-                    positions.apply(cp);
-                }
+            Some(ack) = ack_rx.recv() => {
+                ack.apply(&mut positions);
                 if last_persist.elapsed() >= PERSIST_EVERY {
                     persist(&mut positions);
                     last_persist = Instant::now();
@@ -283,22 +284,22 @@ pub async fn run(
                             };
                             for record in proc_.process(line, now) {
                                 if let Some(full) = batcher.push(record) {
+                                    flush_at = None;
                                     send_batch(&mut batch_tx, full).await;
                                 }
                             }
                             batcher.checkpoint(&line.stream, line.end);
                         }
+                        arm_flush(&mut flush_at, &batcher, flush_every);
                     }
                     Some(SourceMsg::Position(cp)) => {
                         batcher.checkpoint(&cp.stream, cp.offset);
+                        arm_flush(&mut flush_at, &batcher, flush_every);
                     }
                     Some(SourceMsg::Forget(stream)) => {
-                        // Forget only after everything before is accepted: flush first so the
-                        // order of acks keeps the last position until then.
-                        if let Some(b) = batcher.flush() {
-                            send_batch(&mut batch_tx, b).await;
-                        }
-                        positions.forget(&stream);
+                        // Forgotten only when everything read before is accepted.
+                        batcher.forget(&stream);
+                        arm_flush(&mut flush_at, &batcher, flush_every);
                     }
                     Some(SourceMsg::CaughtUp(_)) => {
                         pending_sources = pending_sources.saturating_sub(1);
@@ -314,10 +315,13 @@ pub async fn run(
                     }
                 }
             }
-            _ = flush_tick.tick(), if sources_open => {
+            _ = sleep_until_opt(flush_at), if sources_open => {
+                flush_at = None;
                 if let Some(b) = batcher.flush() {
                     send_batch(&mut batch_tx, b).await;
                 }
+            }
+            _ = persist_tick.tick() => {
                 if positions.is_dirty() && last_persist.elapsed() >= PERSIST_EVERY {
                     persist(&mut positions);
                     last_persist = Instant::now();
@@ -325,10 +329,8 @@ pub async fn run(
             }
             res = &mut delivery => {
                 // Collect the acks sent before the task ended, then stop.
-                while let Ok(checkpoints) = ack_rx.try_recv() {
-                    for cp in &checkpoints {
-                        positions.apply(cp);
-                    }
+                while let Ok(ack) = ack_rx.try_recv() {
+                    ack.apply(&mut positions);
                 }
                 break match res {
                     Ok(r) => r,
@@ -355,12 +357,28 @@ pub async fn run(
     result
 }
 
+/// Start the flush clock when the batcher holds something and the clock is not running.
+fn arm_flush(flush_at: &mut Option<tokio::time::Instant>, batcher: &Batcher, every: Duration) {
+    if batcher.is_empty() {
+        *flush_at = None;
+    } else if flush_at.is_none() {
+        *flush_at = Some(tokio::time::Instant::now() + every);
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn send_batch(tx: &mut Option<mpsc::Sender<Batch>>, batch: Batch) {
-    if let Some(sender) = tx {
-        if sender.send(batch).await.is_err() {
-            // The delivery task ended (error or stop); its result is reported by the loop.
-            *tx = None;
-        }
+    if let Some(sender) = tx
+        && sender.send(batch).await.is_err()
+    {
+        // The delivery task ended (error or stop); its result is reported by the loop.
+        *tx = None;
     }
 }
 
@@ -378,16 +396,37 @@ fn persist(positions: &mut Positions) {
     }
 }
 
+/// What an accepted batch makes safe.
+struct Ack {
+    checkpoints: Vec<Checkpoint>,
+    forgets: Vec<Arc<crate::source::StreamId>>,
+}
+
+impl Ack {
+    fn apply(&self, positions: &mut Positions) {
+        for cp in &self.checkpoints {
+            positions.apply(cp);
+        }
+        for stream in &self.forgets {
+            positions.forget(stream);
+        }
+    }
+}
+
 async fn delivery_task(
     mut output: Output,
     mut rx: mpsc::Receiver<Batch>,
-    acks: mpsc::UnboundedSender<Vec<Checkpoint>>,
+    acks: mpsc::UnboundedSender<Ack>,
     shutdown: Shutdown,
 ) -> Result<(), PipelineError> {
     while let Some(batch) = rx.recv().await {
         match output.deliver(&batch, &shutdown).await? {
             Delivery::Accepted | Delivery::DeadLettered { .. } => {
-                if acks.send(batch.checkpoints).is_err() {
+                let ack = Ack {
+                    checkpoints: batch.checkpoints,
+                    forgets: batch.forgets,
+                };
+                if acks.send(ack).is_err() {
                     return Ok(());
                 }
             }
