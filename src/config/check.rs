@@ -170,6 +170,14 @@ const SOURCE: &[Field] = &[
     opt("poll_interval", Ty::Duration),
     opt("listen", Ty::Str),
     opt("match", Ty::StrList),
+    opt("tls", Ty::Table(LISTEN_TLS)),
+    opt("max_connections", Ty::PositiveInt),
+    opt("max_frame_bytes", Ty::Size),
+];
+const LISTEN_TLS: &[Field] = &[
+    req("cert_file", Ty::Str),
+    req("key_file", Ty::Str),
+    opt("client_ca_file", Ty::Str),
 ];
 const PARSER: &[Field] = &[
     req("name", Ty::Str),
@@ -547,12 +555,17 @@ impl Checker {
                 seen.push(name);
             }
             if let Some((ty, span)) = get_str(t, "type") {
-                if ty == "syslog" || ty == "journald" {
+                if ty == "journald" {
                     self.report(
                         &span,
                         format!("{p}.type"),
-                        format!("source type {ty:?} is not implemented yet (only \"file\")"),
+                        format!(
+                            "source type {ty:?} is not implemented yet (only \"file\" and \"syslog\")"
+                        ),
                     );
+                }
+                if ty == "syslog" {
+                    self.check_syslog_source(t, &tspan, &p);
                 }
                 if ty == "file" && str_list(t, "include").is_empty() {
                     self.report(
@@ -615,6 +628,37 @@ impl Checker {
                                 format!("parser {name:?} is written for decode = {want:?} but this source uses decode = {decode:?}"),
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `listen` present and well-formed; `tls://` needs a readable `[sources.tls]`.
+    fn check_syslog_source(&mut self, t: &Table<'_>, tspan: &Range<usize>, p: &str) {
+        let Some((listen, span)) = get_str(t, "listen") else {
+            self.report(
+                tspan,
+                p.to_owned(),
+                "a syslog source needs `listen` (e.g. \"udp://0.0.0.0:5514\")",
+            );
+            return;
+        };
+        match crate::source::syslog::Listen::parse(listen) {
+            Err(e) => self.report(&span, format!("{p}.listen"), e),
+            Ok(l) => {
+                let tls = get_table(t, "tls");
+                if l.proto == crate::source::syslog::Proto::Tls && tls.is_none() {
+                    self.report(
+                        &span,
+                        format!("{p}.listen"),
+                        "tls:// needs a [sources.tls] table with cert_file and key_file",
+                    );
+                }
+                if let Some((tls, _)) = tls {
+                    let prefix = format!("{p}.tls");
+                    for k in ["cert_file", "key_file", "client_ca_file"] {
+                        self.check_readable(tls, k, &prefix);
                     }
                 }
             }
