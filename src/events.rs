@@ -144,7 +144,11 @@ pub fn position_write_failed(path: &str, error: &str) {
 /// wait). Counted at once; the warning comes from [`syslog_drops_summary`].
 pub fn syslog_dropped(listen: &str, n: u64) {
     counters().syslog_dropped.fetch_add(n, Ordering::Relaxed);
-    tracing::debug!(listen, dropped = n, "syslog messages dropped: pipeline busy");
+    tracing::debug!(
+        listen,
+        dropped = n,
+        "syslog messages dropped: pipeline busy"
+    );
 }
 
 /// Periodic warning about the drops of one listener since the previous warning.

@@ -382,11 +382,11 @@ pub async fn run(
 }
 
 async fn send_batch(tx: &mut Option<mpsc::Sender<Batch>>, batch: Batch) {
-    if let Some(sender) = tx {
-        if sender.send(batch).await.is_err() {
-            // The delivery task ended (error or stop); its result is reported by the loop.
-            *tx = None;
-        }
+    if let Some(sender) = tx
+        && sender.send(batch).await.is_err()
+    {
+        // The delivery task ended (error or stop); its result is reported by the loop.
+        *tx = None;
     }
 }
 

@@ -988,6 +988,63 @@ ca_file = "/nonexistent/ca.pem"
     }
 
     #[test]
+    fn syslog_sources_need_a_valid_listen_and_tls_files() {
+        let text = r#"
+[[sources]]
+name = "a"
+type = "syslog"
+parsers = ["sshd"]
+
+[[sources]]
+name = "b"
+type = "syslog"
+listen = "udp://localhost:5514"
+parsers = ["sshd"]
+
+[[sources]]
+name = "c"
+type = "syslog"
+listen = "tls://0.0.0.0:6514"
+parsers = ["sshd"]
+
+[[sources]]
+name = "d"
+type = "syslog"
+listen = "tls://0.0.0.0:6514"
+parsers = ["sshd"]
+max_connections = 10
+max_frame_bytes = "8KiB"
+[sources.tls]
+cert_file = "/nonexistent/cert.pem"
+key_file = "/nonexistent/key.pem"
+
+[[sources]]
+name = "e"
+type = "syslog"
+listen = "tcp://[::]:514"
+parsers = ["sshd"]
+max_connections = 0
+"#;
+        let got = check_text("c.toml", text);
+        let expect = [
+            "c.toml:2:1: sources[0]: a syslog source needs `listen`",
+            "c.toml:10:10: sources[1].listen: \"udp://localhost:5514\": expected an IP address",
+            "c.toml:16:10: sources[2].listen: tls:// needs a [sources.tls] table",
+            "c.toml:27:13: sources[3].tls.cert_file: cannot read \"/nonexistent/cert.pem\"",
+            "c.toml:28:12: sources[3].tls.key_file: cannot read \"/nonexistent/key.pem\"",
+            "c.toml:35:19: sources[4].max_connections: must be at least 1",
+        ];
+        for e in expect {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in\n{}",
+                got.join("\n")
+            );
+        }
+        assert_eq!(got.len(), expect.len(), "{}", got.join("\n"));
+    }
+
+    #[test]
     fn syntax_errors_are_located() {
         let got = check_text("c.toml", "[agent]\nmode = \n");
         assert_eq!(got.len(), 1, "{got:?}");

@@ -181,8 +181,13 @@ impl Framer {
         let State::Body { remaining } = self.state else {
             return chunk;
         };
-        let take = usize::try_from(remaining).unwrap_or(usize::MAX).min(chunk.len());
-        if self.buf.is_empty() && !self.truncated && take as u64 == remaining && take <= self.max_frame
+        let take = usize::try_from(remaining)
+            .unwrap_or(usize::MAX)
+            .min(chunk.len());
+        if self.buf.is_empty()
+            && !self.truncated
+            && take as u64 == remaining
+            && take <= self.max_frame
         {
             emit(&chunk[..take], false);
         } else {
@@ -252,7 +257,10 @@ mod tests {
         let got = frames(&[b"10 0123456789", b"3 abc"], 4);
         assert_eq!(strs(&got), [("0123".into(), true), ("abc".into(), false)]);
         let got = frames(&[b"<1>0123", b"456789\n<1>ok\n"], 5);
-        assert_eq!(strs(&got), [("<1>01".into(), true), ("<1>ok".into(), false)]);
+        assert_eq!(
+            strs(&got),
+            [("<1>01".into(), true), ("<1>ok".into(), false)]
+        );
     }
 
     #[test]

@@ -150,8 +150,8 @@ pub fn start(
         .listen
         .as_deref()
         .ok_or_else(|| invalid(format!("sources.{}.listen is missing", cfg.name)))?;
-    let listen =
-        Listen::parse(listen_str).map_err(|e| invalid(format!("sources.{}.listen: {e}", cfg.name)))?;
+    let listen = Listen::parse(listen_str)
+        .map_err(|e| invalid(format!("sources.{}.listen: {e}", cfg.name)))?;
     let stats = Arc::new(ListenerStats::default());
     let shared = Arc::new(Shared {
         source: Arc::from(cfg.name.as_str()),

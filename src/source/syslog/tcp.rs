@@ -52,10 +52,7 @@ struct ConnGuard(Arc<Shared>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0
-            .stats
-            .open_connections
-            .fetch_sub(1, Ordering::AcqRel);
+        self.0.stats.open_connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

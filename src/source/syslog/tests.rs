@@ -1,7 +1,5 @@
 use super::*;
-use crate::config::{
-    ByteSize, ConfigDuration, DecodeKind, ListenTlsConfig, ReadFrom, SourceType,
-};
+use crate::config::{ByteSize, ConfigDuration, DecodeKind, ListenTlsConfig, ReadFrom, SourceType};
 use crate::decode::syslog::SyslogDecoder;
 use crate::shutdown::{self, ShutdownTrigger};
 use jiff::Timestamp;
@@ -134,8 +132,16 @@ fn listen_values_parse() {
     let l = Listen::parse("udp://0.0.0.0:5514").unwrap();
     assert_eq!((l.proto, l.addr.port()), (Proto::Udp, 5514));
     assert_eq!(Listen::parse("tls://[::]:6514").unwrap().proto, Proto::Tls);
-    assert_eq!(Listen::parse("tcp://127.0.0.1:1").unwrap().proto, Proto::Tcp);
-    for bad in ["0.0.0.0:5514", "http://0.0.0.0:1", "udp://localhost:5514", "udp://1.2.3.4"] {
+    assert_eq!(
+        Listen::parse("tcp://127.0.0.1:1").unwrap().proto,
+        Proto::Tcp
+    );
+    for bad in [
+        "0.0.0.0:5514",
+        "http://0.0.0.0:1",
+        "udp://localhost:5514",
+        "udp://1.2.3.4",
+    ] {
         assert!(Listen::parse(bad).is_err(), "{bad}");
     }
 }
@@ -150,7 +156,11 @@ async fn udp_corpus_arrives_and_decodes_like_auth_log() {
         assert_eq!(datagrams.len(), 132);
         for (i, d) in datagrams.iter().enumerate() {
             // Half with their LF, half without: both forms occur on the wire.
-            let d = if i % 2 == 0 { d } else { d.strip_suffix(b"\n").unwrap() };
+            let d = if i % 2 == 0 {
+                d
+            } else {
+                d.strip_suffix(b"\n").unwrap()
+            };
             client.send_to(d, r.addr()).unwrap();
         }
         let lines = r.lines(132).await;
@@ -291,7 +301,10 @@ async fn max_connections_is_enforced() {
     drop(c1);
     let deadline = tokio::time::Instant::now() + WAIT;
     while stats.open_connections.load(Ordering::Relaxed) > 1 {
-        assert!(tokio::time::Instant::now() < deadline, "c1 never counted as closed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "c1 never counted as closed"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut c4 = TcpStream::connect(r.addr()).await.unwrap();
@@ -312,7 +325,10 @@ async fn udp_drops_are_counted_when_the_channel_is_full() {
         // Let the listener take each datagram on its own, so the channel is full after one.
         let deadline = tokio::time::Instant::now() + WAIT;
         while stats.received.load(Ordering::Relaxed) <= i {
-            assert!(tokio::time::Instant::now() < deadline, "datagram {i} not received");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "datagram {i} not received"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
@@ -484,7 +500,10 @@ mod tls_tests {
             .unwrap();
         s.flush().await.unwrap();
         let lines = r.lines(1).await;
-        assert_eq!(lines[0].text, "<13>Nov 25 15:22:50 h app: from a known client");
+        assert_eq!(
+            lines[0].text,
+            "<13>Nov 25 15:22:50 h app: from a known client"
+        );
         r.quiet().await;
         drop(s);
         r.stop().await;
