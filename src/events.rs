@@ -25,6 +25,10 @@ pub struct Counters {
     pub dead_lettered: AtomicU64,
     /// Failed writes of the positions file.
     pub position_write_failures: AtomicU64,
+    /// Syslog messages dropped because the pipeline was not taking lines (UDP only).
+    pub syslog_dropped: AtomicU64,
+    /// Syslog TCP/TLS connections refused at `max_connections`.
+    pub syslog_connections_refused: AtomicU64,
     /// Lines no parser matched, by `source/parser-list`.
     unmatched: Mutex<BTreeMap<String, u64>>,
     /// Events by pattern name.
@@ -134,4 +138,38 @@ pub fn position_write_failed(path: &str, error: &str) {
         .position_write_failures
         .fetch_add(1, Ordering::Relaxed);
     tracing::error!(path, error, "could not persist read positions");
+}
+
+/// Syslog messages were dropped because the channel to the pipeline was full (UDP cannot
+/// wait). Counted at once; the warning comes from [`syslog_drops_summary`].
+pub fn syslog_dropped(listen: &str, n: u64) {
+    counters().syslog_dropped.fetch_add(n, Ordering::Relaxed);
+    tracing::debug!(
+        listen,
+        dropped = n,
+        "syslog messages dropped: pipeline busy"
+    );
+}
+
+/// Periodic warning about the drops of one listener since the previous warning.
+pub fn syslog_drops_summary(listen: &str, dropped: u64, total: u64) {
+    tracing::warn!(
+        listen,
+        dropped,
+        total,
+        "syslog messages dropped because the pipeline is not keeping up (UDP has no backpressure)"
+    );
+}
+
+/// A syslog connection was refused because `max_connections` were open.
+pub fn syslog_connection_refused(listen: &str, peer: &str, max: usize) {
+    counters()
+        .syslog_connections_refused
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        listen,
+        peer,
+        max_connections = max,
+        "syslog connection refused: max_connections reached"
+    );
 }

@@ -11,6 +11,8 @@
 //!   lines before it (batches are delivered and acknowledged in order; a batch carries the
 //!   positions of the lines whose events it holds, and of event-less lines read while it
 //!   was filling).
+//! * Syslog sources (async tasks beside the file threads) cannot be replayed: their lines
+//!   never produce positions (see [`crate::source::syslog`]).
 //! * Backpressure: the delivery queue is bounded; when it is full the process loop stops
 //!   taking lines and the file threads block, so the log files are the overflow buffer.
 //! * On the stop signal the sources stop, what was read is batched and handed to the output,
@@ -209,7 +211,7 @@ pub async fn run(
             }
             Err(mut e) => problems.append(&mut e),
         }
-        if source.source_type != SourceType::File {
+        if source.source_type == SourceType::Journald {
             problems.push(format!(
                 "sources.{}.type: {:?} sources are not implemented yet",
                 source.name, source.source_type
@@ -223,7 +225,21 @@ pub async fn run(
     let output = Output::from_config(&config)?;
     let (line_tx, mut line_rx) = mpsc::channel::<SourceMsg>(16);
     let mut threads = Vec::new();
+    let mut tasks = Vec::new();
     for source in &config.sources {
+        let source_error = |error| PipelineError::Source {
+            source_name: source.name.clone(),
+            error,
+        };
+        if source.source_type == SourceType::Syslog {
+            // Binds before returning, so READY below means "listening".
+            let (task, addr) =
+                crate::source::syslog::spawn(source, line_tx.clone(), shutdown.clone())
+                    .map_err(source_error)?;
+            tracing::info!(source = %source.name, %addr, "syslog source listening");
+            tasks.push(task);
+            continue;
+        }
         let known = positions.known(&source.name);
         let handle = crate::source::file::spawn(
             source,
@@ -232,10 +248,7 @@ pub async fn run(
             shutdown.clone(),
             options.once,
         )
-        .map_err(|error| PipelineError::Source {
-            source_name: source.name.clone(),
-            error,
-        })?;
+        .map_err(source_error)?;
         threads.push(handle);
     }
     drop(line_tx);
@@ -258,9 +271,14 @@ pub async fn run(
     let mut persist_tick = tokio::time::interval(PERSIST_EVERY);
     persist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_persist = Instant::now();
-    let mut pending_sources = config.sources.len();
+    // Only file sources ever catch up; network sources have no "everything present".
+    let mut pending_sources = threads.len();
     let mut batch_tx = Some(batch_tx);
     let mut sources_open = true;
+    if options.once && pending_sources == 0 {
+        sources_open = false;
+        finish(&mut batcher, &mut batch_tx).await;
+    }
     let mut delivery = delivery;
 
     let delivery_result = loop {
@@ -288,7 +306,10 @@ pub async fn run(
                                     send_batch(&mut batch_tx, full).await;
                                 }
                             }
-                            batcher.checkpoint(&line.stream, line.end);
+                            // Syslog streams cannot be replayed: there is no position to keep.
+                            if !crate::source::syslog::is_syslog_stream(&line.stream) {
+                                batcher.checkpoint(&line.stream, line.end);
+                            }
                         }
                         arm_flush(&mut flush_at, &batcher, flush_every);
                     }
@@ -347,6 +368,11 @@ pub async fn run(
     for t in threads {
         if t.join().is_err() {
             tracing::error!("a source thread panicked");
+        }
+    }
+    for t in tasks {
+        if t.await.is_err() {
+            tracing::error!("a source task panicked");
         }
     }
     positions.persist()?;

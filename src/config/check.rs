@@ -174,6 +174,14 @@ const SOURCE: &[Field] = &[
     opt("poll_interval", Ty::Duration),
     opt("listen", Ty::Str),
     opt("match", Ty::StrList),
+    opt("tls", Ty::Table(LISTEN_TLS)),
+    opt("max_connections", Ty::PositiveInt),
+    opt("max_frame_bytes", Ty::Size),
+];
+const LISTEN_TLS: &[Field] = &[
+    req("cert_file", Ty::Str),
+    req("key_file", Ty::Str),
+    opt("client_ca_file", Ty::Str),
 ];
 const PARSER: &[Field] = &[
     req("name", Ty::Str),
@@ -553,12 +561,17 @@ impl Checker {
                 seen.push(name);
             }
             if let Some((ty, span)) = get_str(t, "type") {
-                if ty == "syslog" || ty == "journald" {
+                if ty == "journald" {
                     self.report(
                         &span,
                         format!("{p}.type"),
-                        format!("source type {ty:?} is not implemented yet (only \"file\")"),
+                        format!(
+                            "source type {ty:?} is not implemented yet (only \"file\" and \"syslog\")"
+                        ),
                     );
+                }
+                if ty == "syslog" {
+                    self.check_syslog_source(t, &tspan, &p);
                 }
                 if ty == "file" && str_list(t, "include").is_empty() {
                     self.report(
@@ -621,6 +634,37 @@ impl Checker {
                                 format!("parser {name:?} is written for decode = {want:?} but this source uses decode = {decode:?}"),
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `listen` present and well-formed; `tls://` needs a readable `[sources.tls]`.
+    fn check_syslog_source(&mut self, t: &Table<'_>, tspan: &Range<usize>, p: &str) {
+        let Some((listen, span)) = get_str(t, "listen") else {
+            self.report(
+                tspan,
+                p.to_owned(),
+                "a syslog source needs `listen` (e.g. \"udp://0.0.0.0:5514\")",
+            );
+            return;
+        };
+        match crate::source::syslog::Listen::parse(listen) {
+            Err(e) => self.report(&span, format!("{p}.listen"), e),
+            Ok(l) => {
+                let tls = get_table(t, "tls");
+                if l.proto == crate::source::syslog::Proto::Tls && tls.is_none() {
+                    self.report(
+                        &span,
+                        format!("{p}.listen"),
+                        "tls:// needs a [sources.tls] table with cert_file and key_file",
+                    );
+                }
+                if let Some((tls, _)) = tls {
+                    let prefix = format!("{p}.tls");
+                    for k in ["cert_file", "key_file", "client_ca_file"] {
+                        self.check_readable(tls, k, &prefix);
                     }
                 }
             }
@@ -938,6 +982,63 @@ ca_file = "/nonexistent/ca.pem"
             "c.toml:35:14: output.max_events: expected an integer, found a string",
             "c.toml:37:15: output.retry.max_backoff: invalid duration \"5\": a unit is required",
             "c.toml:39:11: output.tls.ca_file: cannot read \"/nonexistent/ca.pem\"",
+        ];
+        for e in expect {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in\n{}",
+                got.join("\n")
+            );
+        }
+        assert_eq!(got.len(), expect.len(), "{}", got.join("\n"));
+    }
+
+    #[test]
+    fn syslog_sources_need_a_valid_listen_and_tls_files() {
+        let text = r#"
+[[sources]]
+name = "a"
+type = "syslog"
+parsers = ["sshd"]
+
+[[sources]]
+name = "b"
+type = "syslog"
+listen = "udp://localhost:5514"
+parsers = ["sshd"]
+
+[[sources]]
+name = "c"
+type = "syslog"
+listen = "tls://0.0.0.0:6514"
+parsers = ["sshd"]
+
+[[sources]]
+name = "d"
+type = "syslog"
+listen = "tls://0.0.0.0:6514"
+parsers = ["sshd"]
+max_connections = 10
+max_frame_bytes = "8KiB"
+[sources.tls]
+cert_file = "/nonexistent/cert.pem"
+key_file = "/nonexistent/key.pem"
+
+[[sources]]
+name = "e"
+type = "syslog"
+listen = "tcp://[::]:514"
+parsers = ["sshd"]
+max_connections = 0
+"#;
+        let got = check_text("c.toml", text);
+        let expect = [
+            "c.toml:2:1: sources[0]: a syslog source needs `listen`",
+            "c.toml:10:10: sources[1].listen: \"udp://localhost:5514\": expected an IP address",
+            "c.toml:16:10: sources[2].listen: tls:// needs a [sources.tls] table",
+            "c.toml:27:13: sources[3].tls.cert_file: cannot read \"/nonexistent/cert.pem\"",
+            "c.toml:28:12: sources[3].tls.key_file: cannot read \"/nonexistent/key.pem\"",
+            "c.toml:35:19: sources[4].max_connections: must be at least 1",
         ];
         for e in expect {
             assert!(

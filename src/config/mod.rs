@@ -184,7 +184,7 @@ impl OneOrMany {
 pub struct SourceConfig {
     /// Unique name; part of every event's identity.
     pub name: String,
-    /// `file` (syslog and journald are planned).
+    /// `file` or `syslog` (journald is planned).
     #[serde(rename = "type")]
     pub source_type: SourceType,
     /// Globs of files to follow.
@@ -220,6 +220,36 @@ pub struct SourceConfig {
     /// `journald`: journal matches.
     #[serde(default, rename = "match")]
     pub journal_match: Vec<String>,
+    /// `syslog` with `tls://`: `[sources.tls]` (server certificate, optional client CA).
+    #[serde(default)]
+    pub tls: Option<ListenTlsConfig>,
+    /// `syslog` over TCP/TLS: further connections are refused while this many are open.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// `syslog`: longer messages (frames) are cut here and flagged truncated.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: ByteSize,
+}
+
+/// `[sources.tls]`: the TLS server side of a `tls://` syslog listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTlsConfig {
+    /// Server certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// Server private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate issued by one of these CAs (PEM).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+
+fn default_max_frame_bytes() -> ByteSize {
+    ByteSize(64 * 1024)
 }
 
 fn default_max_line_bytes() -> ByteSize {
@@ -543,6 +573,13 @@ impl Config {
             for glob in &mut source.include {
                 if Path::new(glob.as_str()).is_relative() {
                     *glob = base.join(glob.as_str()).to_string_lossy().into_owned();
+                }
+            }
+            if let Some(tls) = &mut source.tls {
+                fix(&mut tls.cert_file);
+                fix(&mut tls.key_file);
+                if let Some(ca) = &mut tls.client_ca_file {
+                    fix(ca);
                 }
             }
         }

@@ -1,13 +1,23 @@
-//! `syslog` decoder: rsyslog's file formats in, header (time, host, program, pid) and message
-//! out. Hand-written, one pass, no regex; the only allocations are the owned strings of
-//! [`Decoded`].
+//! `syslog` decoder: rsyslog's file formats and the syslog wire formats in, header (time,
+//! host, program, pid) and message out. Hand-written, one pass, no regex; the only allocations
+//! are the owned strings of [`Decoded`].
 //!
 //! Accepted forms (an optional `<PRI>` prefix is skipped, one trailing `\r` is dropped):
 //!
-//! * RFC 3339 (`RSYSLOG_FileFormat`, Debian's default):
-//!   `2026-11-25T15:22:44.172367+00:00 host tag[pid]: msg`. The stamp's own offset is kept.
-//! * Traditional (`RSYSLOG_TraditionalFileFormat`, RFC 3164 style):
-//!   `Nov 25 15:22:44 host tag[pid]: msg`, the day possibly space-padded (`Nov  5`).
+//! * RFC 3339 (`RSYSLOG_FileFormat`, Debian's default; with `<PRI>` it is rsyslog's wire
+//!   `RSYSLOG_ForwardFormat`): `2026-11-25T15:22:44.172367+00:00 host tag[pid]: msg`. The
+//!   stamp's own offset is kept.
+//! * Traditional (`RSYSLOG_TraditionalFileFormat`, RFC 3164 style, also on the wire after
+//!   `<PRI>`): `Nov 25 15:22:44 host tag[pid]: msg`, the day possibly space-padded (`Nov  5`).
+//! * RFC 5424 (only after `<PRI>`): `<38>1 TIMESTAMP HOST APP-NAME PROCID MSGID SD MSG`.
+//!   `program` = APP-NAME, `pid` = PROCID, `host` = HOSTNAME; the NILVALUE `-` leaves the
+//!   field empty (a `-` TIMESTAMP gives no time, which is not malformed). STRUCTURED-DATA is
+//!   skipped (quoted values may hold `\"`, `\]`, `\\`), MSGID is ignored. A UTF-8 BOM at the
+//!   start of MSG is dropped. Senders that turn an RFC 3164 message into RFC 5424 (rsyslog's
+//!   `RSYSLOG_SyslogProtocol23Format`) keep the space that followed the `tag:` in MSG, so
+//!   rsyslog writes `- -  Accepted …`; after the one separator space, **one further space is
+//!   dropped too**, so the message is byte for byte what the file formats give for the same
+//!   event and parsers anchored at `^` match either way.
 //!
 //! The tag is everything up to `[` or `:` and may contain `(`, `)`, `.`, `-`, `/`
 //! (`sshd(pam_unix)[19939]`, `com.apple.CDScheduler[43]`); the pid is optional (`sudo:`). One
@@ -61,6 +71,11 @@ impl SyslogDecoder {
 
     fn decode_inner(&self, line: &str, now: Timestamp) -> Option<Decoded> {
         let rest = skip_pri(line);
+        if rest.len() != line.len()
+            && let Some(after_version) = rfc5424_version(rest)
+        {
+            return self.decode_rfc5424(after_version);
+        }
         let b = rest.as_bytes();
         let (time, rest) = if b.first()?.is_ascii_digit() {
             let end = rest.find(' ')?;
@@ -80,6 +95,40 @@ impl SyslogDecoder {
             host: Some(host.to_owned()),
             program: Some(program.to_owned()),
             pid: pid.map(str::to_owned),
+            message: message.to_owned(),
+            json: None,
+            malformed: false,
+        })
+    }
+
+    /// RFC 5424 after `<PRI>VERSION SP`: `TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP
+    /// MSGID SP STRUCTURED-DATA [SP MSG]`.
+    fn decode_rfc5424(&self, s: &str) -> Option<Decoded> {
+        let (stamp, s) = token(s)?;
+        let (host, s) = token(s)?;
+        let (app, s) = token(s)?;
+        let (procid, s) = token(s)?;
+        let (_msgid, s) = token(s)?;
+        let time = match stamp {
+            "-" => None,
+            t => Some(parse_rfc3339(t, &self.tz)?),
+        };
+        let sd_len = structured_data_len(s.as_bytes())?;
+        let message = match s.as_bytes().get(sd_len) {
+            None => "",
+            Some(b' ') => {
+                let m = &s[sd_len + 1..];
+                let m = m.strip_prefix('\u{feff}').unwrap_or(m);
+                m.strip_prefix(' ').unwrap_or(m)
+            }
+            Some(_) => return None,
+        };
+        let nil = |v: &str| (v != "-").then(|| v.to_owned());
+        Some(Decoded {
+            time,
+            host: nil(host),
+            program: nil(app),
+            pid: nil(procid),
             message: message.to_owned(),
             json: None,
             malformed: false,
@@ -127,6 +176,49 @@ fn skip_pri(line: &str) -> &str {
         return &line[close + 1..];
     }
     line
+}
+
+/// After `<PRI>`: an RFC 5424 VERSION (`1`..`999`, no leading zero) and its space → the rest.
+fn rfc5424_version(s: &str) -> Option<&str> {
+    let b = s.as_bytes();
+    let digits = b.iter().take(4).take_while(|c| c.is_ascii_digit()).count();
+    if (1..=3).contains(&digits) && b[0] != b'0' && b.get(digits) == Some(&b' ') {
+        Some(&s[digits + 1..])
+    } else {
+        None
+    }
+}
+
+/// The next non-empty space-terminated token and what follows its space.
+fn token(s: &str) -> Option<(&str, &str)> {
+    let end = memchr::memchr(b' ', s.as_bytes())?;
+    (end > 0).then(|| (&s[..end], &s[end + 1..]))
+}
+
+/// Length of the STRUCTURED-DATA at the start of `b`: `-`, or one or more `[…]` elements whose
+/// quoted parameter values may contain escaped `"`, `]` and `\`. `None` if it is neither.
+fn structured_data_len(b: &[u8]) -> Option<usize> {
+    match b.first()? {
+        b'-' => return Some(1),
+        b'[' => {}
+        _ => return None,
+    }
+    let mut i = 0;
+    while b.get(i) == Some(&b'[') {
+        i += 1;
+        let mut quoted = false;
+        loop {
+            match *b.get(i)? {
+                b'\\' if quoted => i += 1,
+                b'"' => quoted = !quoted,
+                b']' if !quoted => break,
+                _ => {}
+            }
+            i += 1;
+        }
+        i += 1;
+    }
+    Some(i)
 }
 
 fn month_number(m: &[u8]) -> Option<u8> {
@@ -377,6 +469,87 @@ mod tests {
                 assert!(!d.malformed, "{line}");
                 assert!(d.time.unwrap().to_instant().starts_with("2026-11-25T15:2"));
             }
+        }
+    }
+
+    fn corpus(f: &str) -> String {
+        let path = format!(
+            "{}/../shared/corpus/generated/debian12-rsyslog-auth/{f}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn wire_formats_decode_like_the_file_format() {
+        let file = corpus("auth.log");
+        for wire in ["wire-udp-rfc5424.txt", "wire-udp-rfc3164-forwardformat.txt"] {
+            let text = corpus(wire);
+            assert_eq!(text.lines().count(), file.lines().count());
+            for (w, f) in text.lines().zip(file.lines()) {
+                let now = ts("2026-12-01T00:00:00Z");
+                let (dw, df) = (utc().decode(w, now), utc().decode(f, now));
+                assert!(!dw.malformed, "{w}");
+                assert_eq!(dw.time, df.time, "{w}");
+                assert_eq!(dw.host, df.host, "{w}");
+                assert_eq!(dw.program, df.program, "{w}");
+                assert_eq!(dw.pid, df.pid, "{w}");
+                assert_eq!(dw.message, df.message, "{w}");
+            }
+        }
+    }
+
+    #[test]
+    fn rfc5424_fields_nil_values_sd_and_bom() {
+        let now = ts("2026-12-01T00:00:00Z");
+        let d = utc().decode(
+            "<85>1 2026-11-25T15:22:59.344440+00:00 fhir-app01 sudo - - -     alice : PWD=/home/alice",
+            now,
+        );
+        assert_eq!(d.program.as_deref(), Some("sudo"));
+        assert_eq!(d.pid, None);
+        assert_eq!(d.message, "   alice : PWD=/home/alice");
+        let d = utc().decode(
+            "<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 [exampleSDID@32473 iut=\"3\" eventSource=\"Appl\\\"ic]ation\"][x@1 a=\"\\]\"] \u{feff}An application event",
+            now,
+        );
+        assert!(!d.malformed, "{d:?}");
+        assert_eq!(d.host.as_deref(), Some("mymachine.example.com"));
+        assert_eq!(d.program.as_deref(), Some("evntslog"));
+        assert_eq!(d.message, "An application event");
+        assert_eq!(
+            d.time.unwrap().to_instant(),
+            "2003-10-11T22:14:15.003+00:00"
+        );
+        let d = utc().decode("<13>1 - - - - - -", now);
+        assert!(!d.malformed);
+        assert!(d.time.is_none() && d.host.is_none() && d.program.is_none());
+        assert_eq!(d.message, "");
+        let d = utc().decode("<13>1 2026-11-25T15:22:59Z h app 7 - [a b=\"1\"]", now);
+        assert_eq!(d.pid.as_deref(), Some("7"));
+        assert_eq!(d.message, "");
+    }
+
+    #[test]
+    fn broken_rfc5424_is_malformed_not_a_panic() {
+        let now = ts("2026-12-01T00:00:00Z");
+        for line in [
+            "<13>1 ",
+            "<13>1 2026-11-25T15:22:59Z h app 7 - [unterminated x=\"]",
+            "<13>1 2026-11-25T15:22:59Z h app 7 - [a]x",
+            "<13>1 2026-11-25T15:22:59Z h app 7 - x msg",
+            "<13>1 notatime h app 7 - - msg",
+            "<13>1 2026-11-25T15:22:59Z  app 7 - - msg",
+            "<13>1 2026-11-25T15:22:59Z h app 7 - [a b=\"\\",
+        ] {
+            let d = utc().decode(line, now);
+            assert!(d.malformed, "{line}");
+            assert_eq!(d.message, line);
+        }
+        // Every prefix of a valid line is handled without panicking.
+        let full = "<38>1 2026-11-25T15:22:50.239810+00:00 h sshd 1 - [a b=\"ä\\\"\"] \u{feff} Ä";
+        for (i, _) in full.char_indices() {
+            let _ = utc().decode(&full[..i], now);
         }
     }
 }

@@ -7,6 +7,7 @@
 //! everything up to it.
 
 pub mod file;
+pub mod syslog;
 
 use std::path::PathBuf;
 use std::sync::Arc;

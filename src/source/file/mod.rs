@@ -340,6 +340,9 @@ mod tests {
             poll_interval: ConfigDuration(Duration::from_millis(10)),
             listen: None,
             journal_match: Vec::new(),
+            tls: None,
+            max_connections: 256,
+            max_frame_bytes: ByteSize(64 * 1024),
         }
     }
 
