@@ -140,7 +140,6 @@ impl Sink {
         }
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_LINES));
         self.bytes = 0;
-        crate::events::lines_read(batch.len() as u64);
         self.deliver(SourceMsg::Lines(batch))
     }
 
