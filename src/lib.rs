@@ -30,3 +30,4 @@ pub mod parse;
 pub mod pipeline;
 pub mod shutdown;
 pub mod source;
+pub mod spool;
