@@ -30,4 +30,5 @@ pub mod parse;
 pub mod pipeline;
 pub mod shutdown;
 pub mod source;
+pub mod spool;
 pub mod systemd;
