@@ -55,6 +55,8 @@ pub fn map_extracted(ctx: &MapContext, ex: &Extracted, line: LineRef<'_>) -> Vec
         Pattern::Login | Pattern::Logout => Some(auth_event(ctx, f, ex.pattern)),
         Pattern::SecurityAlert => Some(security_alert(ctx, f)),
         Pattern::Disclosure => Some(disclosure(ctx, f)),
+        // Mapped by the database-access builder (DCM 110112 / 110110); not yet implemented.
+        Pattern::Database => None,
     };
     let Some(built) = built else {
         return Vec::new();

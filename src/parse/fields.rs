@@ -80,6 +80,8 @@ field_names! {
     Issuer = "iss",
     /// Purpose of use code.
     PurposeOfUse = "purpose_of_use",
+    /// Full statement text (SQL); only comprehensive mode puts it in events, redacted.
+    Statement = "statement",
     /// The account that started a switch of user (the user who ran `su`); `user` is the
     /// account switched to.
     InvokingUser = "invoking_user",

@@ -36,6 +36,9 @@ pub enum Pattern {
     SecurityAlert,
     /// A disclosure of patient data to a recipient.
     Disclosure,
+    /// A database access (no BALP profile exists): `command` holds the SQL verb (SELECT,
+    /// INSERT, UPDATE, DELETE, …), `resource` the table as logged.
+    Database,
 }
 
 impl Pattern {
@@ -52,6 +55,7 @@ impl Pattern {
             Pattern::Logout => "logout",
             Pattern::SecurityAlert => "security-alert",
             Pattern::Disclosure => "disclosure",
+            Pattern::Database => "database",
         }
     }
 }
