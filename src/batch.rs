@@ -1,16 +1,14 @@
-//! Batching: events are grouped into FHIR Bundles of at most `max_events` entries and
-//! `max_bytes` of JSON, and a partial Bundle is cut after `flush_interval`.
+//! Batching: a Bundle covers a contiguous range of spooled events, at most `max_events`
+//! entries and `max_bytes` of JSON, and a partial range is cut once its oldest event has waited
+//! `flush_interval` ([`BatchPolicy`]).
 //!
-//! A [`Batch`] also carries the read positions that become safe once it is accepted: the
-//! position of a line is attached to the batch that holds the line's last event (or, for lines
-//! that made no event, to the batch being filled when they were read). Because batches are
-//! accepted in order, applying a batch's checkpoints never skips an unaccepted event.
+//! Because a [`Batch`] is built from spool records only (their ids, JSON and append time), the
+//! same range always yields a byte-identical Bundle with the same id: after a retry and after a
+//! restart alike.
 
 use crate::balp::EventRecord;
 use crate::config::BundleType;
 use crate::decode::Stamp;
-use crate::source::{Checkpoint, StreamId};
-use std::sync::Arc;
 use uuid::Uuid;
 
 /// Namespace for Bundle ids (UUID v5 over the ids of the entries).
@@ -26,12 +24,32 @@ const ENTRY_OVERHEAD: usize =
 pub struct Batch {
     /// The events, in the order they were read.
     pub events: Vec<EventRecord>,
-    /// Positions that become safe when this batch is accepted.
-    pub checkpoints: Vec<Checkpoint>,
-    /// Streams fully read and gone: their positions are dropped once this batch is accepted.
-    pub forgets: Vec<Arc<StreamId>>,
+    /// Spool sequence numbers of the first and last event (for acknowledgement).
+    pub seqs: Option<(u64, u64)>,
+    /// The Bundle timestamp: when the first event was spooled (now, if unset).
+    pub timestamp: Option<Stamp>,
     /// Approximate size of the Bundle JSON.
     pub bytes: usize,
+}
+
+/// When a range of spooled events becomes a Bundle.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    /// Entries per Bundle at most.
+    pub max_events: usize,
+    /// Uncompressed JSON bytes per Bundle at most.
+    pub max_bytes: usize,
+    /// A partial Bundle goes out once its oldest event waited this long.
+    pub flush_interval: std::time::Duration,
+}
+
+impl BatchPolicy {
+    /// Should the pending range be cut now? `pending` events are durable and unsent, the oldest
+    /// has waited `oldest_age`; `draining` cuts whatever is there.
+    pub fn ready(&self, pending: u64, oldest_age: std::time::Duration, draining: bool) -> bool {
+        pending > 0
+            && (draining || pending >= self.max_events as u64 || oldest_age >= self.flush_interval)
+    }
 }
 
 impl Batch {
@@ -45,14 +63,34 @@ impl Batch {
         Uuid::new_v5(&BUNDLE_NAMESPACE, &name)
     }
 
-    /// The Bundle as JSON. `timestamp` is when the Bundle was assembled.
-    pub fn bundle_json(&self, bundle_type: BundleType, timestamp: &Stamp) -> String {
-        bundle_json(
-            &self.id(),
-            &self.events,
-            bundle_type,
-            &timestamp.to_instant(),
-        )
+    /// The Bundle as JSON (deterministic: same events and timestamp, same bytes).
+    pub fn bundle_json(&self, bundle_type: BundleType) -> String {
+        let ts = self.timestamp.unwrap_or_else(Stamp::now_utc);
+        bundle_json(&self.id(), &self.events, bundle_type, &ts.to_instant())
+    }
+
+    /// A batch of spooled events (already in seq order).
+    pub fn from_spooled(spooled: Vec<crate::spool::SpooledEvent>) -> Batch {
+        let seqs = match (spooled.first(), spooled.last()) {
+            (Some(a), Some(b)) => Some((a.seq, b.seq)),
+            _ => None,
+        };
+        let timestamp = spooled.first().and_then(|e| {
+            jiff::Timestamp::from_millisecond(e.appended_ms as i64)
+                .ok()
+                .map(|ts| Stamp {
+                    ts,
+                    offset: jiff::tz::Offset::UTC,
+                })
+        });
+        let events: Vec<EventRecord> = spooled.into_iter().map(|e| e.record).collect();
+        let bytes = events.iter().map(|e| e.json.len() + ENTRY_OVERHEAD).sum();
+        Batch {
+            events,
+            seqs,
+            timestamp,
+            bytes,
+        }
     }
 }
 
@@ -89,92 +127,10 @@ pub fn bundle_json(
     out
 }
 
-/// Accumulates events and positions and cuts [`Batch`]es.
-#[derive(Debug)]
-pub struct Batcher {
-    max_events: usize,
-    max_bytes: usize,
-    current: Batch,
-}
-
-impl Batcher {
-    /// A batcher with these limits (each at least 1).
-    pub fn new(max_events: usize, max_bytes: usize) -> Batcher {
-        Batcher {
-            max_events: max_events.max(1),
-            max_bytes: max_bytes.max(1),
-            current: Batch::default(),
-        }
-    }
-
-    /// Add an event; returns the full batch if adding it reached a limit. An event larger
-    /// than `max_bytes` on its own still goes out, alone.
-    pub fn push(&mut self, event: EventRecord) -> Option<Batch> {
-        let size = event.json.len() + ENTRY_OVERHEAD;
-        let mut cut = None;
-        if !self.current.events.is_empty() && self.current.bytes + size > self.max_bytes {
-            cut = Some(std::mem::take(&mut self.current));
-        }
-        self.current.bytes += size;
-        self.current.events.push(event);
-        if self.current.events.len() >= self.max_events || self.current.bytes >= self.max_bytes {
-            // Only one batch can be cut per push: if `cut` is already set, the new event is
-            // alone in `current` and below the limits unless it alone exceeds them.
-            if cut.is_none() {
-                return Some(std::mem::take(&mut self.current));
-            }
-        }
-        cut
-    }
-
-    /// Record that everything of `stream` before `offset` has been read and mapped.
-    pub fn checkpoint(&mut self, stream: &Arc<StreamId>, offset: u64) {
-        match self
-            .current
-            .checkpoints
-            .iter_mut()
-            .find(|c| Arc::ptr_eq(&c.stream, stream) || *c.stream == **stream)
-        {
-            Some(c) => c.offset = c.offset.max(offset),
-            None => self.current.checkpoints.push(Checkpoint {
-                stream: stream.clone(),
-                offset,
-            }),
-        }
-    }
-
-    /// Record that `stream` is gone: its position is forgotten after this batch is accepted.
-    pub fn forget(&mut self, stream: &Arc<StreamId>) {
-        self.current.checkpoints.retain(|c| *c.stream != **stream);
-        self.current.forgets.push(stream.clone());
-    }
-
-    /// Cut whatever is pending (events or only positions); `None` if there is nothing.
-    pub fn flush(&mut self) -> Option<Batch> {
-        if self.is_empty() {
-            None
-        } else {
-            Some(std::mem::take(&mut self.current))
-        }
-    }
-
-    /// Is nothing (no event, no position) waiting?
-    pub fn is_empty(&self) -> bool {
-        self.current.events.is_empty()
-            && self.current.checkpoints.is_empty()
-            && self.current.forgets.is_empty()
-    }
-
-    /// Are any events waiting?
-    pub fn has_events(&self) -> bool {
-        !self.current.events.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use std::time::Duration;
 
     fn ev(n: u128, size: usize) -> EventRecord {
         EventRecord {
@@ -188,51 +144,44 @@ mod tests {
     }
 
     #[test]
-    fn cuts_at_max_events() {
-        let mut b = Batcher::new(2, 1 << 20);
-        assert!(b.push(ev(1, 1)).is_none());
-        let batch = b.push(ev(2, 1)).map(|b| b.events.len());
-        assert_eq!(batch, Some(2));
-        assert!(!b.has_events());
+    fn policy_cuts_full_ranges_old_ranges_and_on_drain() {
+        let p = BatchPolicy {
+            max_events: 10,
+            max_bytes: 1 << 20,
+            flush_interval: Duration::from_secs(1),
+        };
+        let ms = Duration::from_millis;
+        assert!(!p.ready(0, ms(5_000), true));
+        assert!(p.ready(10, ms(0), false));
+        assert!(!p.ready(3, ms(500), false));
+        assert!(p.ready(3, ms(1_000), false));
+        assert!(p.ready(3, ms(1), true));
     }
 
     #[test]
-    fn cuts_before_exceeding_max_bytes() {
-        let mut b = Batcher::new(100, 1000);
-        assert!(b.push(ev(1, 400)).is_none());
-        let first = b.push(ev(2, 400));
-        assert_eq!(first.map(|b| b.events.len()), Some(1));
-        assert!(b.has_events());
-    }
-
-    #[test]
-    fn bundle_is_valid_json_with_entries_and_stable_id() {
-        let mut b = Batcher::new(10, 1 << 20);
-        b.push(ev(1, 3));
-        b.push(ev(2, 3));
-        let stream = Arc::new(StreamId {
-            source: "s".into(),
-            key: "k".into(),
-            path: PathBuf::from("/x"),
-        });
-        b.checkpoint(&stream, 10);
-        b.checkpoint(&stream, 20);
-        let batch = b.flush().unwrap_or_default();
-        assert_eq!(batch.checkpoints.len(), 1);
-        assert_eq!(batch.checkpoints[0].offset, 20);
-        let ts = Stamp::now_utc();
-        let json = batch.bundle_json(BundleType::Batch, &ts);
+    fn bundle_is_valid_json_with_entries_and_stable_id_and_bytes() {
+        let batch = Batch {
+            events: vec![ev(1, 3), ev(2, 3)],
+            seqs: Some((1, 2)),
+            timestamp: Some(Stamp {
+                ts: jiff::Timestamp::from_millisecond(1_795_000_000_123).unwrap(),
+                offset: jiff::tz::Offset::UTC,
+            }),
+            bytes: 0,
+        };
+        let json = batch.bundle_json(BundleType::Batch);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
         assert_eq!(v["resourceType"], "Bundle");
         assert_eq!(v["type"], "batch");
         assert_eq!(v["id"], batch.id().to_string());
+        assert_eq!(v["timestamp"], "2026-11-18T11:06:40.123+00:00");
         assert_eq!(v["entry"][1]["request"]["url"], "AuditEvent");
         assert_eq!(
             v["entry"][0]["fullUrl"],
             format!("urn:uuid:{}", Uuid::from_u128(1))
         );
-        assert_eq!(batch.id(), batch.clone().id());
-        let collection = batch.bundle_json(BundleType::Collection, &ts);
+        assert_eq!(json, batch.clone().bundle_json(BundleType::Batch));
+        let collection = batch.bundle_json(BundleType::Collection);
         assert!(!collection.contains("request"));
     }
 }

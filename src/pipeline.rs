@@ -20,7 +20,7 @@
 //!   delivered before the stop leaves its positions untouched, so it is read again at start.
 
 use crate::balp::{self, EventRecord, LineRef, MapContext};
-use crate::batch::{Batch, Batcher};
+use crate::batch::{Batch, BatchPolicy};
 use crate::config::{Config, DecodeKind, SourceConfig, SourceType};
 use crate::decode::Decoder;
 use crate::decode::syslog::SyslogDecoder;
@@ -29,16 +29,24 @@ use crate::events;
 use crate::parse::engine::{LineOutcome, ParserSet};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::source::file::positions::{Positions, PositionsError};
-use crate::source::{Checkpoint, LogLine, SourceMsg};
+use crate::source::{Checkpoint, LogLine, SourceMsg, StreamId};
+use crate::spool::{Origin, Spool, SpoolError};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 
 /// How often accepted positions are written to disk while running.
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
+/// Group commit: uncommitted appends are fsynced at most this long after the first of them.
+pub const COMMIT_EVERY: Duration = Duration::from_millis(50);
+/// Group commit: ... or as soon as this many bytes are waiting.
+pub const COMMIT_BYTES: usize = 1 << 20;
+/// On the stop signal, pending events get this long to be delivered (they stay spooled).
+pub const DRAIN_FOR: Duration = Duration::from_secs(10);
 
 /// Errors that stop the agent (it exits non-zero and systemd restarts it).
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +68,9 @@ pub enum PipelineError {
         /// What failed.
         error: std::io::Error,
     },
+    /// The spool failed (a failed fsync is always fatal).
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
     /// A task panicked or vanished.
     #[error("internal: {0}")]
     Internal(String),
@@ -192,6 +203,29 @@ pub struct RunOptions {
     pub once: bool,
 }
 
+/// The spool, shared by the ingest loop (append, commit) and the delivery task (read, ack).
+#[derive(Clone)]
+struct SharedSpool(Arc<Mutex<Spool>>);
+
+impl SharedSpool {
+    fn lock(&self) -> Result<MutexGuard<'_, Spool>, PipelineError> {
+        self.0
+            .lock()
+            .map_err(|_| PipelineError::Internal("spool lock poisoned".into()))
+    }
+
+    /// Run blocking spool I/O without stalling the other tasks of the runtime.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Spool) -> Result<T, SpoolError>,
+    ) -> Result<T, PipelineError> {
+        tokio::task::block_in_place(|| {
+            let mut guard = self.lock()?;
+            f(&mut guard).map_err(PipelineError::from)
+        })
+    }
+}
+
 /// Run the agent until `shutdown` (or, with `once`, until everything present is delivered).
 pub async fn run(
     config: Config,
@@ -199,8 +233,39 @@ pub async fn run(
     trigger: &ShutdownTrigger,
 ) -> Result<(), PipelineError> {
     let shutdown = trigger.subscribe();
-    create_private_dir(&config.agent.state_dir)?;
-    let mut positions = Positions::load(&config.agent.state_dir)?;
+    let state_dir = config.agent.state_dir.clone();
+    create_private_dir(&state_dir)?;
+    let mut positions = Positions::load(&state_dir)?;
+    let (spool, recovered) =
+        tokio::task::block_in_place(|| Spool::open(&state_dir, &config.spool))?;
+    if recovered.quarantined > 0 || recovered.truncated_bytes > 0 {
+        tracing::error!(
+            quarantined = recovered.quarantined,
+            truncated_bytes = recovered.truncated_bytes,
+            "spool damage found at start-up: bad records moved to spool/quarantine, the rest will be delivered"
+        );
+    }
+    if recovered.pending_events > 0 {
+        tracing::info!(
+            pending = recovered.pending_events,
+            "spooled events from the last run will be delivered"
+        );
+    }
+    // The spool is the source of truth: a position may lag the last fsynced record if the
+    // agent died between the spool commit and the positions write.
+    for ((source, key), (path, end)) in &recovered.positions {
+        let known = positions.known(source).get(key).copied();
+        if known.is_none_or(|k| k < *end) {
+            positions.apply(&Checkpoint {
+                stream: Arc::new(StreamId {
+                    source: Arc::from(source.as_str()),
+                    key: key.clone(),
+                    path: path.clone(),
+                }),
+                offset: *end,
+            });
+        }
+    }
 
     let mut processors: HashMap<Arc<str>, SourceProcessor> = HashMap::new();
     let mut problems = Vec::new();
@@ -252,117 +317,144 @@ pub async fn run(
         threads.push(handle);
     }
     drop(line_tx);
+
+    let spool = SharedSpool(Arc::new(Mutex::new(spool)));
+    let committed = Arc::new(Notify::new());
+    let room = Arc::new(Notify::new());
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let policy = BatchPolicy {
+        max_events: config.output.max_events.max(1),
+        max_bytes: config.output.max_bytes.0 as usize,
+        flush_interval: config.output.flush_interval.0,
+    };
+    let mut delivery = tokio::spawn(delivery_task(DeliveryCtx {
+        spool: spool.clone(),
+        output,
+        policy,
+        committed: committed.clone(),
+        room: room.clone(),
+        drain: drain_rx,
+        shutdown: shutdown.clone(),
+        inflight_path: state_dir.join("inflight"),
+    }));
+
     crate::systemd::notify("READY=1");
     tracing::info!(
         sources = config.sources.len(),
-        state_dir = %config.agent.state_dir.display(),
+        state_dir = %state_dir.display(),
         "balp-agent running"
     );
 
-    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(4);
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Ack>();
-    let delivery = tokio::spawn(delivery_task(output, batch_rx, ack_tx, shutdown.clone()));
-
-    let mut batcher = Batcher::new(config.output.max_events, config.output.max_bytes.0 as usize);
-    let flush_every = config.output.flush_interval.0;
-    // When the oldest pending item of the current batch must go out (flush_interval after it
-    // arrived); None while the batcher is empty.
-    let mut flush_at: Option<tokio::time::Instant> = None;
+    let mut ingest = Ingest {
+        spool: spool.clone(),
+        committed: committed.clone(),
+        pending: Vec::new(),
+        uncommitted_bytes: 0,
+        commit_at: None,
+    };
     let mut persist_tick = tokio::time::interval(PERSIST_EVERY);
     persist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_persist = Instant::now();
     // Only file sources ever catch up; network sources have no "everything present".
     let mut pending_sources = threads.len();
-    let mut batch_tx = Some(batch_tx);
-    let mut sources_open = true;
-    if options.once && pending_sources == 0 {
-        sources_open = false;
-        finish(&mut batcher, &mut batch_tx).await;
+    let mut sources_open = !(options.once && pending_sources == 0);
+    if !sources_open {
+        let _ = drain_tx.send(true);
     }
-    let mut delivery = delivery;
+    let mut full_since: Option<Instant> = None;
+    let mut stop = shutdown.clone();
+    let mut stopping = false;
 
-    let delivery_result = loop {
+    let result: Result<(), PipelineError> = loop {
+        let has_room = match spool.lock() {
+            Ok(s) => s.has_room(),
+            Err(e) => break Err(e),
+        };
+        if !has_room && full_since.is_none() {
+            full_since = Some(Instant::now());
+            tracing::warn!(
+                "spool full (spool.max_bytes or disk free space): sources paused until events are delivered"
+            );
+        } else if has_room && let Some(since) = full_since.take() {
+            tracing::info!(
+                paused_ms = since.elapsed().as_millis() as u64,
+                "spool has room again: sources resumed"
+            );
+        }
         tokio::select! {
             biased;
-            Some(ack) = ack_rx.recv() => {
-                ack.apply(&mut positions);
-                if last_persist.elapsed() >= PERSIST_EVERY {
-                    persist(&mut positions);
-                    last_persist = Instant::now();
-                }
-            }
-            msg = line_rx.recv(), if sources_open => {
-                match msg {
-                    Some(SourceMsg::Lines(lines)) => {
-                        events::lines_read(lines.len() as u64);
-                        let now = Timestamp::now();
-                        for line in &lines {
-                            let Some(proc_) = processors.get_mut(&line.stream.source) else {
-                                continue;
-                            };
-                            for record in proc_.process(line, now) {
-                                if let Some(full) = batcher.push(record) {
-                                    flush_at = None;
-                                    send_batch(&mut batch_tx, full).await;
-                                }
-                            }
-                            // Syslog streams cannot be replayed: there is no position to keep.
-                            if !crate::source::syslog::is_syslog_stream(&line.stream) {
-                                batcher.checkpoint(&line.stream, line.end);
-                            }
-                        }
-                        arm_flush(&mut flush_at, &batcher, flush_every);
-                    }
-                    Some(SourceMsg::Position(cp)) => {
-                        batcher.checkpoint(&cp.stream, cp.offset);
-                        arm_flush(&mut flush_at, &batcher, flush_every);
-                    }
-                    Some(SourceMsg::Forget(stream)) => {
-                        // Forgotten only when everything read before is accepted.
-                        batcher.forget(&stream);
-                        arm_flush(&mut flush_at, &batcher, flush_every);
-                    }
-                    Some(SourceMsg::CaughtUp(_)) => {
-                        pending_sources = pending_sources.saturating_sub(1);
-                        if options.once && pending_sources == 0 {
-                            sources_open = false;
-                            finish(&mut batcher, &mut batch_tx).await;
-                        }
-                    }
-                    None => {
-                        // Every source thread has ended (stop signal): drain into the output.
-                        sources_open = false;
-                        finish(&mut batcher, &mut batch_tx).await;
-                    }
-                }
-            }
-            _ = sleep_until_opt(flush_at), if sources_open => {
-                flush_at = None;
-                if let Some(b) = batcher.flush() {
-                    send_batch(&mut batch_tx, b).await;
-                }
-            }
-            _ = persist_tick.tick() => {
-                if positions.is_dirty() && last_persist.elapsed() >= PERSIST_EVERY {
-                    persist(&mut positions);
-                    last_persist = Instant::now();
-                }
-            }
             res = &mut delivery => {
-                // Collect the acks sent before the task ended, then stop.
-                while let Ok(ack) = ack_rx.try_recv() {
-                    ack.apply(&mut positions);
-                }
                 break match res {
                     Ok(r) => r,
                     Err(e) => Err(PipelineError::Internal(format!("delivery task: {e}"))),
                 };
             }
+            _ = stop.wait(), if !stopping => {
+                stopping = true;
+                // Sources stop on the same signal; their last lines still arrive below.
+            }
+            _ = sleep_until_opt(ingest.commit_at) => {
+                if let Err(e) = ingest.commit(&mut positions) {
+                    break Err(e);
+                }
+            }
+            _ = room.notified(), if !has_room => {}
+            // While full, look again now and then: free disk space can change by itself.
+            _ = tokio::time::sleep(Duration::from_millis(250)), if !has_room => {}
+            msg = line_rx.recv(), if sources_open && has_room => {
+                let step = match msg {
+                    Some(SourceMsg::Lines(lines)) => {
+                        events::lines_read(lines.len() as u64);
+                        let now = Timestamp::now();
+                        ingest.lines(&lines, &mut processors, now)
+                    }
+                    Some(SourceMsg::Position(cp)) => {
+                        ingest.pending.push(PendingPosition::At(cp));
+                        ingest.arm();
+                        Ok(())
+                    }
+                    Some(SourceMsg::Forget(stream)) => {
+                        ingest.pending.push(PendingPosition::Forget(stream));
+                        ingest.arm();
+                        Ok(())
+                    }
+                    Some(SourceMsg::CaughtUp(_)) => {
+                        pending_sources = pending_sources.saturating_sub(1);
+                        if options.once && pending_sources == 0 {
+                            sources_open = false;
+                            ingest.commit(&mut positions).map(|()| {
+                                let _ = drain_tx.send(true);
+                            })
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    None => {
+                        // Every source has ended (stop signal): spool the rest, then drain.
+                        sources_open = false;
+                        ingest.commit(&mut positions).map(|()| {
+                            let _ = drain_tx.send(true);
+                        })
+                    }
+                };
+                if let Err(e) = step {
+                    break Err(e);
+                }
+                if ingest.uncommitted_bytes >= COMMIT_BYTES
+                    && let Err(e) = ingest.commit(&mut positions)
+                {
+                    break Err(e);
+                }
+            }
+            _ = persist_tick.tick() => {
+                if positions.is_dirty() {
+                    persist(&mut positions);
+                }
+            }
         }
     };
 
-    // Delivery stopped: on error or interruption, make the sources stop too.
     crate::systemd::notify("STOPPING=1");
+    // Make sure every source stops, whatever ended the loop.
     trigger.trigger();
     drop(line_rx);
     for t in threads {
@@ -376,19 +468,90 @@ pub async fn run(
         }
     }
     positions.persist()?;
-    let result = delivery_result;
     if result.is_ok() {
         tracing::info!("balp-agent stopped cleanly");
     }
     result
 }
 
-/// Start the flush clock when the batcher holds something and the clock is not running.
-fn arm_flush(flush_at: &mut Option<tokio::time::Instant>, batcher: &Batcher, every: Duration) {
-    if batcher.is_empty() {
-        *flush_at = None;
-    } else if flush_at.is_none() {
-        *flush_at = Some(tokio::time::Instant::now() + every);
+/// A read position waiting for the next group commit.
+enum PendingPosition {
+    At(Checkpoint),
+    Forget(Arc<StreamId>),
+}
+
+/// The ingest side: processes lines into the spool and advances positions at each commit.
+struct Ingest {
+    spool: SharedSpool,
+    committed: Arc<Notify>,
+    /// Positions of lines processed since the last commit, in order.
+    pending: Vec<PendingPosition>,
+    uncommitted_bytes: usize,
+    commit_at: Option<tokio::time::Instant>,
+}
+
+impl Ingest {
+    /// Process lines: spool their events, remember their positions for the next commit.
+    fn lines(
+        &mut self,
+        lines: &[LogLine],
+        processors: &mut HashMap<Arc<str>, SourceProcessor>,
+        now: Timestamp,
+    ) -> Result<(), PipelineError> {
+        let mut guard = self.spool.lock()?;
+        for line in lines {
+            let Some(proc_) = processors.get_mut(&line.stream.source) else {
+                continue;
+            };
+            let records = proc_.process(line, now);
+            if !records.is_empty() {
+                let origin = Origin::of_line(line);
+                for record in &records {
+                    self.uncommitted_bytes += record.json.len();
+                    guard.append(record, &origin)?;
+                }
+            }
+            // Network streams have no read position to keep.
+            if !crate::source::syslog::is_syslog_stream(&line.stream) {
+                self.pending.push(PendingPosition::At(Checkpoint {
+                    stream: line.stream.clone(),
+                    offset: line.end,
+                }));
+            }
+        }
+        drop(guard);
+        self.arm();
+        Ok(())
+    }
+
+    /// Start the commit clock if something waits for a commit.
+    fn arm(&mut self) {
+        if self.commit_at.is_none() && (!self.pending.is_empty() || self.uncommitted_bytes > 0) {
+            self.commit_at = Some(tokio::time::Instant::now() + COMMIT_EVERY);
+        }
+    }
+
+    /// Group commit: fsync the spool, then let the covered positions advance.
+    fn commit(&mut self, positions: &mut Positions) -> Result<(), PipelineError> {
+        self.commit_at = None;
+        if self.uncommitted_bytes > 0 {
+            self.spool.with(|s| s.commit())?;
+            self.uncommitted_bytes = 0;
+            self.committed.notify_one();
+        }
+        for p in self.pending.drain(..) {
+            match p {
+                PendingPosition::At(cp) => positions.apply(&cp),
+                PendingPosition::Forget(stream) => positions.forget(&stream),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn persist(positions: &mut Positions) {
+    if let Err(e) = positions.persist() {
+        events::position_write_failed("positions", &e.to_string());
     }
 }
 
@@ -399,73 +562,135 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-async fn send_batch(tx: &mut Option<mpsc::Sender<Batch>>, batch: Batch) {
-    if let Some(sender) = tx
-        && sender.send(batch).await.is_err()
-    {
-        // The delivery task ended (error or stop); its result is reported by the loop.
-        *tx = None;
-    }
-}
-
-/// Hand over the last partial batch and close the queue so the delivery task ends.
-async fn finish(batcher: &mut Batcher, tx: &mut Option<mpsc::Sender<Batch>>) {
-    if let Some(b) = batcher.flush() {
-        send_batch(tx, b).await;
-    }
-    *tx = None;
-}
-
-fn persist(positions: &mut Positions) {
-    if let Err(e) = positions.persist() {
-        events::position_write_failed("positions", &e.to_string());
-    }
-}
-
-/// What an accepted batch makes safe.
-struct Ack {
-    checkpoints: Vec<Checkpoint>,
-    forgets: Vec<Arc<crate::source::StreamId>>,
-}
-
-impl Ack {
-    fn apply(&self, positions: &mut Positions) {
-        for cp in &self.checkpoints {
-            positions.apply(cp);
-        }
-        for stream in &self.forgets {
-            positions.forget(stream);
-        }
-    }
-}
-
-async fn delivery_task(
-    mut output: Output,
-    mut rx: mpsc::Receiver<Batch>,
-    acks: mpsc::UnboundedSender<Ack>,
+/// What the delivery task works with.
+struct DeliveryCtx {
+    spool: SharedSpool,
+    output: Output,
+    policy: BatchPolicy,
+    /// Signalled after each group commit.
+    committed: Arc<Notify>,
+    /// Signalled after each ack (space may have been freed).
+    room: Arc<Notify>,
+    /// Set when no more events will come (stop signal or `--once` caught up).
+    drain: watch::Receiver<bool>,
     shutdown: Shutdown,
-) -> Result<(), PipelineError> {
-    while let Some(batch) = rx.recv().await {
-        match output.deliver(&batch, &shutdown).await? {
+    /// Records the range of the Bundle in flight, so a restart resends exactly that Bundle.
+    inflight_path: PathBuf,
+}
+
+/// Deliver spooled events in order, one Bundle in flight, acking each settled range.
+async fn delivery_task(mut cx: DeliveryCtx) -> Result<(), PipelineError> {
+    let mut next = cx.spool.lock()?.first_unacked();
+    // A Bundle that was in flight when the agent stopped is resent with exactly its range.
+    let mut forced = read_inflight(&cx.inflight_path).filter(|(first, _)| *first == next);
+    let mut waiting_since: Option<(u64, Instant)> = None;
+    let mut send_now = cx.spool.lock()?.durable_seq() >= next;
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        let draining = *cx.drain.borrow();
+        if draining && cx.shutdown.is_triggered() && drain_deadline.is_none() {
+            drain_deadline = Some(Instant::now() + DRAIN_FOR);
+        }
+        let durable = cx.spool.lock()?.durable_seq();
+        let pending = if durable >= next {
+            durable - next + 1
+        } else {
+            0
+        };
+        if pending == 0 {
+            if draining {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = cx.committed.notified() => {}
+                _ = cx.drain.changed() => {}
+            }
+            continue;
+        }
+        if drain_deadline.is_some_and(|d| Instant::now() >= d) {
+            tracing::warn!(
+                pending,
+                "stop: undelivered events stay in the spool for the next start"
+            );
+            return Ok(());
+        }
+        // Age of the oldest unsent event as seen by this task; a backlog found at start-up,
+        // and a Bundle that was in flight, go out at once.
+        let since = match waiting_since {
+            Some((seq, t)) if seq == next => t,
+            _ => {
+                let t = Instant::now();
+                waiting_since = Some((next, t));
+                t
+            }
+        };
+        let ready =
+            send_now || forced.is_some() || cx.policy.ready(pending, since.elapsed(), draining);
+        if !ready {
+            let wake = since + cx.policy.flush_interval;
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = cx.committed.notified() => {}
+                _ = cx.drain.changed() => {}
+            }
+            continue;
+        }
+        let (max_events, max_bytes) = match forced {
+            Some((first, last)) => ((last - first + 1) as usize, usize::MAX),
+            None => (cx.policy.max_events, cx.policy.max_bytes),
+        };
+        forced = None;
+        let spooled = cx
+            .spool
+            .with(|s| s.read_range(next, max_events, max_bytes))?;
+        let batch = Batch::from_spooled(spooled);
+        let Some((first, last)) = batch.seqs else {
+            // Nothing readable (e.g. quarantined on the way): skip past what was asked.
+            waiting_since = None;
+            continue;
+        };
+        write_inflight(&cx.inflight_path, first, last);
+        match cx.output.deliver(&batch, &cx.shutdown).await? {
             Delivery::Accepted | Delivery::DeadLettered { .. } => {
-                let ack = Ack {
-                    checkpoints: batch.checkpoints,
-                    forgets: batch.forgets,
-                };
-                if acks.send(ack).is_err() {
-                    return Ok(());
-                }
+                cx.spool.with(|s| s.ack(last))?;
+                cx.room.notify_one();
+                next = last + 1;
+                waiting_since = None;
+                send_now = false;
             }
             Delivery::Interrupted => {
                 tracing::warn!(
-                    pending_events = batch.events.len(),
-                    "stopped before the output accepted every event; they will be read again at the next start"
+                    pending,
+                    "stopped before the output accepted every event; they stay in the spool for the next start"
                 );
                 return Ok(());
             }
         }
     }
-    Ok(())
+}
+
+/// The in-flight range `first..=last`, if recorded.
+fn read_inflight(path: &Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (a, b) = text.trim().split_once('-')?;
+    let (first, last) = (a.parse().ok()?, b.parse().ok()?);
+    (first <= last).then_some((first, last))
+}
+
+/// Record the range in flight (tmp → fsync → rename). Best effort: losing it only means a
+/// restart may cut the range differently (same events, different Bundle id).
+fn write_inflight(path: &Path, first: u64, last: u64) {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        write!(f, "{first}-{last}")?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "could not record the Bundle in flight");
+    }
 }
 
 /// Create a directory (and parents) with mode 0700 if it does not exist.

@@ -25,7 +25,6 @@ use super::deadletter::{DeadLetters, MAX_RESPONSE_BYTES};
 use super::{DeliverError, Delivery};
 use crate::batch::Batch;
 use crate::config::{AuthType, BundleType, Compression, OutputConfig};
-use crate::decode::Stamp;
 use crate::events;
 use crate::shutdown::Shutdown;
 use base64::Engine;
@@ -342,6 +341,7 @@ impl HttpOutput {
             } else {
                 part = Batch {
                     events: batch.events[range.clone()].to_vec(),
+                    timestamp: batch.timestamp,
                     ..Batch::default()
                 };
                 &part
@@ -378,7 +378,7 @@ impl HttpOutput {
     ) -> Result<Sent, DeliverError> {
         let id = batch.id().to_string();
         let events_n = batch.events.len();
-        let json = batch.bundle_json(self.bundle_type, &Stamp::now_utc());
+        let json = batch.bundle_json(self.bundle_type);
         let body = if self.gzip {
             gzip(json.as_bytes())
         } else {

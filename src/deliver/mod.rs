@@ -17,7 +17,6 @@ pub mod stdout;
 
 use crate::batch::Batch;
 use crate::config::{BundleType, Config, OutputType};
-use crate::decode::Stamp;
 use crate::shutdown::Shutdown;
 
 /// How a delivery ended.
@@ -112,15 +111,14 @@ impl Output {
         match self {
             Output::Directory { out, bundle_type } => {
                 let id = batch.id().to_string();
-                let json = batch.bundle_json(*bundle_type, &Stamp::now_utc());
+                let json = batch.bundle_json(*bundle_type);
                 let path = out.write(&id, json).await?;
                 crate::events::bundle_sent(&id, batch.events.len(), &path.to_string_lossy());
                 Ok(Delivery::Accepted)
             }
             Output::Stdout { out, bundle_type } => {
                 let id = batch.id().to_string();
-                out.write(batch.bundle_json(*bundle_type, &Stamp::now_utc()))
-                    .await?;
+                out.write(batch.bundle_json(*bundle_type)).await?;
                 crate::events::bundle_sent(&id, batch.events.len(), "stdout");
                 Ok(Delivery::Accepted)
             }
