@@ -62,6 +62,25 @@ enum Command {
         #[command(subcommand)]
         action: Option<PresetsAction>,
     },
+    /// Inspect the durable spool.
+    Spool {
+        #[command(subcommand)]
+        action: SpoolAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SpoolAction {
+    /// Pending events, Bundles and bytes, oldest age, dead letters.
+    Status,
+    /// Check every record's checksums (exit 1 if any is corrupt).
+    Verify,
+    /// List rejected Bundles; with --requeue, put them back for delivery.
+    DeadLetters {
+        /// Move the dead letters back into the spool (the running agent picks them up).
+        #[arg(long)]
+        requeue: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,6 +100,7 @@ fn main() -> ExitCode {
         Command::Check => cmd_check(&cli.config),
         Command::Test { source, file } => cmd_test(&cli.config, source, file.as_deref()),
         Command::Presets { action } => cmd_presets(action.as_ref()),
+        Command::Spool { action } => cmd_spool(&cli.config, action),
     };
     match result {
         Ok(code) => code,
@@ -301,5 +321,70 @@ fn cmd_presets(action: Option<&PresetsAction>) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+    }
+}
+
+fn cmd_spool(path: &std::path::Path, action: &SpoolAction) -> Result<ExitCode> {
+    use balp_agent::spool::{admin, verify};
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let state = &cfg.agent.state_dir;
+    match action {
+        SpoolAction::Status => {
+            let r = admin::status(state, &cfg.spool, cfg.output.max_events)
+                .with_context(|| format!("reading the spool under {}", state.display()))?;
+            println!("source of figures: {}", r.from);
+            println!("pending events:    {}", r.pending_events);
+            println!("pending bundles:   {}", r.pending_bundles);
+            println!("spool bytes:       {}", r.bytes);
+            match r.oldest_age_seconds {
+                Some(a) => println!("oldest pending:    {a:.1} s"),
+                None => println!("oldest pending:    -"),
+            }
+            println!("quarantined:       {}", r.quarantined);
+            println!("dead letters:      {}", r.dead_letters);
+            Ok(ExitCode::SUCCESS)
+        }
+        SpoolAction::Verify => {
+            let report = verify(state).with_context(|| format!("verifying {}", state.display()))?;
+            println!(
+                "{} segment(s), {} good record(s), acked up to {}, torn tail {} byte(s)",
+                report.segments,
+                report.records,
+                report.acked.map_or("-".to_owned(), |a| a.to_string()),
+                report.torn_tail_bytes
+            );
+            for p in &report.problems {
+                println!("{}: offset {} ({} bytes): {}", p.path.display(), p.offset, p.len, p.what);
+            }
+            if report.is_clean() {
+                println!("spool ok");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("spool has {} corrupt item(s)", report.problems.len());
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        SpoolAction::DeadLetters { requeue } => {
+            let letters = admin::dead_letters(state);
+            for l in &letters {
+                println!(
+                    "{}  status {}  {} event(s)  {}",
+                    l.path.display(),
+                    l.status.map_or("-".to_owned(), |s| s.to_string()),
+                    l.events,
+                    l.time.as_deref().unwrap_or("-")
+                );
+            }
+            println!("{} dead letter(s)", letters.len());
+            if *requeue {
+                let n = admin::requeue_dead_letters(state)
+                    .with_context(|| format!("requeueing dead letters under {}", state.display()))?;
+                println!("{n} dead letter(s) requeued: the agent puts them back into the spool (at once if running, else at its next start)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

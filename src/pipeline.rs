@@ -30,7 +30,7 @@ use crate::parse::engine::{LineOutcome, ParserSet};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::source::file::positions::{Positions, PositionsError};
 use crate::source::{Checkpoint, LogLine, SourceMsg, StreamId};
-use crate::spool::{Origin, Spool, SpoolError};
+use crate::spool::{Origin, Spool, SpoolError, admin};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use std::collections::{BTreeMap, HashMap};
@@ -254,6 +254,9 @@ pub async fn run(
     // The spool is the source of truth: a position may lag the last fsynced record if the
     // agent died between the spool commit and the positions write.
     for ((source, key), (path, end)) in &recovered.positions {
+        if config.source(source).is_none() {
+            continue; // requeued dead letters, or a source removed from the config
+        }
         let known = positions.known(source).get(key).copied();
         if known.is_none_or(|k| k < *end) {
             positions.apply(&Checkpoint {
@@ -354,6 +357,9 @@ pub async fn run(
     };
     let mut persist_tick = tokio::time::interval(PERSIST_EVERY);
     persist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut requeue_tick = tokio::time::interval(admin::REQUEUE_EVERY);
+    requeue_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let max_events = config.output.max_events;
     // Only file sources ever catch up; network sources have no "everything present".
     let mut pending_sources = threads.len();
     let mut sources_open = !(options.once && pending_sources == 0);
@@ -449,6 +455,15 @@ pub async fn run(
                 if positions.is_dirty() {
                     persist(&mut positions);
                 }
+                if let Ok(s) = spool.lock() {
+                    let dead = admin::dead_letters(&state_dir).len();
+                    admin::write_status(&state_dir, &admin::StatusReport::from_status("running agent", &s.status(), max_events, dead));
+                }
+            }
+            _ = requeue_tick.tick(), if has_room => {
+                if let Err(e) = ingest.requeue(&state_dir, &mut positions) {
+                    break Err(e);
+                }
             }
         }
     };
@@ -529,6 +544,23 @@ impl Ingest {
         if self.commit_at.is_none() && (!self.pending.is_empty() || self.uncommitted_bytes > 0) {
             self.commit_at = Some(tokio::time::Instant::now() + COMMIT_EVERY);
         }
+    }
+
+    /// Put requeued dead letters back into the spool; their files go after the commit.
+    fn requeue(&mut self, state_dir: &Path, positions: &mut Positions) -> Result<(), PipelineError> {
+        let taken = self.spool.with(|s| admin::take_requeued(state_dir, s))?;
+        if taken.is_empty() {
+            return Ok(());
+        }
+        self.uncommitted_bytes += 1;
+        self.commit(positions)?;
+        for path in &taken {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::error!(path = %path.display(), error = %e, "requeued dead letter could not be removed; it may be sent twice");
+            }
+        }
+        tracing::info!(files = taken.len(), "dead letters requeued into the spool");
+        Ok(())
     }
 
     /// Group commit: fsync the spool, then let the covered positions advance.

@@ -12,6 +12,7 @@
 //! * `recover`: `open`, the recovery cases; `writer`: append, commit, ack; `reader`:
 //!   `read_range`; `verify`: the offline check. This file: the types, status and `has_room`.
 
+pub mod admin;
 pub mod format;
 mod reader;
 mod recover;

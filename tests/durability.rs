@@ -1,0 +1,282 @@
+//! Durability of the spool end to end: the real binary, SIGKILL, a failing ARR, corruption and
+//! a full spool. Nothing may be lost; a duplicate is always the very same event.
+//!
+//! CI runs the short form; `BALP_SOAK_CYCLES=200 cargo test --release --test durability`
+//! (see `scripts/soak.sh`) runs the long one.
+
+mod common;
+
+use common::agent::{Agent, append, fhir_lines, wait_until, write_config};
+use common::arr::{Arr, Reply};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn config(dir: &Path, log: &Path, arr: &Arr, spool_max: &str, max_events: usize) -> PathBuf {
+    write_config(
+        dir,
+        &format!(
+            r#"
+[agent]
+state_dir = "state"
+hostname = "test-host"
+[[sources]]
+name = "fhir"
+type = "file"
+include = ["{log}"]
+read_from = "beginning"
+decode = "raw"
+parsers = ["fhir_access"]
+poll_interval = "50ms"
+[output]
+type = "http"
+url = "{url}"
+max_events = {max_events}
+flush_interval = "100ms"
+timeout = "1s"
+[output.retry]
+initial_backoff = "20ms"
+max_backoff = "200ms"
+[spool]
+max_bytes = "{spool_max}"
+"#,
+            log = log.display(),
+            url = arr.url()
+        ),
+    )
+}
+
+/// X-Request-Id (transaction entity) of every accepted event → the event; asserts that
+/// duplicates are identical.
+fn delivered_by_request_id(arr: &Arr) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for b in arr.accepted_bundles() {
+        for e in b["entry"].as_array().cloned().unwrap_or_default() {
+            let r = e["resource"].clone();
+            let rid = r["entity"]
+                .as_array()
+                .and_then(|es| {
+                    es.iter().find(|x| x["type"]["code"] == "XrequestId").and_then(|x| x["what"]["identifier"]["value"].as_str())
+                })
+                .unwrap_or_default()
+                .to_owned();
+            if let Some(prev) = out.insert(rid.clone(), r.clone()) {
+                assert_eq!(prev, r, "duplicate of {rid} differs");
+            }
+        }
+    }
+    out
+}
+
+fn expected_rids(n: usize) -> BTreeSet<String> {
+    (0..n).map(|i| format!("req{i:08}")).collect()
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn sigkill_at_random_moments_with_a_flaky_arr_loses_nothing() {
+    let cycles: usize = std::env::var("BALP_SOAK_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(25);
+    let dir = tempfile::tempdir().unwrap();
+    let arr = Arr::start();
+    arr.fail_ratio(0.3);
+    let log = dir.path().join("access.log");
+    let cfg = config(dir.path(), &log, &arr, "1GiB", 40);
+    let mut written = 0;
+    for cycle in 0..cycles {
+        // The log grows while the agent runs and while it is dead.
+        append(&log, &fhir_lines(written, 60));
+        written += 60;
+        arr.script([Reply::CloseConnection, Reply::StatusWithRetryAfter(429, "0".into())]);
+        let agent = Agent::start(&cfg, &[]);
+        std::thread::sleep(Duration::from_millis(50 + fastrand_ms(cycle) % 400));
+        append(&log, &fhir_lines(written, 40));
+        written += 40;
+        std::thread::sleep(Duration::from_millis(fastrand_ms(cycle * 7 + 3) % 300));
+        agent.signal("KILL");
+        drop(agent);
+    }
+    arr.fail_ratio(0.0);
+    let mut agent = Agent::start(&cfg, &[]);
+    let want = expected_rids(written);
+    let ok = wait_until(Duration::from_secs(60), || {
+        let got: BTreeSet<String> = delivered_by_request_id(&arr).into_keys().collect();
+        want.is_subset(&got)
+    });
+    assert!(ok, "not everything arrived:\n{}", agent.log());
+    assert!(agent.stop().success());
+    let got = delivered_by_request_id(&arr);
+    let missing: Vec<_> = want.iter().filter(|r| !got.contains_key(*r)).collect();
+    assert!(missing.is_empty(), "lost {missing:?}");
+    assert_eq!(got.len(), written);
+}
+
+fn fastrand_ms(seed: usize) -> u64 {
+    // Deterministic spread without a dependency: different per cycle, same per run.
+    let x = (seed as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 40) ^ (x & 0xffff)
+}
+
+#[test]
+fn arr_down_while_events_pile_up_then_up_delivers_all_with_flat_memory() {
+    let n: usize = std::env::var("BALP_BACKLOG_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000);
+    let dir = tempfile::tempdir().unwrap();
+    let arr = Arr::start();
+    arr.set_default(Reply::Status(503));
+    let log = dir.path().join("access.log");
+    let cfg = config(dir.path(), &log, &arr, "1GiB", 500);
+    append(&log, &fhir_lines(0, n / 10));
+    let mut agent = Agent::start(&cfg, &[]);
+    // Let the first tenth be spooled, take the memory baseline, then add the rest.
+    let state = dir.path().join("state");
+    assert!(wait_until(Duration::from_secs(60), || spool_pending(&state) >= (n / 10) as u64), "{}", agent.log());
+    let pid = agent.child.id();
+    let rss_early = rss_kib(pid).unwrap_or(0);
+    append(&log, &fhir_lines(n / 10, n - n / 10));
+    let mut rss_peak = rss_early;
+    let ok = wait_until(Duration::from_secs(120), || {
+        rss_peak = rss_peak.max(rss_kib(pid).unwrap_or(0));
+        spool_pending(&state) >= n as u64
+    });
+    assert!(ok, "not all events were spooled:\n{}", agent.log());
+    eprintln!("backlog {n}: RSS after {} events {rss_early} KiB, peak while spooling {rss_peak} KiB", n / 10);
+    // Memory does not grow with the backlog: the events are on disk, not in memory.
+    assert!(rss_peak < rss_early + 16 * 1024, "RSS grew from {rss_early} to {rss_peak} KiB");
+    arr.set_default(Reply::Ok);
+    assert!(arr.wait_for_events(n, Duration::from_secs(180)), "{}", agent.log());
+    assert!(agent.stop().success());
+    let got = delivered_by_request_id(&arr);
+    assert_eq!(got.len(), n);
+    assert!(got.keys().cloned().collect::<BTreeSet<_>>() == expected_rids(n));
+}
+
+fn spool_pending(state: &Path) -> u64 {
+    std::fs::read(state.join("status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["pending_events"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn flipped_bits_and_a_truncated_segment_are_quarantined_and_the_rest_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let arr = Arr::start();
+    arr.set_default(Reply::Status(503));
+    let log = dir.path().join("access.log");
+    // Small Bundles, so that most events are still spooled when the agent is killed.
+    let cfg = config(dir.path(), &log, &arr, "1GiB", 10);
+    append(&log, &fhir_lines(0, 200));
+    let agent = Agent::start(&cfg, &[]);
+    let state = dir.path().join("state");
+    assert!(wait_until(Duration::from_secs(30), || spool_pending(&state) >= 200), "{}", agent.log());
+    agent.signal("KILL");
+    drop(agent);
+    // Damage the spool: flip bits in the middle of the segment, and cut its last record.
+    let seg = std::fs::read_dir(state.join("spool"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 8] {
+        *b ^= 0x5a;
+    }
+    bytes.truncate(bytes.len() - 100);
+    std::fs::write(&seg, &bytes).unwrap();
+    let out = common::agent::run(&["spool", "verify", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "verify reports the corruption: {}", String::from_utf8_lossy(&out.stdout));
+
+    arr.set_default(Reply::Ok);
+    let started = Instant::now();
+    let mut agent = Agent::start(&cfg, &[]);
+    // Everything not damaged arrives; the damaged records are in quarantine, and because the
+    // positions only cover what was durable, the cut tail is read again from the log.
+    assert!(
+        wait_until(Duration::from_secs(30), || delivered_by_request_id(&arr).len() >= 198),
+        "{}",
+        agent.log()
+    );
+    assert!(agent.stop().success(), "no crash loop: {}", agent.log());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let quarantine = state.join("spool").join("quarantine");
+    assert!(std::fs::read_dir(&quarantine).map(|d| d.count() > 0).unwrap_or(false));
+    assert!(agent.log().contains("quarantine"), "{}", agent.log());
+    let out = common::agent::run(&["spool", "verify", "-c", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "clean after recovery: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn a_full_spool_blocks_reading_then_resumes_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let arr = Arr::start();
+    arr.set_default(Reply::Status(503));
+    let log = dir.path().join("access.log");
+    let cfg = config(dir.path(), &log, &arr, "200KiB", 50);
+    append(&log, &fhir_lines(0, 1500));
+    let mut agent = Agent::start(&cfg, &[]);
+    assert!(
+        wait_until(Duration::from_secs(30), || agent.log().contains("spool full")),
+        "{}",
+        agent.log()
+    );
+    let state = dir.path().join("state");
+    std::thread::sleep(Duration::from_millis(500));
+    let pending = spool_pending(&state);
+    assert!(pending > 0 && pending < 1500, "reading stopped at the quota: {pending}");
+    arr.set_default(Reply::Ok);
+    assert!(arr.wait_for_events(1500, Duration::from_secs(60)), "{}", agent.log());
+    assert!(agent.log().contains("sources resumed"), "{}", agent.log());
+    assert!(agent.stop().success());
+    assert_eq!(delivered_by_request_id(&arr).len(), 1500);
+}
+
+#[test]
+fn retry_after_is_a_floor_between_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let arr = Arr::start();
+    arr.script([Reply::StatusWithRetryAfter(429, "2".into())]);
+    let log = dir.path().join("access.log");
+    let cfg = config(dir.path(), &log, &arr, "1GiB", 50);
+    append(&log, &fhir_lines(0, 3));
+    let mut agent = Agent::start(&cfg, &[]);
+    assert!(arr.wait_for_events(3, Duration::from_secs(20)), "{}", agent.log());
+    assert!(agent.stop().success());
+    let reqs = arr.requests();
+    let gap = reqs[1].time.duration_since(reqs[0].time);
+    assert!(gap >= Duration::from_secs(2), "second attempt after {gap:?}");
+    assert_eq!(reqs[0].header("x-request-id"), reqs[1].header("x-request-id"));
+}
+
+#[test]
+fn spool_status_and_dead_letter_requeue_work_on_a_running_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let arr = Arr::start();
+    arr.script([Reply::Status(400)]);
+    let log = dir.path().join("access.log");
+    let cfg = config(dir.path(), &log, &arr, "1GiB", 50);
+    append(&log, &fhir_lines(0, 4));
+    let mut agent = Agent::start(&cfg, &[]);
+    let state = dir.path().join("state");
+    assert!(wait_until(Duration::from_secs(20), || std::fs::read_dir(state.join("dead-letter")).map(|d| d.count() == 1).unwrap_or(false)));
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = common::agent::run(&["spool", "status", "-c", cfg.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("running agent") && text.contains("dead letters:      1"), "{text}");
+    let out = common::agent::run(&["spool", "dead-letters", "--requeue", "-c", cfg.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("status 400") && text.contains("4 event(s)"), "{text}");
+    // The agent puts them back and the ARR (now accepting) receives them.
+    assert!(arr.wait_for_events(4, Duration::from_secs(20)), "{}", agent.log());
+    assert!(agent.stop().success());
+    assert_eq!(delivered_by_request_id(&arr).len(), 4);
+}
