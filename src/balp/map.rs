@@ -55,12 +55,12 @@ pub fn map_extracted(ctx: &MapContext, ex: &Extracted, line: LineRef<'_>) -> Vec
         Pattern::Login | Pattern::Logout => Some(auth_event(ctx, f, ex.pattern)),
         Pattern::SecurityAlert => Some(security_alert(ctx, f)),
         Pattern::Disclosure => Some(disclosure(ctx, f)),
-        // Mapped by the database-access builder (DCM 110112 / 110110); not yet implemented.
-        Pattern::Database => None,
+        Pattern::Database => Some(super::database::database_event(ctx, f)),
     };
-    let Some(built) = built else {
+    let Some(mut built) = built else {
         return Vec::new();
     };
+    super::token::apply(ctx, f, &mut built);
     let recorded = ex.time.unwrap_or_else(Stamp::now_utc).to_instant();
     fan_out(ctx, built, &recorded, line)
 }
@@ -85,19 +85,43 @@ fn sanitized(fields: &Fields) -> Option<Fields> {
 }
 
 /// An event before ids, source, time and per-patient parts are filled in.
-struct Built {
-    event: AuditEvent,
-    /// Profiles to claim, if any.
-    claim: Claim,
-    patients: Vec<String>,
+pub(super) struct Built {
+    pub(super) event: AuditEvent,
+    /// The main (pattern) profile to claim, if any.
+    pub(super) claim: Claim,
+    pub(super) patients: Vec<String>,
+    /// Add-on profiles (security tokens), claimed by every event of the record.
+    pub(super) extra: Vec<&'static str>,
+    /// Add-on profiles withheld for a missing element: (profile, reason).
+    pub(super) withheld: Vec<(&'static str, &'static str)>,
+    /// Overrides the context's `source.type` (e.g. 5 Database Server).
+    pub(super) source_type: Option<&'static str>,
+    /// Index of the agent that stands for the client application, if any.
+    pub(super) client_idx: Option<usize>,
+}
+
+impl Built {
+    pub(super) fn new(event: AuditEvent, claim: Claim, patients: Vec<String>) -> Built {
+        Built {
+            event,
+            claim,
+            patients,
+            extra: Vec::new(),
+            withheld: Vec::new(),
+            source_type: None,
+            client_idx: None,
+        }
+    }
 }
 
 /// Which profile an event may claim: without / with a patient, and whether only on success.
 #[derive(Debug, Clone, Copy, Default)]
-struct Claim {
+pub(super) struct Claim {
     plain: Option<&'static str>,
     with_patient: Option<&'static str>,
     success_only: bool,
+    /// Set when the profile would apply but a required element is missing: the reason.
+    missing: Option<&'static str>,
 }
 
 impl Claim {
@@ -108,9 +132,18 @@ impl Claim {
                 plain: Some(plain),
                 with_patient: Some(with_patient),
                 success_only: true,
+                missing: None,
             },
             None => Claim::default(),
         }
+    }
+
+    /// The same claim, withheld for `reason` when `ok` is false.
+    fn unless_missing(mut self, ok: bool, reason: &'static str) -> Claim {
+        if !ok && self.missing.is_none() {
+            self.missing = Some(reason);
+        }
+        self
     }
 }
 
@@ -120,7 +153,9 @@ fn fan_out(ctx: &MapContext, b: Built, recorded: &str, line: LineRef<'_>) -> Vec
     base.source = Source {
         site: ctx.site.clone(),
         observer: Reference::display(&ctx.observer_display),
-        type_: vec![codes::source_type(&ctx.source_type)],
+        type_: vec![codes::source_type(
+            b.source_type.unwrap_or(ctx.source_type.as_str()),
+        )],
     };
     let mut meta = Meta::default();
     if line.flags.truncated {
@@ -159,7 +194,16 @@ fn fan_out(ctx: &MapContext, b: Built, recorded: &str, line: LineRef<'_>) -> Vec
             }
             let mut m = meta.clone();
             if let Some(p) = profile {
+                match b.claim.missing {
+                    None => m.profile.push(codes::profile_url(p)),
+                    Some(reason) => crate::events::profile_downgraded(p, reason),
+                }
+            }
+            for p in &b.extra {
                 m.profile.push(codes::profile_url(p));
+            }
+            for (p, reason) in &b.withheld {
+                crate::events::profile_downgraded(p, reason);
             }
             ev.meta = (!m.is_empty()).then_some(m);
             ev
@@ -336,14 +380,14 @@ fn below_base<'a>(path: &'a str, bases: &[String]) -> Option<&'a str> {
     best.map(|(_, r)| r)
 }
 
-fn is_type(s: &str) -> bool {
+pub(super) fn is_type(s: &str) -> bool {
     let mut c = s.chars();
     c.next().is_some_and(|f| f.is_ascii_uppercase())
         && s.len() <= 64
         && c.all(|ch| ch.is_ascii_alphanumeric())
 }
 
-fn is_id(s: &str) -> bool {
+pub(super) fn is_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()
@@ -494,13 +538,13 @@ fn query_patients(query: &str, rtype: Option<&str>, out: &mut Vec<String>) {
     }
 }
 
-fn field_patients(f: &Fields, out: &mut Vec<String>) {
+pub(super) fn field_patients(f: &Fields, out: &mut Vec<String>) {
     if let Some(v) = f.get(F::Patient) {
         out.extend(v.split(',').filter_map(|item| patient_id(item, true)));
     }
 }
 
-fn dedup(v: Vec<String>) -> Vec<String> {
+pub(super) fn dedup(v: Vec<String>) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(v.len());
     for p in v {
         if !out.contains(&p) {
@@ -600,12 +644,11 @@ fn rest_event(
         query_patients(q, req.rtype.as_deref(), &mut patients);
     }
     field_patients(f, &mut patients);
-    let covered = !req.conditional && client_ok;
-    Built {
-        event: ev,
-        claim: Claim::rest(interaction.profiles().filter(|_| covered)),
-        patients: dedup(patients),
-    }
+    let claim = Claim::rest(interaction.profiles().filter(|_| !req.conditional))
+        .unless_missing(client_ok, "client network address unknown");
+    let mut b = Built::new(ev, claim, dedup(patients));
+    b.client_idx = Some(0);
+    b
 }
 
 fn data_entity(
@@ -654,7 +697,7 @@ fn data_entity(
     }
 }
 
-fn patient_entity(id: &str) -> Entity {
+pub(super) fn patient_entity(id: &str) -> Entity {
     Entity {
         what: Some(Reference::to(&format!("Patient/{id}"))),
         type_: Some(codes::ENTITY_PERSON.coding()),
@@ -734,7 +777,7 @@ fn explicit_pattern(ctx: &MapContext, f: &Fields, raw: &Fields, pattern: Pattern
 
 // ---- agents -----------------------------------------------------------------------------
 
-fn network(addr: &str) -> Network {
+pub(super) fn network(addr: &str) -> Network {
     let a = addr.trim();
     let bare = a.trim_start_matches('[').trim_end_matches(']');
     let type_ =
@@ -752,7 +795,7 @@ fn network(addr: &str) -> Network {
 }
 
 /// The client's address: the first X-Forwarded-For hop when known, else the peer address.
-fn client_address(f: &Fields) -> Option<&str> {
+pub(super) fn client_address(f: &Fields) -> Option<&str> {
     let hop = f
         .get(F::ForwardedFor)
         .and_then(|x| x.split(',').next())
@@ -762,7 +805,7 @@ fn client_address(f: &Fields) -> Option<&str> {
         .filter(|a| !a.is_empty())
 }
 
-fn client_agent(f: &Fields, type_: Code) -> Agent {
+pub(super) fn client_agent(f: &Fields, type_: Code) -> Agent {
     let addr = client_address(f);
     let display = f.get(F::ClientId).map(str::trim).or(addr);
     Agent {
@@ -774,7 +817,7 @@ fn client_agent(f: &Fields, type_: Code) -> Agent {
     }
 }
 
-fn server_agent(ctx: &MapContext, f: &Fields, type_: Code) -> Agent {
+pub(super) fn server_agent(ctx: &MapContext, f: &Fields, type_: Code) -> Agent {
     let name = f
         .get(F::ServerAddress)
         .map(str::trim)
@@ -788,10 +831,17 @@ fn server_agent(ctx: &MapContext, f: &Fields, type_: Code) -> Agent {
     }
 }
 
-fn user_agent(ctx: &MapContext, f: &Fields, type_: Code) -> Option<Agent> {
-    let user = f.get(F::User)?.trim();
+/// The requesting user, typed `type_` for the pattern; a security token the fields carry adds
+/// its agent type and `policy` to this same agent (see [`super::token`]), so the user slice of
+/// a REST profile and the token profile's user slice are one agent.
+pub(super) fn user_agent(ctx: &MapContext, f: &Fields, type_: Code) -> Option<Agent> {
+    let token = super::token::Token::of(f);
+    let saml = matches!(token, super::token::Token::Saml { .. });
+    let subject = if saml { f.get(F::SamlSubject) } else { None };
+    let user = subject.or_else(|| f.get(F::User))?.trim();
+    let issuer_field = if saml { F::SamlIssuer } else { F::Issuer };
     let issuer = f
-        .get(F::Issuer)
+        .get(issuer_field)
         .map(str::trim)
         .filter(|i| i.contains(':'))
         .map(str::to_owned);
@@ -817,28 +867,23 @@ fn user_agent(ctx: &MapContext, f: &Fields, type_: Code) -> Option<Agent> {
             agent.role.push(CodeableConcept::from_text(role));
         }
     }
-    if let Some(jti) = f.get(F::Jti).map(str::trim) {
-        let prefix = "urn:ietf:params:oauth:jti:";
-        agent.policy.push(if jti.starts_with(prefix) {
-            jti.to_owned()
-        } else {
-            format!("{prefix}{jti}")
-        });
-    }
     if let Some(pou) = f.get(F::PurposeOfUse).map(str::trim) {
-        agent
-            .purpose_of_use
-            .push(CodeableConcept::from_coding(Coding::new(
-                codes::SYS_ACT_REASON,
-                pou,
-                None,
-            )));
+        for code in pou.split([',', ' ']).filter(|c| !c.is_empty()) {
+            agent
+                .purpose_of_use
+                .push(CodeableConcept::from_coding(Coding::new(
+                    codes::SYS_ACT_REASON,
+                    code,
+                    None,
+                )));
+        }
     }
     agent.who = Some(who);
+    token.enhance(&mut agent);
     Some(agent)
 }
 
-fn outcome(f: &Fields) -> Outcome {
+pub(super) fn outcome(f: &Fields) -> Outcome {
     if let Some(o) = f.get(F::Outcome) {
         match o.trim().to_ascii_lowercase().as_str() {
             "0" | "success" | "succeeded" | "ok" => return Outcome::Success,
@@ -857,16 +902,19 @@ fn outcome(f: &Fields) -> Outcome {
 
 // ---- login / logout / security alert ----------------------------------------------------
 
-fn security_agents(ctx: &MapContext, f: &Fields) -> Vec<Agent> {
+/// User, client (when known) and host agents, and the index of the client agent.
+fn security_agents(ctx: &MapContext, f: &Fields) -> (Vec<Agent>, Option<usize>) {
     let mut agents = Vec::new();
     if let Some(u) = user_agent(ctx, f, codes::ROLE_HUMANUSER) {
         agents.push(u);
     }
+    let mut client_idx = None;
     if client_address(f).is_some() || f.get(F::ClientId).is_some() {
+        client_idx = Some(agents.len());
         agents.push(client_agent(f, codes::DCM_SOURCE_ROLE_ID));
     }
     agents.push(server_agent(ctx, f, codes::DCM_DESTINATION_ROLE_ID));
-    agents
+    (agents, client_idx)
 }
 
 fn auth_event(ctx: &MapContext, f: &Fields, pattern: Pattern) -> Built {
@@ -875,20 +923,19 @@ fn auth_event(ctx: &MapContext, f: &Fields, pattern: Pattern) -> Built {
     } else {
         codes::DCM_LOGIN
     };
+    let (agent, client_idx) = security_agents(ctx, f);
     let ev = AuditEvent {
         type_: codes::DCM_USER_AUTHENTICATION.coding(),
         subtype: vec![subtype.coding()],
         action: Some(Action::E),
         outcome: Some(outcome(f)),
         outcome_desc: f.get(F::OutcomeDesc).map(str::to_owned),
-        agent: security_agents(ctx, f),
+        agent,
         ..AuditEvent::default()
     };
-    Built {
-        event: ev,
-        claim: Claim::default(),
-        patients: Vec::new(),
-    }
+    let mut b = Built::new(ev, Claim::default(), Vec::new());
+    b.client_idx = client_idx;
+    b
 }
 
 fn security_alert(ctx: &MapContext, f: &Fields) -> Built {
@@ -902,13 +949,14 @@ fn security_alert(ctx: &MapContext, f: &Fields) -> Built {
         },
         None => codes::DCM_USE_OF_RESTRICTED_FUNCTION.coding(),
     };
+    let (agent, client_idx) = security_agents(ctx, f);
     let mut ev = AuditEvent {
         type_: codes::DCM_SECURITY_ALERT.coding(),
         subtype: vec![subtype],
         action: Some(Action::E),
         outcome: Some(outcome(f)),
         outcome_desc: f.get(F::OutcomeDesc).map(str::to_owned),
-        agent: security_agents(ctx, f),
+        agent,
         ..AuditEvent::default()
     };
     if let Some(target) = f.get(F::TargetUser).map(str::trim) {
@@ -940,11 +988,9 @@ fn security_alert(ctx: &MapContext, f: &Fields) -> Built {
     }
     let mut patients = Vec::new();
     field_patients(f, &mut patients);
-    Built {
-        event: ev,
-        claim: Claim::default(),
-        patients: dedup(patients),
-    }
+    let mut b = Built::new(ev, Claim::default(), dedup(patients));
+    b.client_idx = client_idx;
+    b
 }
 
 // ---- disclosure -------------------------------------------------------------------------
@@ -999,18 +1045,21 @@ fn disclosure(ctx: &MapContext, f: &Fields) -> Built {
         });
     }
     field_patients(f, &mut patients);
-    // The profile needs a second entity (the data) beside the patient.
-    let claimable = recipient_ok && !ev.entity.is_empty();
-    Built {
-        event: ev,
-        claim: Claim {
-            plain: None,
-            // The profile needs a second entity (the data) beside the patient.
-            with_patient: claimable.then_some(codes::profile::DISCLOSURE_SOURCE),
-            success_only: false,
-        },
-        patients: dedup(patients),
+    let patients = dedup(patients);
+    let has_data = !ev.entity.is_empty();
+    let claim = Claim {
+        plain: Some(codes::profile::DISCLOSURE_SOURCE),
+        with_patient: Some(codes::profile::DISCLOSURE_SOURCE),
+        success_only: false,
+        missing: None,
     }
+    .unless_missing(!patients.is_empty(), "no patient")
+    .unless_missing(recipient_ok, "recipient network address unknown")
+    // The profile needs a second entity (the data) beside the patient.
+    .unless_missing(has_data, "no data entity");
+    let mut b = Built::new(ev, claim, patients);
+    b.client_idx = Some(1);
+    b
 }
 
 #[cfg(test)]
