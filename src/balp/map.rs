@@ -556,7 +556,15 @@ pub(super) fn dedup(v: Vec<String>) -> Vec<String> {
 
 fn rest_pattern(ctx: &MapContext, f: &Fields, raw: &Fields) -> Option<Built> {
     let method = f.get(F::Method).unwrap_or("GET").trim();
-    let url = f.get(F::Url)?;
+    let Some(url) = f.get(F::Url) else {
+        // Best effort: a request whose target was not logged is still recorded, as a generic
+        // `rest` event without interaction or profile.
+        let req = Request {
+            interaction: Some(Interaction::Unknown),
+            ..Request::default()
+        };
+        return Some(rest_event(ctx, f, raw, method, None, None, req, None));
+    };
     let (path, query) = split_target(url);
     let rest = below_base(path, &ctx.fhir_bases)?;
     let req = classify(method, rest, query.is_some_and(|q| !q.is_empty()))?;
@@ -1939,5 +1947,290 @@ mod tests {
                 assert!(n <= 1, "{pattern:?} {fields:?}: more than one patient");
             }
         }
+    }
+
+    fn profiles(v: &Value) -> Vec<&str> {
+        v.pointer("/meta/profile")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(|p| p.trim_start_matches(codes::PROFILE_BASE))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn agent_codes(a: &Value) -> Vec<&str> {
+        a["type"]["coding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["code"].as_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn oauth_jti_claims_minimal_together_with_the_rest_profile() {
+        let fields = [
+            (F::Url, "/fhir/Patient/1"),
+            (F::ClientAddress, "10.0.0.5"),
+            (F::User, "sub-1"),
+            (F::Jti, "C187CC48"),
+            (F::Issuer, "https://idp.example.org"),
+        ];
+        let v = &map(Mode::Minimal, Pattern::Rest, &fields)[0];
+        assert_eq!(
+            profiles(v),
+            vec![
+                "IHE.BasicAudit.PatientRead",
+                "IHE.BasicAudit.OAUTHaccessTokenUse.Minimal"
+            ]
+        );
+        let users: Vec<&Value> = v["agent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["requestor"] == true)
+            .collect();
+        assert_eq!(users.len(), 1, "one agent is both REST user and oUser");
+        assert_eq!(agent_codes(users[0]), vec!["IRCP", "UserOauthAgent"]);
+        assert_eq!(users[0]["policy"][0], "urn:ietf:params:oauth:jti:C187CC48");
+        // On a write the same agent is AUT + UserOauthAgent.
+        let mut w = fields.to_vec();
+        w.push((F::Method, "DELETE"));
+        let v = &map(Mode::Minimal, Pattern::Rest, &w)[0];
+        assert_eq!(agent_codes(&v["agent"][2]), vec!["AUT", "UserOauthAgent"]);
+        assert_eq!(profiles(v)[0], "IHE.BasicAudit.PatientDelete");
+    }
+
+    #[test]
+    fn oauth_comprehensive_makes_the_client_the_oclient() {
+        let mut fields = vec![
+            (F::Url, "/fhir/Observation/1"),
+            (F::ClientAddress, "10.0.0.5"),
+            (F::User, "sub-1"),
+            (F::UserName, "John Smith"),
+            (F::UserRole, "physician"),
+            (F::Jti, "urn:ietf:params:oauth:jti:x"),
+            (F::Issuer, "https://idp.example.org"),
+            (F::ClientId, "SampleApp"),
+            (F::PurposeOfUse, "TREAT"),
+        ];
+        let v = &map(Mode::Comprehensive, Pattern::Rest, &fields)[0];
+        assert_eq!(
+            profiles(v),
+            vec![
+                "IHE.BasicAudit.Read",
+                "IHE.BasicAudit.OAUTHaccessTokenUse.Minimal",
+                "IHE.BasicAudit.OAUTHaccessTokenUse.Comprehensive"
+            ]
+        );
+        assert_eq!(agent_codes(&v["agent"][0]), vec!["110152", "110150"]);
+        assert_eq!(v["agent"][0]["who"]["identifier"]["value"], "SampleApp");
+        let u = &v["agent"][2];
+        assert_eq!(u["who"]["identifier"]["system"], "https://idp.example.org");
+        assert_eq!(u["who"]["display"], "John Smith");
+        assert_eq!(u["policy"][0], "urn:ietf:params:oauth:jti:x");
+        assert_eq!(u["purposeOfUse"][0]["coding"][0]["code"], "TREAT");
+        // Delete: the REST client is already DCM 110150, no second coding.
+        fields.push((F::Method, "DELETE"));
+        let v = &map(Mode::Comprehensive, Pattern::Rest, &fields)[0];
+        assert_eq!(agent_codes(&v["agent"][0]), vec!["110150"]);
+        assert!(profiles(v).contains(&"IHE.BasicAudit.OAUTHaccessTokenUse.Comprehensive"));
+        // Without client_id: Minimal only, and the downgrade is counted.
+        let before = crate::events::counters().downgrades();
+        let key = "IHE.BasicAudit.OAUTHaccessTokenUse.Comprehensive: client_id unknown";
+        let no_client: Vec<_> = fields
+            .iter()
+            .filter(|(k, _)| *k != F::ClientId)
+            .copied()
+            .collect();
+        let v = &map(Mode::Comprehensive, Pattern::Rest, &no_client)[0];
+        assert!(!profiles(v).contains(&"IHE.BasicAudit.OAUTHaccessTokenUse.Comprehensive"));
+        let after = crate::events::counters().downgrades();
+        assert!(after.get(key).copied().unwrap_or(0) > before.get(key).copied().unwrap_or(0));
+    }
+
+    #[test]
+    fn opaque_token_keeps_only_its_tail() {
+        let token = "secret-part-that-must-not-leak-0123456789abcdef0123456789abcdef";
+        let v = &map(
+            Mode::Minimal,
+            Pattern::Rest,
+            &[
+                (F::Url, "/fhir/Patient/1"),
+                (F::ClientAddress, "10.0.0.5"),
+                (F::User, "u"),
+                (F::Token, token),
+            ],
+        )[0];
+        assert!(profiles(v).contains(&"IHE.BasicAudit.OAUTHaccessTokenUse.Opaque"));
+        assert_eq!(
+            v["agent"][2]["policy"][0],
+            "0123456789abcdef0123456789abcdef"
+        );
+        let text = v.to_string();
+        assert!(!text.contains("secret-part"));
+    }
+
+    #[test]
+    fn saml_claims_minimal_with_subject_issuer_and_assertion() {
+        let fields = [
+            (F::Url, "/fhir/Patient/1"),
+            (F::ClientAddress, "10.0.0.5"),
+            (F::SamlSubject, "05086900124"),
+            (F::SamlIssuer, "https://sts.example.no"),
+            (F::SamlAssertionId, "XC4WdYS0W5bjsMGc5Ue6tClD_5U"),
+        ];
+        let v = &map(Mode::Minimal, Pattern::Rest, &fields)[0];
+        assert_eq!(
+            profiles(v),
+            vec![
+                "IHE.BasicAudit.PatientRead",
+                "IHE.BasicAudit.SAMLaccessTokenUse.Minimal"
+            ]
+        );
+        let u = &v["agent"][2];
+        assert_eq!(agent_codes(u), vec!["IRCP", "UserSamlAgent"]);
+        assert_eq!(u["who"]["identifier"]["system"], "https://sts.example.no");
+        assert_eq!(u["who"]["identifier"]["value"], "05086900124");
+        assert_eq!(
+            u["policy"],
+            serde_json::json!(["XC4WdYS0W5bjsMGc5Ue6tClD_5U"])
+        );
+        let v = &map(Mode::Minimal, Pattern::Rest, &fields[..4])[0];
+        assert_eq!(
+            profiles(v),
+            vec!["IHE.BasicAudit.PatientRead"],
+            "no assertion id"
+        );
+    }
+
+    #[test]
+    fn token_without_user_is_a_counted_downgrade() {
+        let key = "IHE.BasicAudit.OAUTHaccessTokenUse.Minimal: no user (sub)";
+        let before = crate::events::counters().downgrades().get(key).copied();
+        let v = &map(
+            Mode::Minimal,
+            Pattern::Rest,
+            &[
+                (F::Url, "/fhir/Patient/1"),
+                (F::ClientAddress, "h"),
+                (F::Jti, "j"),
+            ],
+        )[0];
+        assert_eq!(profiles(v), vec!["IHE.BasicAudit.PatientRead"]);
+        let after = crate::balp::downgrades().get(key).copied();
+        assert!(after.unwrap_or(0) > before.unwrap_or(0));
+    }
+
+    #[test]
+    fn missing_client_address_is_a_counted_downgrade_and_a_missing_url_no_drop() {
+        let key = "IHE.BasicAudit.Read: client network address unknown";
+        let before = crate::balp::downgrades().get(key).copied().unwrap_or(0);
+        let v = &map(
+            Mode::Minimal,
+            Pattern::Rest,
+            &[(F::Url, "/fhir/Observation/1")],
+        )[0];
+        assert_eq!(profile(v), None);
+        assert!(crate::balp::downgrades().get(key).copied().unwrap_or(0) > before);
+        let vs = map(
+            Mode::Minimal,
+            Pattern::Rest,
+            &[(F::Method, "GET"), (F::User, "u")],
+        );
+        assert_eq!(vs.len(), 1, "an event without url is still recorded");
+        assert_eq!(vs[0]["type"]["code"], "rest");
+        assert_eq!(profile(&vs[0]), None);
+    }
+
+    #[test]
+    fn database_access_maps_verbs_tables_and_redacts_statements() {
+        let fields = [
+            (F::Command, "select"),
+            (F::Resource, "public.patients"),
+            (F::Database, "emr"),
+            (F::User, "app_reader"),
+            (F::ClientAddress, "10.0.0.9"),
+            (F::Statement, "SELECT * FROM public.patients WHERE id = 42"),
+        ];
+        let v = &map(Mode::Minimal, Pattern::Database, &fields)[0];
+        assert_eq!(
+            (v["type"]["code"].as_str(), v["action"].as_str()),
+            (Some("110112"), Some("E"))
+        );
+        assert!(v.get("meta").is_none(), "no BALP profile");
+        assert_eq!(v["source"]["type"][0]["code"], "5");
+        assert_eq!(agent_code(v, 0), "IRCP");
+        assert_eq!(v["agent"][0]["who"]["identifier"]["value"], "app_reader");
+        assert_eq!(v["agent"][1]["network"]["address"], "10.0.0.9");
+        assert_eq!(
+            v["entity"][0]["what"]["identifier"]["value"],
+            "public.patients"
+        );
+        assert_eq!(v["entity"][0]["role"]["code"], "22");
+        assert_eq!(v["entity"][1]["what"]["identifier"]["value"], "emr");
+        assert_eq!(v["entity"][1]["role"]["code"], "17");
+        assert!(
+            !v.to_string().contains("WHERE id"),
+            "no SQL in minimal mode"
+        );
+        let mut w = fields.to_vec();
+        w[0] = (F::Command, "ALTER ROLE");
+        w[5] = (F::Statement, "ALTER ROLE bob PASSWORD 'hunter2'");
+        w.push((F::Patient, "p1,p2"));
+        let vs = map(Mode::Comprehensive, Pattern::Database, &w);
+        assert_eq!(vs.len(), 2, "one event per patient");
+        let v = &vs[0];
+        assert_eq!(
+            (v["type"]["code"].as_str(), subtype(v)),
+            (Some("110113"), "110136")
+        );
+        assert_eq!(
+            v["entity"][2]["description"],
+            "ALTER ROLE bob PASSWORD '***'"
+        );
+        assert!(!v.to_string().contains("hunter2"));
+        assert_eq!(v["entity"][3]["what"]["reference"], "Patient/p1");
+        for (verb, code, action) in [
+            ("INSERT", "110110", "C"),
+            ("UPDATE", "110110", "U"),
+            ("DELETE", "110110", "D"),
+            ("VACUUM", "110110", "E"),
+        ] {
+            let v = &map(Mode::Minimal, Pattern::Database, &[(F::Command, verb)])[0];
+            assert_eq!(
+                (v["type"]["code"].as_str(), v["action"].as_str()),
+                (Some(code), Some(action)),
+                "{verb}"
+            );
+        }
+    }
+
+    #[test]
+    fn self_audit_records_start_and_stop_with_deterministic_ids() {
+        use crate::balp::{AppActivity, self_audit};
+        let c = ctx(Mode::Minimal);
+        let t = extracted(Pattern::Rest, &[]).time.unwrap();
+        let start = self_audit(&c, AppActivity::Start, t, "boot-1");
+        let again = self_audit(&c, AppActivity::Start, t, "boot-1");
+        let stop = self_audit(&c, AppActivity::Stop, t, "boot-1");
+        let other = self_audit(&c, AppActivity::Start, t, "boot-2");
+        assert_eq!(start.id, again.id);
+        assert_ne!(start.id, stop.id);
+        assert_ne!(start.id, other.id);
+        let v = &conformant(&[start, stop])[..];
+        assert_eq!(v[0]["type"]["code"], "110100");
+        assert_eq!(subtype(&v[0]), "110120");
+        assert_eq!(subtype(&v[1]), "110121");
+        assert_eq!(
+            (v[0]["action"].as_str(), v[0]["outcome"].as_str()),
+            (Some("E"), Some("0"))
+        );
+        assert_eq!(agent_code(&v[0], 0), "110150");
+        assert_eq!(v[0]["agent"][0]["who"]["display"], "balp-agent@fhir01");
+        assert_eq!(v[0]["agent"][0]["requestor"], false);
     }
 }
