@@ -13,6 +13,8 @@
 pub mod codes;
 pub mod conformance;
 pub mod database;
+#[cfg(test)]
+mod ig_examples;
 pub mod map;
 pub mod model;
 pub mod selfaudit;
