@@ -17,6 +17,8 @@ pub mod database;
 mod ig_examples;
 pub mod map;
 pub mod model;
+#[cfg(test)]
+mod proptests;
 pub mod selfaudit;
 pub mod token;
 
