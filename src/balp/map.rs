@@ -31,6 +31,69 @@
 //!   PrivacyDisclosure.Source`, claimed (on any outcome, the profile allows failures) when a
 //!   patient and the recipient's address are known. The source agent's `who` is the observer
 //!   itself (val-audit-source); the recipient comes from `client_address`/`client_id`.
+//! * Database access (`Pattern::Database`): see [`super::database`] (DICOM 110112/110110, no
+//!   BALP profile, `source.type` 5). Security tokens on any pattern: see [`super::token`].
+//! * Best effort: a missing field never drops a record (a REST line without url still gives a
+//!   generic `rest` event); a profile whose required element is missing is not claimed and the
+//!   downgrade is counted per `profile: reason` ([`crate::events::profile_downgraded`],
+//!   [`super::downgrades`]). Failed requests and uncovered interactions are not downgrades: no
+//!   profile covers them.
+//!
+//! # Minimal and comprehensive mode (REFERENCE.md §8)
+//!
+//! Both modes record the same events with the same ids, agents and entities. *Minimal* (the
+//! default, "whenever possible") records identifiers only: user id and issuer, client display,
+//! resource references, the raw request as the query entity, jti. *Comprehensive* adds what
+//! the log line itself carries about the participants — the user's display name (`who.display`
+//! and `name`) and role, the OAuth client_id as the client's `who.identifier` (and so the OAuth
+//! Comprehensive / SAML Comprehensive profiles), the full command line of a security alert,
+//! the redacted SQL statement, entity descriptions. It never adds search *results*: a log line
+//! does not carry them, and BALP recommends against them. The same line
+//! `GET /fhir/Observation?patient=123&code=8867-4` → 200, client 10.1.2.3, user `u-7f3a`
+//! ("Dr. Jane Smith", physician), iss `https://idp.example.org`, jti `8a1c2f`, client_id
+//! `portal` (extension and displays left out, systems shortened):
+//!
+//! Minimal:
+//! ```json
+//! {"resourceType": "AuditEvent", "id": "87697593-56c5-52ac-86c4-574fcdaffdda",
+//!  "meta": {"profile": [".../IHE.BasicAudit.PatientQuery",
+//!                       ".../IHE.BasicAudit.OAUTHaccessTokenUse.Minimal"]},
+//!  "type": {"system": "…/audit-event-type", "code": "rest"},
+//!  "subtype": [{"system": "…/restful-interaction", "code": "search-type"}],
+//!  "action": "E", "recorded": "2026-11-25T15:25:33+00:00", "outcome": "0",
+//!  "agent": [
+//!   {"type": {"coding": [{"system": "DCM", "code": "110153"}]}, "who": {"display": "portal"},
+//!    "requestor": false, "network": {"address": "10.1.2.3", "type": "2"}},
+//!   {"type": {"coding": [{"system": "DCM", "code": "110152"}]},
+//!    "who": {"display": "fhir01.example.org"}, "requestor": false,
+//!    "network": {"address": "fhir01.example.org", "type": "1"}},
+//!   {"type": {"coding": [{"system": "…/v3-ParticipationType", "code": "IRCP"},
+//!                        {"system": "…/UserAgentTypes", "code": "UserOauthAgent"}]},
+//!    "who": {"identifier": {"system": "https://idp.example.org", "value": "u-7f3a"}},
+//!    "requestor": true, "policy": ["urn:ietf:params:oauth:jti:8a1c2f"]}],
+//!  "source": {"observer": {"display": "balp-agent@fhir01"},
+//!             "type": [{"system": "…/security-source-type", "code": "4"}]},
+//!  "entity": [
+//!   {"type": {"code": "2"}, "role": {"code": "24"},
+//!    "description": "GET /fhir/Observation?patient=123&code=8867-4",
+//!    "query": "R0VUIC9maGlyL09ic2VydmF0aW9uP3BhdGllbnQ9MTIzJmNvZGU9ODg2Ny00"},
+//!   {"type": {"code": "1"}, "role": {"code": "1"}, "what": {"reference": "Patient/123"}}]}
+//! ```
+//!
+//! Comprehensive (differences only):
+//! ```json
+//! {"meta": {"profile": [".../IHE.BasicAudit.PatientQuery",
+//!                       ".../IHE.BasicAudit.OAUTHaccessTokenUse.Minimal",
+//!                       ".../IHE.BasicAudit.OAUTHaccessTokenUse.Comprehensive"]},
+//!  "agent": [
+//!   {"type": {"coding": [{"system": "DCM", "code": "110153"}, {"system": "DCM", "code": "110150"}]},
+//!    "who": {"identifier": {"value": "portal"}, "display": "portal"}, "…": "…"},
+//!   {"…": "server as above"},
+//!   {"…": "user as above",
+//!    "who": {"identifier": {"system": "https://idp.example.org", "value": "u-7f3a"},
+//!            "display": "Dr. Jane Smith"},
+//!    "name": "Dr. Jane Smith", "role": [{"text": "physician"}]}]}
+//! ```
 
 use super::codes::{self, Code};
 use super::model::{
