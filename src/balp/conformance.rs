@@ -92,6 +92,9 @@ static BASE64: LazyLock<regex::Regex> = LazyLock::new(|| {
     regex::Regex::new(r"^(\s*([0-9a-zA-Z+/=]){4}\s*)+$")
         .unwrap_or_else(|e| unreachable!("static regex: {e}"))
 });
+static CODE: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(r"^[^\s]+(\s[^\s]+)*$").unwrap_or_else(|e| unreachable!("static regex: {e}"))
+});
 static ID: LazyLock<regex::Regex> = LazyLock::new(|| {
     regex::Regex::new(r"^[A-Za-z0-9\-.]{1,64}$")
         .unwrap_or_else(|e| unreachable!("static regex: {e}"))
@@ -852,6 +855,13 @@ fn coding(v: &Value, at: &str, p: &mut Vec<String>) {
             p.push(format!("{at} must be a Coding, not a CodeableConcept"))
         }
         Some(o) => {
+            if let Some(c) = o.get("code")
+                && !c.as_str().is_some_and(|c| CODE.is_match(c))
+            {
+                p.push(format!(
+                    "{at}.code is not a FHIR code (no edge or repeated whitespace)"
+                ));
+            }
             for k in o.keys() {
                 if !CODING_ELEMENTS.contains(&k.as_str()) {
                     p.push(format!("{at} has unknown Coding element `{k}`"));

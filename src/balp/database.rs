@@ -3,7 +3,7 @@
 //! BALP profile is claimed.
 //!
 //! In: the fields `command` (SQL verb), `resource` (table as logged), `database`, `user` (db
-//! role), `client_address`/`client_id`, `statement` (SQL text), `patient`. Out: a [`Built`]
+//! role), `client_address`/`client_id`, `statement` (SQL text), `patient`. Out: a `Built`
 //! event (one event per patient after fan-out). Guarantees: the SQL text appears only in
 //! comprehensive mode and only after [`redact_sql`]; `source.type` is 5 Database Server.
 //!

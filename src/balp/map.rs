@@ -938,20 +938,21 @@ pub(super) fn user_agent(ctx: &MapContext, f: &Fields, type_: Code) -> Option<Ag
             agent.role.push(CodeableConcept::from_text(role));
         }
     }
-    if let Some(pou) = f.get(F::PurposeOfUse).map(str::trim) {
-        for code in pou.split([',', ' ']).filter(|c| !c.is_empty()) {
-            agent
-                .purpose_of_use
-                .push(CodeableConcept::from_coding(Coding::new(
-                    codes::SYS_ACT_REASON,
-                    code,
-                    None,
-                )));
-        }
-    }
+    agent.purpose_of_use = purposes(f);
     agent.who = Some(who);
     token.enhance(&mut agent);
     Some(agent)
+}
+
+/// The purpose-of-use codes (v3-ActReason), one per comma- or space-separated item: a FHIR
+/// `code` holds no leading, trailing or repeated whitespace.
+fn purposes(f: &Fields) -> Vec<CodeableConcept> {
+    f.get(F::PurposeOfUse)
+        .unwrap_or("")
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|c| !c.is_empty())
+        .map(|code| CodeableConcept::from_coding(Coding::new(codes::SYS_ACT_REASON, code, None)))
+        .collect()
 }
 
 pub(super) fn outcome(f: &Fields) -> Outcome {
@@ -1075,14 +1076,7 @@ fn disclosure(ctx: &MapContext, f: &Fields) -> Built {
         outcome_desc: f.get(F::OutcomeDesc).map(str::to_owned),
         ..AuditEvent::default()
     };
-    if let Some(pou) = f.get(F::PurposeOfUse).map(str::trim) {
-        ev.purpose_of_event
-            .push(CodeableConcept::from_coding(Coding::new(
-                codes::SYS_ACT_REASON,
-                pou,
-                None,
-            )));
-    }
+    ev.purpose_of_event = purposes(f);
     // val-audit-source: the source agent is the observer, with an identical Reference.
     let mut source = server_agent(ctx, f, codes::DCM_SOURCE_ROLE_ID);
     source.who = Some(Reference::display(&ctx.observer_display));
