@@ -762,9 +762,10 @@ fn base(root: &serde_json::Map<String, Value>, p: &mut Vec<String>) {
                 p.push(format!("{at}.network is not an object"));
             }
         }
-        if o.get("policy")
-            .is_some_and(|v| !v.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
-        {
+        if o.get("policy").is_some_and(|v| {
+            !v.as_array()
+                .is_some_and(|a| a.iter().all(|x| x.as_str().is_some_and(is_uri)))
+        }) {
             p.push(format!("{at}.policy must be an array of uri strings"));
         }
     }
@@ -919,9 +920,21 @@ fn reference(v: &Value, at: &str, p: &mut Vec<String>) {
             if o.is_empty() {
                 p.push(format!("{at} is empty"));
             }
+            if let Some(sys) = v.pointer("/identifier/system")
+                && !sys.as_str().is_some_and(is_uri)
+            {
+                p.push(format!(
+                    "{at}.identifier.system is not a uri (no whitespace)"
+                ));
+            }
         }
         None => p.push(format!("{at} must be a Reference object")),
     }
+}
+
+/// FHIR `uri`: any string without whitespace.
+fn is_uri(s: &str) -> bool {
+    !s.chars().any(char::is_whitespace)
 }
 
 fn code_in(v: Option<&Value>, at: &str, allowed: &[&str], p: &mut Vec<String>) {

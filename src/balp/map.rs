@@ -914,7 +914,8 @@ pub(super) fn user_agent(ctx: &MapContext, f: &Fields, type_: Code) -> Option<Ag
     let issuer = f
         .get(issuer_field)
         .map(str::trim)
-        .filter(|i| i.contains(':'))
+        // Identifier.system is a uri: an issuer that is none is left out, not mangled.
+        .filter(|i| i.contains(':') && !i.chars().any(char::is_whitespace))
         .map(str::to_owned);
     let mut who = Reference {
         identifier: Some(Identifier {

@@ -93,9 +93,29 @@ impl<'a> Token<'a> {
             agent.type_ = Some(code.concept());
         }
         if let Some(p) = policy {
-            agent.policy = vec![p];
+            agent.policy = vec![uri_safe(&p)];
         }
     }
+}
+
+/// `policy` is a FHIR `uri` (no whitespace): whitespace is percent-encoded, so a mangled
+/// identifier stays recognisable instead of being dropped.
+fn uri_safe(s: &str) -> String {
+    if !s.chars().any(char::is_whitespace) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_whitespace() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The jti as a policy URI: prefixed with [`JTI_PREFIX`] unless it already is.
@@ -108,9 +128,13 @@ pub fn jti_policy(jti: &str) -> String {
 }
 
 /// The last [`OPAQUE_KEEP`] characters of an opaque token (never the whole token when longer).
+/// A bearer token holds no whitespace (RFC 6750 b64token), so whitespace a log put in the value
+/// is dropped first: `policy` is a `uri` and must not hold any.
 pub fn opaque_policy(token: &str) -> String {
-    let n = token.chars().count();
-    token.chars().skip(n.saturating_sub(OPAQUE_KEEP)).collect()
+    let chars: Vec<char> = token.chars().filter(|c| !c.is_whitespace()).collect();
+    chars[chars.len().saturating_sub(OPAQUE_KEEP)..]
+        .iter()
+        .collect()
 }
 
 /// Claim (or withhold) the token profiles the built event supports.
@@ -200,7 +224,14 @@ mod tests {
         let token = "a".repeat(40) + &"b".repeat(32);
         assert_eq!(opaque_policy(&token), "b".repeat(32));
         assert_eq!(opaque_policy("short"), "short");
+        assert_eq!(opaque_policy("a b"), "ab");
         assert_eq!(opaque_policy(&"ü".repeat(40)).chars().count(), 32);
+    }
+
+    #[test]
+    fn policies_never_hold_whitespace() {
+        assert_eq!(uri_safe("a b\u{a0}c"), "a%20b%C2%A0c");
+        assert_eq!(uri_safe("plain"), "plain");
     }
 
     #[test]
