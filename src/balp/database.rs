@@ -152,9 +152,11 @@ pub(super) fn database_event(ctx: &MapContext, f: &Fields) -> Built {
         outcome_desc: f.get(F::OutcomeDesc).map(str::to_owned),
         ..AuditEvent::default()
     };
-    let user_type = match action {
-        Action::R | Action::E if kind == DbKind::Query || action == Action::R => codes::PART_IRCP,
-        _ => codes::PART_AUT,
+    // Those who receive data are recipients, everyone else writes or changes something.
+    let user_type = if kind == DbKind::Query || action == Action::R {
+        codes::PART_IRCP
+    } else {
+        codes::PART_AUT
     };
     if let Some(u) = m::user_agent(ctx, f, user_type) {
         ev.agent.push(u);
