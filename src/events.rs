@@ -33,6 +33,8 @@ pub struct Counters {
     unmatched: Mutex<BTreeMap<String, u64>>,
     /// Events by pattern name.
     by_pattern: Mutex<BTreeMap<String, u64>>,
+    /// Events that did not claim a BALP profile for want of an element, by `profile: reason`.
+    downgrades: Mutex<BTreeMap<String, u64>>,
 }
 
 /// The process-wide counters.
@@ -51,6 +53,13 @@ impl Counters {
     /// Unmatched lines per source.
     pub fn unmatched(&self) -> BTreeMap<String, u64> {
         self.unmatched.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+    /// Profile downgrades per `profile: reason`.
+    pub fn downgrades(&self) -> BTreeMap<String, u64> {
+        self.downgrades
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
     /// Events per pattern.
     pub fn by_pattern(&self) -> BTreeMap<String, u64> {
@@ -99,6 +108,17 @@ pub fn unmatched(source: &str) {
 pub fn event(pattern: &str) {
     counters().events.fetch_add(1, Ordering::Relaxed);
     bump(&counters().by_pattern, pattern, 1);
+}
+
+/// An event was emitted without a BALP profile it would otherwise claim, because the line
+/// lacked an element the profile requires (best effort: the event itself is kept).
+pub fn profile_downgraded(profile: &str, reason: &str) {
+    bump(&counters().downgrades, &format!("{profile}: {reason}"), 1);
+    tracing::trace!(
+        profile,
+        reason,
+        "profile withheld: required element missing"
+    );
 }
 
 /// The output accepted a Bundle.

@@ -92,6 +92,9 @@ static BASE64: LazyLock<regex::Regex> = LazyLock::new(|| {
     regex::Regex::new(r"^(\s*([0-9a-zA-Z+/=]){4}\s*)+$")
         .unwrap_or_else(|e| unreachable!("static regex: {e}"))
 });
+static CODE: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(r"^[^\s]+(\s[^\s]+)*$").unwrap_or_else(|e| unreachable!("static regex: {e}"))
+});
 static ID: LazyLock<regex::Regex> = LazyLock::new(|| {
     regex::Regex::new(r"^[A-Za-z0-9\-.]{1,64}$")
         .unwrap_or_else(|e| unreachable!("static regex: {e}"))
@@ -119,6 +122,8 @@ struct Slice {
     what_type: Option<&'static str>,
     /// Obeys val-audit-source (`who` identical to `source.observer`).
     audit_source: bool,
+    /// Longest allowed `policy` entry in characters (OAuth Opaque: the token's last 32).
+    policy_max_chars: Option<usize>,
 }
 
 const fn slice(name: &'static str, codes: &'static [Sc], min: usize, max: usize) -> Slice {
@@ -134,6 +139,7 @@ const fn slice(name: &'static str, codes: &'static [Sc], min: usize, max: usize)
         bound: None,
         what_type: None,
         audit_source: false,
+        policy_max_chars: None,
     }
 }
 
@@ -484,6 +490,7 @@ static PROFILES: &[Profile] = &[
             required: &["policy"],
             single: &["policy"],
             requestor: Some(true),
+            policy_max_chars: Some(32),
             ..slice("oUser", &[(UA, "UserOauthAgent")], 1, usize::MAX)
         }],
         ..profile(codes::profile::OAUTH_OPAQUE)
@@ -755,9 +762,10 @@ fn base(root: &serde_json::Map<String, Value>, p: &mut Vec<String>) {
                 p.push(format!("{at}.network is not an object"));
             }
         }
-        if o.get("policy")
-            .is_some_and(|v| !v.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
-        {
+        if o.get("policy").is_some_and(|v| {
+            !v.as_array()
+                .is_some_and(|a| a.iter().all(|x| x.as_str().is_some_and(is_uri)))
+        }) {
             p.push(format!("{at}.policy must be an array of uri strings"));
         }
     }
@@ -848,6 +856,13 @@ fn coding(v: &Value, at: &str, p: &mut Vec<String>) {
             p.push(format!("{at} must be a Coding, not a CodeableConcept"))
         }
         Some(o) => {
+            if let Some(c) = o.get("code")
+                && !c.as_str().is_some_and(|c| CODE.is_match(c))
+            {
+                p.push(format!(
+                    "{at}.code is not a FHIR code (no edge or repeated whitespace)"
+                ));
+            }
             for k in o.keys() {
                 if !CODING_ELEMENTS.contains(&k.as_str()) {
                     p.push(format!("{at} has unknown Coding element `{k}`"));
@@ -905,9 +920,21 @@ fn reference(v: &Value, at: &str, p: &mut Vec<String>) {
             if o.is_empty() {
                 p.push(format!("{at} is empty"));
             }
+            if let Some(sys) = v.pointer("/identifier/system")
+                && !sys.as_str().is_some_and(is_uri)
+            {
+                p.push(format!(
+                    "{at}.identifier.system is not a uri (no whitespace)"
+                ));
+            }
         }
         None => p.push(format!("{at} must be a Reference object")),
     }
+}
+
+/// FHIR `uri`: any string without whitespace.
+fn is_uri(s: &str) -> bool {
+    !s.chars().any(char::is_whitespace)
 }
 
 fn code_in(v: Option<&Value>, at: &str, allowed: &[&str], p: &mut Vec<String>) {
@@ -1096,6 +1123,15 @@ fn slices(
                 && !refers_to(w, t)
             {
                 p.push(format!("{at}.what must reference a {t}"));
+            }
+            if let Some(max) = s.policy_max_chars
+                && array(it.get("policy"))
+                    .iter()
+                    .any(|x| x.as_str().is_some_and(|x| x.chars().count() > max))
+            {
+                p.push(format!(
+                    "{at}.policy holds more than the last {max} characters of the token"
+                ));
             }
             if s.audit_source && it.get("who") != event.pointer("/source/observer") {
                 p.push(format!(
@@ -1308,5 +1344,66 @@ mod tests {
         v["action"] = json!("E");
         fails(&v, "exactly one subtype");
         fails(&v, "action must be R");
+    }
+
+    fn claim(v: &mut Value, ids: &[&str]) {
+        v["meta"]["profile"] = json!(
+            ids.iter()
+                .map(|i| format!("{PROFILE_BASE}{i}"))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn rest_and_token_profiles_are_both_enforced() {
+        // One agent typed IRCP + UserOauthAgent is both the REST user and the oUser.
+        let mut v = example("ex-auditBasicReadServer");
+        claim(
+            &mut v,
+            &[codes::profile::PATIENT_READ, codes::profile::OAUTH_MINIMAL],
+        );
+        let user = v["agent"][2].clone();
+        v["agent"][2]["type"]["coding"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"system": UA, "code": "UserOauthAgent"}));
+        v["agent"][2]["policy"] = json!(["urn:ietf:params:oauth:jti:x"]);
+        assert!(check(&v).is_empty(), "{:#?}", check(&v));
+        // A separate token agent is a second requestor outside the REST user slice.
+        let mut sep = v.clone();
+        sep["agent"][2] = user;
+        sep["agent"].as_array_mut().unwrap().push(json!({
+            "type": {"coding": [{"system": UA, "code": "UserOauthAgent"}]},
+            "who": {"display": "x"}, "requestor": true, "policy": ["urn:ietf:params:oauth:jti:x"]
+        }));
+        fails(&sep, "requestor agent must be in the `user` slice");
+        // Without the token user the token profile fails on its own.
+        let mut none = example("ex-auditBasicReadServer");
+        claim(
+            &mut none,
+            &[codes::profile::PATIENT_READ, codes::profile::OAUTH_MINIMAL],
+        );
+        fails(&none, "slice `oUser` needs at least 1");
+        // A separate oClient on a Delete breaks the REST client slice (max 1).
+        let mut d = example("ex-auditBasicDeleteServer");
+        claim(
+            &mut d,
+            &[
+                codes::profile::PATIENT_DELETE,
+                codes::profile::OAUTH_COMPREHENSIVE,
+            ],
+        );
+        d["agent"].as_array_mut().unwrap().push(json!({
+            "type": {"coding": [{"system": DCM, "code": "110150"}]},
+            "who": {"identifier": {"value": "app"}}, "requestor": false
+        }));
+        fails(&d, "slice `client` allows at most 1");
+    }
+
+    #[test]
+    fn opaque_policy_longer_than_32_fails() {
+        let mut v = example("ex-auditBasicReadOClient");
+        v["agent"][0]["policy"] = json!(["x".repeat(33)]);
+        fails(&v, "last 32 characters");
     }
 }

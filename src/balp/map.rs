@@ -31,6 +31,69 @@
 //!   PrivacyDisclosure.Source`, claimed (on any outcome, the profile allows failures) when a
 //!   patient and the recipient's address are known. The source agent's `who` is the observer
 //!   itself (val-audit-source); the recipient comes from `client_address`/`client_id`.
+//! * Database access (`Pattern::Database`): see [`super::database`] (DICOM 110112/110110, no
+//!   BALP profile, `source.type` 5). Security tokens on any pattern: see [`super::token`].
+//! * Best effort: a missing field never drops a record (a REST line without url still gives a
+//!   generic `rest` event); a profile whose required element is missing is not claimed and the
+//!   downgrade is counted per `profile: reason` ([`crate::events::profile_downgraded`],
+//!   [`super::downgrades`]). Failed requests and uncovered interactions are not downgrades: no
+//!   profile covers them.
+//!
+//! # Minimal and comprehensive mode (REFERENCE.md §8)
+//!
+//! Both modes record the same events with the same ids, agents and entities. *Minimal* (the
+//! default, "whenever possible") records identifiers only: user id and issuer, client display,
+//! resource references, the raw request as the query entity, jti. *Comprehensive* adds what
+//! the log line itself carries about the participants — the user's display name (`who.display`
+//! and `name`) and role, the OAuth client_id as the client's `who.identifier` (and so the OAuth
+//! Comprehensive / SAML Comprehensive profiles), the full command line of a security alert,
+//! the redacted SQL statement, entity descriptions. It never adds search *results*: a log line
+//! does not carry them, and BALP recommends against them. The same line
+//! `GET /fhir/Observation?patient=123&code=8867-4` → 200, client 10.1.2.3, user `u-7f3a`
+//! ("Dr. Jane Smith", physician), iss `https://idp.example.org`, jti `8a1c2f`, client_id
+//! `portal` (extension and displays left out, systems shortened):
+//!
+//! Minimal:
+//! ```json
+//! {"resourceType": "AuditEvent", "id": "87697593-56c5-52ac-86c4-574fcdaffdda",
+//!  "meta": {"profile": [".../IHE.BasicAudit.PatientQuery",
+//!                       ".../IHE.BasicAudit.OAUTHaccessTokenUse.Minimal"]},
+//!  "type": {"system": "…/audit-event-type", "code": "rest"},
+//!  "subtype": [{"system": "…/restful-interaction", "code": "search-type"}],
+//!  "action": "E", "recorded": "2026-11-25T15:25:33+00:00", "outcome": "0",
+//!  "agent": [
+//!   {"type": {"coding": [{"system": "DCM", "code": "110153"}]}, "who": {"display": "portal"},
+//!    "requestor": false, "network": {"address": "10.1.2.3", "type": "2"}},
+//!   {"type": {"coding": [{"system": "DCM", "code": "110152"}]},
+//!    "who": {"display": "fhir01.example.org"}, "requestor": false,
+//!    "network": {"address": "fhir01.example.org", "type": "1"}},
+//!   {"type": {"coding": [{"system": "…/v3-ParticipationType", "code": "IRCP"},
+//!                        {"system": "…/UserAgentTypes", "code": "UserOauthAgent"}]},
+//!    "who": {"identifier": {"system": "https://idp.example.org", "value": "u-7f3a"}},
+//!    "requestor": true, "policy": ["urn:ietf:params:oauth:jti:8a1c2f"]}],
+//!  "source": {"observer": {"display": "balp-agent@fhir01"},
+//!             "type": [{"system": "…/security-source-type", "code": "4"}]},
+//!  "entity": [
+//!   {"type": {"code": "2"}, "role": {"code": "24"},
+//!    "description": "GET /fhir/Observation?patient=123&code=8867-4",
+//!    "query": "R0VUIC9maGlyL09ic2VydmF0aW9uP3BhdGllbnQ9MTIzJmNvZGU9ODg2Ny00"},
+//!   {"type": {"code": "1"}, "role": {"code": "1"}, "what": {"reference": "Patient/123"}}]}
+//! ```
+//!
+//! Comprehensive (differences only):
+//! ```json
+//! {"meta": {"profile": [".../IHE.BasicAudit.PatientQuery",
+//!                       ".../IHE.BasicAudit.OAUTHaccessTokenUse.Minimal",
+//!                       ".../IHE.BasicAudit.OAUTHaccessTokenUse.Comprehensive"]},
+//!  "agent": [
+//!   {"type": {"coding": [{"system": "DCM", "code": "110153"}, {"system": "DCM", "code": "110150"}]},
+//!    "who": {"identifier": {"value": "portal"}, "display": "portal"}, "…": "…"},
+//!   {"…": "server as above"},
+//!   {"…": "user as above",
+//!    "who": {"identifier": {"system": "https://idp.example.org", "value": "u-7f3a"},
+//!            "display": "Dr. Jane Smith"},
+//!    "name": "Dr. Jane Smith", "role": [{"text": "physician"}]}]}
+//! ```
 
 use super::codes::{self, Code};
 use super::model::{
@@ -55,12 +118,12 @@ pub fn map_extracted(ctx: &MapContext, ex: &Extracted, line: LineRef<'_>) -> Vec
         Pattern::Login | Pattern::Logout => Some(auth_event(ctx, f, ex.pattern)),
         Pattern::SecurityAlert => Some(security_alert(ctx, f)),
         Pattern::Disclosure => Some(disclosure(ctx, f)),
-        // Mapped by the database-access builder (DCM 110112 / 110110); not yet implemented.
-        Pattern::Database => None,
+        Pattern::Database => Some(super::database::database_event(ctx, f)),
     };
-    let Some(built) = built else {
+    let Some(mut built) = built else {
         return Vec::new();
     };
+    super::token::apply(ctx, f, &mut built);
     let recorded = ex.time.unwrap_or_else(Stamp::now_utc).to_instant();
     fan_out(ctx, built, &recorded, line)
 }
@@ -85,19 +148,43 @@ fn sanitized(fields: &Fields) -> Option<Fields> {
 }
 
 /// An event before ids, source, time and per-patient parts are filled in.
-struct Built {
-    event: AuditEvent,
-    /// Profiles to claim, if any.
-    claim: Claim,
-    patients: Vec<String>,
+pub(super) struct Built {
+    pub(super) event: AuditEvent,
+    /// The main (pattern) profile to claim, if any.
+    pub(super) claim: Claim,
+    pub(super) patients: Vec<String>,
+    /// Add-on profiles (security tokens), claimed by every event of the record.
+    pub(super) extra: Vec<&'static str>,
+    /// Add-on profiles withheld for a missing element: (profile, reason).
+    pub(super) withheld: Vec<(&'static str, &'static str)>,
+    /// Overrides the context's `source.type` (e.g. 5 Database Server).
+    pub(super) source_type: Option<&'static str>,
+    /// Index of the agent that stands for the client application, if any.
+    pub(super) client_idx: Option<usize>,
+}
+
+impl Built {
+    pub(super) fn new(event: AuditEvent, claim: Claim, patients: Vec<String>) -> Built {
+        Built {
+            event,
+            claim,
+            patients,
+            extra: Vec::new(),
+            withheld: Vec::new(),
+            source_type: None,
+            client_idx: None,
+        }
+    }
 }
 
 /// Which profile an event may claim: without / with a patient, and whether only on success.
 #[derive(Debug, Clone, Copy, Default)]
-struct Claim {
+pub(super) struct Claim {
     plain: Option<&'static str>,
     with_patient: Option<&'static str>,
     success_only: bool,
+    /// Set when the profile would apply but a required element is missing: the reason.
+    missing: Option<&'static str>,
 }
 
 impl Claim {
@@ -108,9 +195,18 @@ impl Claim {
                 plain: Some(plain),
                 with_patient: Some(with_patient),
                 success_only: true,
+                missing: None,
             },
             None => Claim::default(),
         }
+    }
+
+    /// The same claim, withheld for `reason` when `ok` is false.
+    fn unless_missing(mut self, ok: bool, reason: &'static str) -> Claim {
+        if !ok && self.missing.is_none() {
+            self.missing = Some(reason);
+        }
+        self
     }
 }
 
@@ -120,7 +216,9 @@ fn fan_out(ctx: &MapContext, b: Built, recorded: &str, line: LineRef<'_>) -> Vec
     base.source = Source {
         site: ctx.site.clone(),
         observer: Reference::display(&ctx.observer_display),
-        type_: vec![codes::source_type(&ctx.source_type)],
+        type_: vec![codes::source_type(
+            b.source_type.unwrap_or(ctx.source_type.as_str()),
+        )],
     };
     let mut meta = Meta::default();
     if line.flags.truncated {
@@ -159,7 +257,16 @@ fn fan_out(ctx: &MapContext, b: Built, recorded: &str, line: LineRef<'_>) -> Vec
             }
             let mut m = meta.clone();
             if let Some(p) = profile {
+                match b.claim.missing {
+                    None => m.profile.push(codes::profile_url(p)),
+                    Some(reason) => crate::events::profile_downgraded(p, reason),
+                }
+            }
+            for p in &b.extra {
                 m.profile.push(codes::profile_url(p));
+            }
+            for (p, reason) in &b.withheld {
+                crate::events::profile_downgraded(p, reason);
             }
             ev.meta = (!m.is_empty()).then_some(m);
             ev
@@ -336,14 +443,14 @@ fn below_base<'a>(path: &'a str, bases: &[String]) -> Option<&'a str> {
     best.map(|(_, r)| r)
 }
 
-fn is_type(s: &str) -> bool {
+pub(super) fn is_type(s: &str) -> bool {
     let mut c = s.chars();
     c.next().is_some_and(|f| f.is_ascii_uppercase())
         && s.len() <= 64
         && c.all(|ch| ch.is_ascii_alphanumeric())
 }
 
-fn is_id(s: &str) -> bool {
+pub(super) fn is_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()
@@ -494,13 +601,13 @@ fn query_patients(query: &str, rtype: Option<&str>, out: &mut Vec<String>) {
     }
 }
 
-fn field_patients(f: &Fields, out: &mut Vec<String>) {
+pub(super) fn field_patients(f: &Fields, out: &mut Vec<String>) {
     if let Some(v) = f.get(F::Patient) {
         out.extend(v.split(',').filter_map(|item| patient_id(item, true)));
     }
 }
 
-fn dedup(v: Vec<String>) -> Vec<String> {
+pub(super) fn dedup(v: Vec<String>) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(v.len());
     for p in v {
         if !out.contains(&p) {
@@ -512,7 +619,15 @@ fn dedup(v: Vec<String>) -> Vec<String> {
 
 fn rest_pattern(ctx: &MapContext, f: &Fields, raw: &Fields) -> Option<Built> {
     let method = f.get(F::Method).unwrap_or("GET").trim();
-    let url = f.get(F::Url)?;
+    let Some(url) = f.get(F::Url) else {
+        // Best effort: a request whose target was not logged is still recorded, as a generic
+        // `rest` event without interaction or profile.
+        let req = Request {
+            interaction: Some(Interaction::Unknown),
+            ..Request::default()
+        };
+        return Some(rest_event(ctx, f, raw, method, None, None, req, None));
+    };
     let (path, query) = split_target(url);
     let rest = below_base(path, &ctx.fhir_bases)?;
     let req = classify(method, rest, query.is_some_and(|q| !q.is_empty()))?;
@@ -600,12 +715,11 @@ fn rest_event(
         query_patients(q, req.rtype.as_deref(), &mut patients);
     }
     field_patients(f, &mut patients);
-    let covered = !req.conditional && client_ok;
-    Built {
-        event: ev,
-        claim: Claim::rest(interaction.profiles().filter(|_| covered)),
-        patients: dedup(patients),
-    }
+    let claim = Claim::rest(interaction.profiles().filter(|_| !req.conditional))
+        .unless_missing(client_ok, "client network address unknown");
+    let mut b = Built::new(ev, claim, dedup(patients));
+    b.client_idx = Some(0);
+    b
 }
 
 fn data_entity(
@@ -654,7 +768,7 @@ fn data_entity(
     }
 }
 
-fn patient_entity(id: &str) -> Entity {
+pub(super) fn patient_entity(id: &str) -> Entity {
     Entity {
         what: Some(Reference::to(&format!("Patient/{id}"))),
         type_: Some(codes::ENTITY_PERSON.coding()),
@@ -734,7 +848,7 @@ fn explicit_pattern(ctx: &MapContext, f: &Fields, raw: &Fields, pattern: Pattern
 
 // ---- agents -----------------------------------------------------------------------------
 
-fn network(addr: &str) -> Network {
+pub(super) fn network(addr: &str) -> Network {
     let a = addr.trim();
     let bare = a.trim_start_matches('[').trim_end_matches(']');
     let type_ =
@@ -752,7 +866,7 @@ fn network(addr: &str) -> Network {
 }
 
 /// The client's address: the first X-Forwarded-For hop when known, else the peer address.
-fn client_address(f: &Fields) -> Option<&str> {
+pub(super) fn client_address(f: &Fields) -> Option<&str> {
     let hop = f
         .get(F::ForwardedFor)
         .and_then(|x| x.split(',').next())
@@ -762,7 +876,7 @@ fn client_address(f: &Fields) -> Option<&str> {
         .filter(|a| !a.is_empty())
 }
 
-fn client_agent(f: &Fields, type_: Code) -> Agent {
+pub(super) fn client_agent(f: &Fields, type_: Code) -> Agent {
     let addr = client_address(f);
     let display = f.get(F::ClientId).map(str::trim).or(addr);
     Agent {
@@ -774,7 +888,7 @@ fn client_agent(f: &Fields, type_: Code) -> Agent {
     }
 }
 
-fn server_agent(ctx: &MapContext, f: &Fields, type_: Code) -> Agent {
+pub(super) fn server_agent(ctx: &MapContext, f: &Fields, type_: Code) -> Agent {
     let name = f
         .get(F::ServerAddress)
         .map(str::trim)
@@ -788,12 +902,20 @@ fn server_agent(ctx: &MapContext, f: &Fields, type_: Code) -> Agent {
     }
 }
 
-fn user_agent(ctx: &MapContext, f: &Fields, type_: Code) -> Option<Agent> {
-    let user = f.get(F::User)?.trim();
+/// The requesting user, typed `type_` for the pattern; a security token the fields carry adds
+/// its agent type and `policy` to this same agent (see [`super::token`]), so the user slice of
+/// a REST profile and the token profile's user slice are one agent.
+pub(super) fn user_agent(ctx: &MapContext, f: &Fields, type_: Code) -> Option<Agent> {
+    let token = super::token::Token::of(f);
+    let saml = matches!(token, super::token::Token::Saml { .. });
+    let subject = if saml { f.get(F::SamlSubject) } else { None };
+    let user = subject.or_else(|| f.get(F::User))?.trim();
+    let issuer_field = if saml { F::SamlIssuer } else { F::Issuer };
     let issuer = f
-        .get(F::Issuer)
+        .get(issuer_field)
         .map(str::trim)
-        .filter(|i| i.contains(':'))
+        // Identifier.system is a uri: an issuer that is none is left out, not mangled.
+        .filter(|i| i.contains(':') && !i.chars().any(char::is_whitespace))
         .map(str::to_owned);
     let mut who = Reference {
         identifier: Some(Identifier {
@@ -817,28 +939,24 @@ fn user_agent(ctx: &MapContext, f: &Fields, type_: Code) -> Option<Agent> {
             agent.role.push(CodeableConcept::from_text(role));
         }
     }
-    if let Some(jti) = f.get(F::Jti).map(str::trim) {
-        let prefix = "urn:ietf:params:oauth:jti:";
-        agent.policy.push(if jti.starts_with(prefix) {
-            jti.to_owned()
-        } else {
-            format!("{prefix}{jti}")
-        });
-    }
-    if let Some(pou) = f.get(F::PurposeOfUse).map(str::trim) {
-        agent
-            .purpose_of_use
-            .push(CodeableConcept::from_coding(Coding::new(
-                codes::SYS_ACT_REASON,
-                pou,
-                None,
-            )));
-    }
+    agent.purpose_of_use = purposes(f);
     agent.who = Some(who);
+    token.enhance(&mut agent);
     Some(agent)
 }
 
-fn outcome(f: &Fields) -> Outcome {
+/// The purpose-of-use codes (v3-ActReason), one per comma- or space-separated item: a FHIR
+/// `code` holds no leading, trailing or repeated whitespace.
+fn purposes(f: &Fields) -> Vec<CodeableConcept> {
+    f.get(F::PurposeOfUse)
+        .unwrap_or("")
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|c| !c.is_empty())
+        .map(|code| CodeableConcept::from_coding(Coding::new(codes::SYS_ACT_REASON, code, None)))
+        .collect()
+}
+
+pub(super) fn outcome(f: &Fields) -> Outcome {
     if let Some(o) = f.get(F::Outcome) {
         match o.trim().to_ascii_lowercase().as_str() {
             "0" | "success" | "succeeded" | "ok" => return Outcome::Success,
@@ -857,16 +975,19 @@ fn outcome(f: &Fields) -> Outcome {
 
 // ---- login / logout / security alert ----------------------------------------------------
 
-fn security_agents(ctx: &MapContext, f: &Fields) -> Vec<Agent> {
+/// User, client (when known) and host agents, and the index of the client agent.
+fn security_agents(ctx: &MapContext, f: &Fields) -> (Vec<Agent>, Option<usize>) {
     let mut agents = Vec::new();
     if let Some(u) = user_agent(ctx, f, codes::ROLE_HUMANUSER) {
         agents.push(u);
     }
+    let mut client_idx = None;
     if client_address(f).is_some() || f.get(F::ClientId).is_some() {
+        client_idx = Some(agents.len());
         agents.push(client_agent(f, codes::DCM_SOURCE_ROLE_ID));
     }
     agents.push(server_agent(ctx, f, codes::DCM_DESTINATION_ROLE_ID));
-    agents
+    (agents, client_idx)
 }
 
 fn auth_event(ctx: &MapContext, f: &Fields, pattern: Pattern) -> Built {
@@ -875,20 +996,19 @@ fn auth_event(ctx: &MapContext, f: &Fields, pattern: Pattern) -> Built {
     } else {
         codes::DCM_LOGIN
     };
+    let (agent, client_idx) = security_agents(ctx, f);
     let ev = AuditEvent {
         type_: codes::DCM_USER_AUTHENTICATION.coding(),
         subtype: vec![subtype.coding()],
         action: Some(Action::E),
         outcome: Some(outcome(f)),
         outcome_desc: f.get(F::OutcomeDesc).map(str::to_owned),
-        agent: security_agents(ctx, f),
+        agent,
         ..AuditEvent::default()
     };
-    Built {
-        event: ev,
-        claim: Claim::default(),
-        patients: Vec::new(),
-    }
+    let mut b = Built::new(ev, Claim::default(), Vec::new());
+    b.client_idx = client_idx;
+    b
 }
 
 fn security_alert(ctx: &MapContext, f: &Fields) -> Built {
@@ -902,13 +1022,14 @@ fn security_alert(ctx: &MapContext, f: &Fields) -> Built {
         },
         None => codes::DCM_USE_OF_RESTRICTED_FUNCTION.coding(),
     };
+    let (agent, client_idx) = security_agents(ctx, f);
     let mut ev = AuditEvent {
         type_: codes::DCM_SECURITY_ALERT.coding(),
         subtype: vec![subtype],
         action: Some(Action::E),
         outcome: Some(outcome(f)),
         outcome_desc: f.get(F::OutcomeDesc).map(str::to_owned),
-        agent: security_agents(ctx, f),
+        agent,
         ..AuditEvent::default()
     };
     if let Some(target) = f.get(F::TargetUser).map(str::trim) {
@@ -940,11 +1061,9 @@ fn security_alert(ctx: &MapContext, f: &Fields) -> Built {
     }
     let mut patients = Vec::new();
     field_patients(f, &mut patients);
-    Built {
-        event: ev,
-        claim: Claim::default(),
-        patients: dedup(patients),
-    }
+    let mut b = Built::new(ev, Claim::default(), dedup(patients));
+    b.client_idx = client_idx;
+    b
 }
 
 // ---- disclosure -------------------------------------------------------------------------
@@ -958,14 +1077,7 @@ fn disclosure(ctx: &MapContext, f: &Fields) -> Built {
         outcome_desc: f.get(F::OutcomeDesc).map(str::to_owned),
         ..AuditEvent::default()
     };
-    if let Some(pou) = f.get(F::PurposeOfUse).map(str::trim) {
-        ev.purpose_of_event
-            .push(CodeableConcept::from_coding(Coding::new(
-                codes::SYS_ACT_REASON,
-                pou,
-                None,
-            )));
-    }
+    ev.purpose_of_event = purposes(f);
     // val-audit-source: the source agent is the observer, with an identical Reference.
     let mut source = server_agent(ctx, f, codes::DCM_SOURCE_ROLE_ID);
     source.who = Some(Reference::display(&ctx.observer_display));
@@ -999,18 +1111,21 @@ fn disclosure(ctx: &MapContext, f: &Fields) -> Built {
         });
     }
     field_patients(f, &mut patients);
-    // The profile needs a second entity (the data) beside the patient.
-    let claimable = recipient_ok && !ev.entity.is_empty();
-    Built {
-        event: ev,
-        claim: Claim {
-            plain: None,
-            // The profile needs a second entity (the data) beside the patient.
-            with_patient: claimable.then_some(codes::profile::DISCLOSURE_SOURCE),
-            success_only: false,
-        },
-        patients: dedup(patients),
+    let patients = dedup(patients);
+    let has_data = !ev.entity.is_empty();
+    let claim = Claim {
+        plain: Some(codes::profile::DISCLOSURE_SOURCE),
+        with_patient: Some(codes::profile::DISCLOSURE_SOURCE),
+        success_only: false,
+        missing: None,
     }
+    .unless_missing(!patients.is_empty(), "no patient")
+    .unless_missing(recipient_ok, "recipient network address unknown")
+    // The profile needs a second entity (the data) beside the patient.
+    .unless_missing(has_data, "no data entity");
+    let mut b = Built::new(ev, claim, patients);
+    b.client_idx = Some(1);
+    b
 }
 
 #[cfg(test)]
@@ -1890,5 +2005,290 @@ mod tests {
                 assert!(n <= 1, "{pattern:?} {fields:?}: more than one patient");
             }
         }
+    }
+
+    fn profiles(v: &Value) -> Vec<&str> {
+        v.pointer("/meta/profile")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(|p| p.trim_start_matches(codes::PROFILE_BASE))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn agent_codes(a: &Value) -> Vec<&str> {
+        a["type"]["coding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["code"].as_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn oauth_jti_claims_minimal_together_with_the_rest_profile() {
+        let fields = [
+            (F::Url, "/fhir/Patient/1"),
+            (F::ClientAddress, "10.0.0.5"),
+            (F::User, "sub-1"),
+            (F::Jti, "C187CC48"),
+            (F::Issuer, "https://idp.example.org"),
+        ];
+        let v = &map(Mode::Minimal, Pattern::Rest, &fields)[0];
+        assert_eq!(
+            profiles(v),
+            vec![
+                "IHE.BasicAudit.PatientRead",
+                "IHE.BasicAudit.OAUTHaccessTokenUse.Minimal"
+            ]
+        );
+        let users: Vec<&Value> = v["agent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["requestor"] == true)
+            .collect();
+        assert_eq!(users.len(), 1, "one agent is both REST user and oUser");
+        assert_eq!(agent_codes(users[0]), vec!["IRCP", "UserOauthAgent"]);
+        assert_eq!(users[0]["policy"][0], "urn:ietf:params:oauth:jti:C187CC48");
+        // On a write the same agent is AUT + UserOauthAgent.
+        let mut w = fields.to_vec();
+        w.push((F::Method, "DELETE"));
+        let v = &map(Mode::Minimal, Pattern::Rest, &w)[0];
+        assert_eq!(agent_codes(&v["agent"][2]), vec!["AUT", "UserOauthAgent"]);
+        assert_eq!(profiles(v)[0], "IHE.BasicAudit.PatientDelete");
+    }
+
+    #[test]
+    fn oauth_comprehensive_makes_the_client_the_oclient() {
+        let mut fields = vec![
+            (F::Url, "/fhir/Observation/1"),
+            (F::ClientAddress, "10.0.0.5"),
+            (F::User, "sub-1"),
+            (F::UserName, "John Smith"),
+            (F::UserRole, "physician"),
+            (F::Jti, "urn:ietf:params:oauth:jti:x"),
+            (F::Issuer, "https://idp.example.org"),
+            (F::ClientId, "SampleApp"),
+            (F::PurposeOfUse, "TREAT"),
+        ];
+        let v = &map(Mode::Comprehensive, Pattern::Rest, &fields)[0];
+        assert_eq!(
+            profiles(v),
+            vec![
+                "IHE.BasicAudit.Read",
+                "IHE.BasicAudit.OAUTHaccessTokenUse.Minimal",
+                "IHE.BasicAudit.OAUTHaccessTokenUse.Comprehensive"
+            ]
+        );
+        assert_eq!(agent_codes(&v["agent"][0]), vec!["110152", "110150"]);
+        assert_eq!(v["agent"][0]["who"]["identifier"]["value"], "SampleApp");
+        let u = &v["agent"][2];
+        assert_eq!(u["who"]["identifier"]["system"], "https://idp.example.org");
+        assert_eq!(u["who"]["display"], "John Smith");
+        assert_eq!(u["policy"][0], "urn:ietf:params:oauth:jti:x");
+        assert_eq!(u["purposeOfUse"][0]["coding"][0]["code"], "TREAT");
+        // Delete: the REST client is already DCM 110150, no second coding.
+        fields.push((F::Method, "DELETE"));
+        let v = &map(Mode::Comprehensive, Pattern::Rest, &fields)[0];
+        assert_eq!(agent_codes(&v["agent"][0]), vec!["110150"]);
+        assert!(profiles(v).contains(&"IHE.BasicAudit.OAUTHaccessTokenUse.Comprehensive"));
+        // Without client_id: Minimal only, and the downgrade is counted.
+        let before = crate::events::counters().downgrades();
+        let key = "IHE.BasicAudit.OAUTHaccessTokenUse.Comprehensive: client_id unknown";
+        let no_client: Vec<_> = fields
+            .iter()
+            .filter(|(k, _)| *k != F::ClientId)
+            .copied()
+            .collect();
+        let v = &map(Mode::Comprehensive, Pattern::Rest, &no_client)[0];
+        assert!(!profiles(v).contains(&"IHE.BasicAudit.OAUTHaccessTokenUse.Comprehensive"));
+        let after = crate::events::counters().downgrades();
+        assert!(after.get(key).copied().unwrap_or(0) > before.get(key).copied().unwrap_or(0));
+    }
+
+    #[test]
+    fn opaque_token_keeps_only_its_tail() {
+        let token = "secret-part-that-must-not-leak-0123456789abcdef0123456789abcdef";
+        let v = &map(
+            Mode::Minimal,
+            Pattern::Rest,
+            &[
+                (F::Url, "/fhir/Patient/1"),
+                (F::ClientAddress, "10.0.0.5"),
+                (F::User, "u"),
+                (F::Token, token),
+            ],
+        )[0];
+        assert!(profiles(v).contains(&"IHE.BasicAudit.OAUTHaccessTokenUse.Opaque"));
+        assert_eq!(
+            v["agent"][2]["policy"][0],
+            "0123456789abcdef0123456789abcdef"
+        );
+        let text = v.to_string();
+        assert!(!text.contains("secret-part"));
+    }
+
+    #[test]
+    fn saml_claims_minimal_with_subject_issuer_and_assertion() {
+        let fields = [
+            (F::Url, "/fhir/Patient/1"),
+            (F::ClientAddress, "10.0.0.5"),
+            (F::SamlSubject, "05086900124"),
+            (F::SamlIssuer, "https://sts.example.no"),
+            (F::SamlAssertionId, "XC4WdYS0W5bjsMGc5Ue6tClD_5U"),
+        ];
+        let v = &map(Mode::Minimal, Pattern::Rest, &fields)[0];
+        assert_eq!(
+            profiles(v),
+            vec![
+                "IHE.BasicAudit.PatientRead",
+                "IHE.BasicAudit.SAMLaccessTokenUse.Minimal"
+            ]
+        );
+        let u = &v["agent"][2];
+        assert_eq!(agent_codes(u), vec!["IRCP", "UserSamlAgent"]);
+        assert_eq!(u["who"]["identifier"]["system"], "https://sts.example.no");
+        assert_eq!(u["who"]["identifier"]["value"], "05086900124");
+        assert_eq!(
+            u["policy"],
+            serde_json::json!(["XC4WdYS0W5bjsMGc5Ue6tClD_5U"])
+        );
+        let v = &map(Mode::Minimal, Pattern::Rest, &fields[..4])[0];
+        assert_eq!(
+            profiles(v),
+            vec!["IHE.BasicAudit.PatientRead"],
+            "no assertion id"
+        );
+    }
+
+    #[test]
+    fn token_without_user_is_a_counted_downgrade() {
+        let key = "IHE.BasicAudit.OAUTHaccessTokenUse.Minimal: no user (sub)";
+        let before = crate::events::counters().downgrades().get(key).copied();
+        let v = &map(
+            Mode::Minimal,
+            Pattern::Rest,
+            &[
+                (F::Url, "/fhir/Patient/1"),
+                (F::ClientAddress, "h"),
+                (F::Jti, "j"),
+            ],
+        )[0];
+        assert_eq!(profiles(v), vec!["IHE.BasicAudit.PatientRead"]);
+        let after = crate::balp::downgrades().get(key).copied();
+        assert!(after.unwrap_or(0) > before.unwrap_or(0));
+    }
+
+    #[test]
+    fn missing_client_address_is_a_counted_downgrade_and_a_missing_url_no_drop() {
+        let key = "IHE.BasicAudit.Read: client network address unknown";
+        let before = crate::balp::downgrades().get(key).copied().unwrap_or(0);
+        let v = &map(
+            Mode::Minimal,
+            Pattern::Rest,
+            &[(F::Url, "/fhir/Observation/1")],
+        )[0];
+        assert_eq!(profile(v), None);
+        assert!(crate::balp::downgrades().get(key).copied().unwrap_or(0) > before);
+        let vs = map(
+            Mode::Minimal,
+            Pattern::Rest,
+            &[(F::Method, "GET"), (F::User, "u")],
+        );
+        assert_eq!(vs.len(), 1, "an event without url is still recorded");
+        assert_eq!(vs[0]["type"]["code"], "rest");
+        assert_eq!(profile(&vs[0]), None);
+    }
+
+    #[test]
+    fn database_access_maps_verbs_tables_and_redacts_statements() {
+        let fields = [
+            (F::Command, "select"),
+            (F::Resource, "public.patients"),
+            (F::Database, "emr"),
+            (F::User, "app_reader"),
+            (F::ClientAddress, "10.0.0.9"),
+            (F::Statement, "SELECT * FROM public.patients WHERE id = 42"),
+        ];
+        let v = &map(Mode::Minimal, Pattern::Database, &fields)[0];
+        assert_eq!(
+            (v["type"]["code"].as_str(), v["action"].as_str()),
+            (Some("110112"), Some("E"))
+        );
+        assert!(v.get("meta").is_none(), "no BALP profile");
+        assert_eq!(v["source"]["type"][0]["code"], "5");
+        assert_eq!(agent_code(v, 0), "IRCP");
+        assert_eq!(v["agent"][0]["who"]["identifier"]["value"], "app_reader");
+        assert_eq!(v["agent"][1]["network"]["address"], "10.0.0.9");
+        assert_eq!(
+            v["entity"][0]["what"]["identifier"]["value"],
+            "public.patients"
+        );
+        assert_eq!(v["entity"][0]["role"]["code"], "22");
+        assert_eq!(v["entity"][1]["what"]["identifier"]["value"], "emr");
+        assert_eq!(v["entity"][1]["role"]["code"], "17");
+        assert!(
+            !v.to_string().contains("WHERE id"),
+            "no SQL in minimal mode"
+        );
+        let mut w = fields.to_vec();
+        w[0] = (F::Command, "ALTER ROLE");
+        w[5] = (F::Statement, "ALTER ROLE bob PASSWORD 'hunter2'");
+        w.push((F::Patient, "p1,p2"));
+        let vs = map(Mode::Comprehensive, Pattern::Database, &w);
+        assert_eq!(vs.len(), 2, "one event per patient");
+        let v = &vs[0];
+        assert_eq!(
+            (v["type"]["code"].as_str(), subtype(v)),
+            (Some("110113"), "110136")
+        );
+        assert_eq!(
+            v["entity"][2]["description"],
+            "ALTER ROLE bob PASSWORD '***'"
+        );
+        assert!(!v.to_string().contains("hunter2"));
+        assert_eq!(v["entity"][3]["what"]["reference"], "Patient/p1");
+        for (verb, code, action) in [
+            ("INSERT", "110110", "C"),
+            ("UPDATE", "110110", "U"),
+            ("DELETE", "110110", "D"),
+            ("VACUUM", "110110", "E"),
+        ] {
+            let v = &map(Mode::Minimal, Pattern::Database, &[(F::Command, verb)])[0];
+            assert_eq!(
+                (v["type"]["code"].as_str(), v["action"].as_str()),
+                (Some(code), Some(action)),
+                "{verb}"
+            );
+        }
+    }
+
+    #[test]
+    fn self_audit_records_start_and_stop_with_deterministic_ids() {
+        use crate::balp::{AppActivity, self_audit};
+        let c = ctx(Mode::Minimal);
+        let t = extracted(Pattern::Rest, &[]).time.unwrap();
+        let start = self_audit(&c, AppActivity::Start, t, "boot-1");
+        let again = self_audit(&c, AppActivity::Start, t, "boot-1");
+        let stop = self_audit(&c, AppActivity::Stop, t, "boot-1");
+        let other = self_audit(&c, AppActivity::Start, t, "boot-2");
+        assert_eq!(start.id, again.id);
+        assert_ne!(start.id, stop.id);
+        assert_ne!(start.id, other.id);
+        let v = &conformant(&[start, stop])[..];
+        assert_eq!(v[0]["type"]["code"], "110100");
+        assert_eq!(subtype(&v[0]), "110120");
+        assert_eq!(subtype(&v[1]), "110121");
+        assert_eq!(
+            (v[0]["action"].as_str(), v[0]["outcome"].as_str()),
+            (Some("E"), Some("0"))
+        );
+        assert_eq!(agent_code(&v[0], 0), "110150");
+        assert_eq!(v[0]["agent"][0]["who"]["display"], "balp-agent@fhir01");
+        assert_eq!(v[0]["agent"][0]["requestor"], false);
     }
 }

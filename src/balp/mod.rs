@@ -6,11 +6,29 @@
 //! * [`codes`]: the systems and codes BALP uses.
 //! * [`map`]: one extracted record → zero or more events (one per patient).
 //! * [`conformance`]: a table-driven checker of every profile an event claims.
+//! * [`token`]: OAuth/SAML token add-ons on the user agent and their profiles.
+//! * [`database`]: database access events (no BALP profile) and SQL redaction.
+//! * [`selfaudit`]: the agent's own start/stop events.
 
 pub mod codes;
 pub mod conformance;
+pub mod database;
+#[cfg(test)]
+mod ig_examples;
 pub mod map;
 pub mod model;
+#[cfg(test)]
+mod proptests;
+pub mod selfaudit;
+pub mod token;
+
+pub use database::redact_sql;
+pub use selfaudit::{AppActivity, self_audit};
+
+/// Events emitted without a BALP profile they would otherwise claim, by `profile: reason`.
+pub fn downgrades() -> std::collections::BTreeMap<String, u64> {
+    crate::events::counters().downgrades()
+}
 
 use crate::config::Mode;
 use crate::source::LineFlags;

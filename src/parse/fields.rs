@@ -85,6 +85,14 @@ field_names! {
     /// The account that started a switch of user (the user who ran `su`); `user` is the
     /// account switched to.
     InvokingUser = "invoking_user",
+    /// An opaque OAuth bearer token; only its last 32 characters reach an event.
+    Token = "token",
+    /// SAML assertion Subject NameID.
+    SamlSubject = "saml_subject",
+    /// SAML assertion Issuer.
+    SamlIssuer = "saml_issuer",
+    /// SAML assertion ID.
+    SamlAssertionId = "saml_assertion_id",
 }
 
 /// Values of the fields a rule filled. Empty strings and `-` are treated as absent.
