@@ -1500,4 +1500,25 @@ mod tests {
         assert!(arr.requests().is_empty(), "no request without a token");
         assert!(tokens.requests().len() >= 2, "token endpoint retried");
     }
+
+    #[test]
+    fn pause_alert_is_rate_limited_and_resume_clears_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = output(&config("http://127.0.0.1:1/fhir"), tmp.path());
+        let status = out.status();
+        out.pause("HTTP 403".into());
+        let first = out.last_alert.clone().unwrap().0;
+        out.pause("HTTP 403".into());
+        assert_eq!(out.last_alert.clone().unwrap().0, first, "no second alert");
+        assert_eq!(status.paused_reason().as_deref(), Some("HTTP 403"));
+        out.pause("HTTP 404".into());
+        assert_eq!(
+            out.last_alert.clone().unwrap().1,
+            "HTTP 404",
+            "a new reason alerts"
+        );
+        out.resume();
+        assert!(status.paused_reason().is_none());
+        assert!(out.last_alert.is_none());
+    }
 }
