@@ -147,3 +147,47 @@ fn arr_fail_ratio_and_default() {
     assert!(arr.accepted_event_ids().is_empty());
     assert!(!arr.wait_for_events(1, Duration::from_millis(50)));
 }
+
+#[test]
+fn arr_content_dependent_replies_and_token_endpoint() {
+    let arr = Arr::start();
+    arr.set_default(Reply::RejectEntries(422, "poison".into()));
+    arr.script([Reply::EntryStatuses(vec![201, 503])]);
+    let mut s = StdStream::connect(arr.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    post(&mut s, &bundle(&["a", "b"]), "");
+    let (status, _, body) = read_response(&mut s);
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["type"], "batch-response");
+    assert_eq!(v["entry"][0]["response"]["status"], "201 Created");
+    assert_eq!(
+        v["entry"][1]["response"]["status"],
+        "503 Service Unavailable"
+    );
+    assert_eq!(
+        v["entry"][1]["response"]["outcome"]["resourceType"],
+        "OperationOutcome"
+    );
+    post(&mut s, &bundle(&["c", "poison"]), "");
+    let (status, _, body) = read_response(&mut s);
+    assert_eq!(status, 422);
+    assert!(body.contains("poison"), "{body}");
+    post(&mut s, &bundle(&["d"]), "");
+    assert_eq!(read_response(&mut s).0, 200);
+    assert_eq!(arr.accepted_event_ids(), vec!["a", "d"]);
+    assert_eq!(arr.requests()[1].reply.status(), Some(422));
+
+    let tokens = Arr::start();
+    tokens.set_default(Reply::Token(60));
+    let mut t = StdStream::connect(tokens.addr()).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for n in 1..=2 {
+        post(&mut t, b"grant_type=client_credentials", "");
+        let (status, _, body) = read_response(&mut t);
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["access_token"], format!("tok-{n}"));
+        assert_eq!(v["expires_in"], 60);
+    }
+}

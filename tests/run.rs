@@ -191,10 +191,11 @@ fn arr_503_then_recovery_delivers_everything_with_a_stable_request_id() {
 }
 
 #[test]
-fn arr_400_dead_letters_the_bundle_and_goes_on() {
+fn arr_400_dead_letters_only_the_poison_event_and_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let arr = Arr::start();
-    arr.script([Reply::Status(400)]);
+    // The ARR rejects any Bundle holding the event of request id req00000002.
+    arr.set_default(Reply::RejectEntries(400, "req00000002".into()));
     let log = dir.path().join("access.log");
     append(&log, &fhir_lines(0, 5));
     let cfg = http_config(dir.path(), log.to_str().unwrap(), &arr, 50, "100ms");
@@ -209,21 +210,21 @@ fn arr_400_dead_letters_the_bundle_and_goes_on() {
     );
     append(&log, &fhir_lines(5, 5));
     assert!(
-        arr.wait_for_events(5, Duration::from_secs(20)),
+        arr.wait_for_events(9, Duration::from_secs(20)),
         "{}",
         agent.log()
     );
     assert!(agent.stop().success());
-    let letter = std::fs::read_dir(&dead)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let letters: Vec<_> = std::fs::read_dir(&dead).unwrap().collect();
+    assert_eq!(letters.len(), 1, "only the poison event");
+    let letter = letters[0].as_ref().unwrap().path();
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(letter).unwrap()).unwrap();
     assert_eq!(v["status"], 400);
-    assert_eq!(v["bundle"]["entry"].as_array().map(Vec::len), Some(5));
+    let entries = v["bundle"]["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert!(entries[0].to_string().contains("req00000002"));
+    assert_eq!(arr.accepted_event_ids().len(), 9);
     assert!(agent.log().contains("dead-lettered"));
 }
 

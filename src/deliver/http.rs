@@ -1,28 +1,53 @@
-//! HTTP output: POST each Bundle to the ARR and retry until it is settled.
+//! HTTP output: POST each Bundle to the ARR and retry until every event is settled.
 //!
-//! In: a [`Batch`]. Out: [`Delivery::Accepted`] after a 2xx, [`Delivery::DeadLettered`] after
-//! the ARR rejected the content (the Bundle and the response are kept under
+//! In: a [`Batch`]. Out: [`Delivery::Accepted`] when the ARR took every event,
+//! [`Delivery::DeadLettered`] when it took all but some events it rejected for their content
+//! (each rejected event is kept, as a one-entry Bundle with the ARR's answer, under
 //! `<state_dir>/dead-letter/`), or [`Delivery::Interrupted`] when the stop signal comes while
 //! waiting to retry. Nothing is ever dropped: every other outcome is retried forever.
 //!
 //! | outcome | action |
 //! |---|---|
-//! | 2xx | accepted |
+//! | 2xx | accepted; with `bundle_type = "batch"` the batch-response is read per entry (below) |
 //! | transport error, timeout, 408, 429, 5xx (not 501) | retry, exponential backoff with full jitter |
-//! | 401 | re-read the credential files and retry at once; if it persists, as 403 |
-//! | 403, 404, 405, 501, 3xx, TLS verification failure | configuration error: log, wait `max_backoff`, retry |
-//! | 413 | split the Bundle in halves, each delivered in order; a single event is dead-lettered |
-//! | other 4xx (400, 422, …) | dead letter |
+//! | 401 | refresh the credentials (re-read the file, or fetch a new OAuth2 token) and retry at once; if it persists: pause |
+//! | 403, 404, 405, 406, 415, 501, 3xx, TLS verification failure | configuration error: pause |
+//! | 413 | bisect (below); a single event is dead-lettered |
+//! | other 4xx (400, 422, …) | bisect (below); a single event is dead-lettered |
+//!
+//! **Bisection.** A rejected Bundle of several events is split in halves, each sent as its own
+//! Bundle, earlier half first, recursively; halves the ARR takes are done, and only single
+//! events it still rejects are dead-lettered. One poison event in `n` costs about
+//! `2·log2(n)` extra requests; every request is bounded by the events of its half.
+//!
+//! **batch-response.** For `bundle_type = "batch"` a 2xx answer is a `batch-response` Bundle
+//! with `entry[i].response.status` for request entry `i`. Entries with 2xx are done; 4xx
+//! (except 408/429) are dead-lettered one by one with their `response` (and its `outcome`);
+//! 5xx/408/429 entries are sent again, alone together as a smaller Bundle, after a backoff.
+//! A 2xx without a readable batch-response (or one whose entry count differs) counts as all
+//! accepted. `transaction` and `collection` are all-or-nothing.
+//!
+//! **Pause.** A persistent 401, a configuration error or a token endpoint that refuses the
+//! client pauses delivery: an error is logged (once, then at most every
+//! [`ALERT_INTERVAL`] or when the reason changes), [`OutputStatus::paused_reason`] says why,
+//! the Bundle is kept and retried every `max_backoff` with fresh credentials; the next 2xx
+//! resumes.
+//!
+//! **Circuit breaker.** The pipeline sends one Bundle at a time per endpoint and this output
+//! retries it in place, so while the endpoint fails no other Bundle is issued: the single
+//! Bundle in flight *is* the breaker's half-open probe, paced by the backoff. (Concurrency,
+//! with an `output.max_in_flight` setting, would need an explicit shared breaker.)
 //!
 //! `Retry-After` (seconds or HTTP-date) is a floor on the next wait. The Bundle JSON and its
 //! compressed body are built once per Bundle, so every retry sends the same bytes with the same
 //! `X-Request-Id`. A request in flight is not cut by the stop signal (it is bounded by
 //! `timeout`), so a final drain can finish; only the waits between attempts are.
-//! Secrets (token, password, configured headers) never reach the logs.
+//! Secrets (token, password, client secret, configured headers) never reach the logs.
 
 use super::backoff::{Backoff, parse_retry_after};
 use super::deadletter::{DeadLetters, MAX_RESPONSE_BYTES};
-use super::{DeliverError, Delivery};
+use super::oauth2::{OAuth2, TokenError};
+use super::{DeliverError, Delivery, OutputStatus};
 use crate::batch::Batch;
 use crate::config::{AuthType, BundleType, Compression, OutputConfig};
 use crate::events;
@@ -30,14 +55,19 @@ use crate::shutdown::Shutdown;
 use base64::Engine;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::io::Write;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The FHIR JSON media type.
 const FHIR_JSON: &str = "application/fhir+json";
 
-/// Credentials, re-readable from their files.
+/// A pause is logged as an error at most this often (unless its reason changes).
+pub const ALERT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// A batch-response is read up to this size; a longer one counts as unreadable.
+const MAX_BATCH_RESPONSE_BYTES: usize = 32 << 20;
+
+/// Credentials, refreshable.
 #[derive(Debug)]
 enum Auth {
     None,
@@ -50,6 +80,7 @@ enum Auth {
         password_file: PathBuf,
         value: HeaderValue,
     },
+    OAuth2(Box<OAuth2>),
 }
 
 impl Auth {
@@ -78,16 +109,24 @@ impl Auth {
                     value,
                 })
             }
-            AuthType::Oauth2 => Err(DeliverError::Setup(
-                "output.auth.type = \"oauth2\" is not implemented yet; use bearer or basic".into(),
-            )),
+            AuthType::Oauth2 => Ok(Auth::OAuth2(Box::new(OAuth2::new(
+                a.token_url.as_deref(),
+                a.client_id.as_deref(),
+                a.client_secret_file.as_deref(),
+                a.scope.as_deref(),
+            )?))),
         }
     }
 
-    /// Re-read the credential file; on failure keep the old value and say why.
-    fn reload(&mut self) {
+    /// Re-read the credential file, or drop the OAuth2 token so that a new one is fetched;
+    /// on a read failure keep the old value and say why.
+    fn refresh(&mut self) {
         let result = match self {
             Auth::None => return,
+            Auth::OAuth2(o) => {
+                o.invalidate();
+                return;
+            }
             Auth::Bearer { token_file, value } => bearer(token_file).map(|v| *value = v),
             Auth::Basic {
                 username,
@@ -100,9 +139,22 @@ impl Auth {
         }
     }
 
+    /// Make sure a credential is at hand (fetches an OAuth2 token when needed).
+    async fn ensure(
+        &mut self,
+        client: &reqwest::Client,
+        timeout: Duration,
+    ) -> Result<(), TokenError> {
+        match self {
+            Auth::OAuth2(o) => o.ensure(client, timeout).await,
+            _ => Ok(()),
+        }
+    }
+
     fn header(&self) -> Option<&HeaderValue> {
         match self {
             Auth::None => None,
+            Auth::OAuth2(o) => o.header(),
             Auth::Bearer { value, .. } | Auth::Basic { value, .. } => Some(value),
         }
     }
@@ -139,13 +191,18 @@ fn basic(username: &str, password_file: &Path) -> Result<HeaderValue, String> {
 
 /// What one Bundle came to.
 enum Sent {
-    Accepted,
+    /// 2xx, with the response body (read further for a batch-response).
+    Accepted {
+        response: Vec<u8>,
+    },
     DeadLettered {
         status: u16,
         path: PathBuf,
     },
-    /// 413 on a Bundle that can be split.
-    TooLarge,
+    /// Rejected (4xx content error or 413) and it has several events: bisect.
+    Split {
+        status: u16,
+    },
     Interrupted,
 }
 
@@ -166,12 +223,72 @@ fn classify(status: u16) -> Class {
         401 => Class::Unauthorized,
         413 => Class::TooLarge,
         408 | 429 => Class::Transient,
-        403 | 404 | 405 | 501 => Class::Config,
+        // 406/415: the ARR does not take FHIR JSON or gzip as sent, whatever the content.
+        403 | 404 | 405 | 406 | 415 | 501 => Class::Config,
         400..=499 => Class::Rejected,
         500..=599 => Class::Transient,
         // 1xx/3xx (redirects are not followed: the Bundle goes to exactly `output.url`).
         _ => Class::Config,
     }
+}
+
+/// How one entry of a batch-response is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryClass {
+    Done,
+    Retry,
+    Reject(u16),
+}
+
+fn classify_entry(status: Option<u16>) -> EntryClass {
+    match status {
+        Some(408 | 429 | 500..=599) => EntryClass::Retry,
+        Some(s @ 400..=499) => EntryClass::Reject(s),
+        // 2xx, or no readable status in a 2xx answer.
+        _ => EntryClass::Done,
+    }
+}
+
+/// One entry of a batch-response: its status and its `response` element as JSON.
+#[derive(Debug)]
+struct EntryResult {
+    status: Option<u16>,
+    response: String,
+}
+
+/// Read a batch-response for `n` request entries; `None` if it is not one, or not for `n`.
+fn batch_response(body: &[u8], n: usize) -> Option<Vec<EntryResult>> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if v["resourceType"] != "Bundle" || v["type"] != "batch-response" {
+        return None;
+    }
+    let entries = v["entry"].as_array()?;
+    if entries.len() != n {
+        tracing::warn!(
+            sent = n,
+            answered = entries.len(),
+            "batch-response entry count differs from the request; counting all as accepted"
+        );
+        return None;
+    }
+    Some(
+        entries
+            .iter()
+            .map(|e| EntryResult {
+                status: e["response"]["status"].as_str().and_then(entry_status),
+                response: e["response"].to_string(),
+            })
+            .collect(),
+    )
+}
+
+/// `"201 Created"` → 201.
+fn entry_status(s: &str) -> Option<u16> {
+    s.trim()
+        .get(..3)?
+        .parse()
+        .ok()
+        .filter(|c| (100..=599).contains(c))
 }
 
 /// One attempt's result.
@@ -185,6 +302,48 @@ enum Attempt {
         reason: String,
         config: bool,
     },
+}
+
+/// What a delivery came to so far.
+#[derive(Debug, Default)]
+struct Tally {
+    accepted: usize,
+    dead_lettered: usize,
+    first_status: Option<u16>,
+    files: Vec<PathBuf>,
+}
+
+impl Tally {
+    fn dead(&mut self, events: usize, status: u16, path: PathBuf) {
+        self.dead_lettered += events;
+        self.first_status.get_or_insert(status);
+        self.files.push(path);
+    }
+
+    fn into_delivery(self) -> Delivery {
+        match (self.first_status, self.files.first()) {
+            (Some(status), Some(path)) => Delivery::DeadLettered {
+                status,
+                path: path.clone(),
+                accepted: self.accepted,
+                dead_lettered: self.dead_lettered,
+                files: self.files,
+            },
+            _ => Delivery::Accepted,
+        }
+    }
+}
+
+/// Sleep `wait` unless the stop signal comes first; false if it did.
+async fn wait_or_stop(wait: Duration, shutdown: &Shutdown) -> bool {
+    if shutdown.is_triggered() {
+        return false;
+    }
+    let mut shutdown = shutdown.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = shutdown.wait() => false,
+    }
 }
 
 /// POSTs Bundles to the ARR.
@@ -202,6 +361,9 @@ pub struct HttpOutput {
     initial_backoff: Duration,
     max_backoff: Duration,
     dead_letters: DeadLetters,
+    status: OutputStatus,
+    /// When the pause alert was last logged, and for what.
+    last_alert: Option<(Instant, String)>,
 }
 
 impl HttpOutput {
@@ -316,11 +478,17 @@ impl HttpOutput {
             initial_backoff: o.retry.initial_backoff.0,
             max_backoff: o.retry.max_backoff.0,
             dead_letters: DeadLetters::new(state_dir),
+            status: OutputStatus::default(),
+            last_alert: None,
         })
     }
 
-    /// Deliver one batch; a 413 splits it into halves delivered in order, each its own Bundle.
-    /// The result is `DeadLettered` (the first one) if any part was dead-lettered.
+    /// A handle on the output's state (paused or not), for health reporting.
+    pub fn status(&self) -> OutputStatus {
+        self.status.clone()
+    }
+
+    /// Deliver one batch until every event is accepted or dead-lettered (see the module doc).
     pub async fn deliver(
         &mut self,
         batch: &Batch,
@@ -330,46 +498,154 @@ impl HttpOutput {
         if n == 0 {
             return Ok(Delivery::Accepted);
         }
-        let mut result = Delivery::Accepted;
-        // A stack of event ranges still to send; the top is the earliest.
-        let mut pending: Vec<Range<usize>> = Vec::with_capacity(8);
-        pending.push(0..n);
-        while let Some(range) = pending.pop() {
+        let mut tally = Tally::default();
+        // Event indexes still to send, as a stack of Bundles; the top is the earliest.
+        let mut pending: Vec<Vec<usize>> = vec![(0..n).collect()];
+        // Paces Bundles of entries a batch-response said to retry.
+        let mut entry_backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        while let Some(mut idx) = pending.pop() {
             let part;
-            let bundle = if range.len() == n {
+            let bundle = if idx.len() == n {
                 batch
             } else {
                 part = Batch {
-                    events: batch.events[range.clone()].to_vec(),
+                    events: idx.iter().map(|&i| batch.events[i].clone()).collect(),
                     timestamp: batch.timestamp,
                     ..Batch::default()
                 };
                 &part
             };
-            match self.send(bundle, range.len() > 1, shutdown).await? {
-                Sent::Accepted => {}
-                Sent::DeadLettered { status, path } => {
-                    if result == Delivery::Accepted {
-                        result = Delivery::DeadLettered { status, path };
+            match self.send(bundle, idx.len() > 1, shutdown).await? {
+                Sent::Accepted { response } => {
+                    let retry = self
+                        .settle_entries(bundle, &idx, &response, &mut tally)
+                        .await?;
+                    if retry.is_empty() {
+                        entry_backoff.reset();
+                        continue;
                     }
+                    let wait = entry_backoff.next_delay();
+                    events::retry(
+                        &bundle.id().to_string(),
+                        &self.target,
+                        &format!("batch-response: {} entries failed transiently", retry.len()),
+                        u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    );
+                    if !wait_or_stop(wait, shutdown).await {
+                        return Ok(Delivery::Interrupted);
+                    }
+                    pending.push(retry);
                 }
-                Sent::TooLarge => {
-                    let mid = range.start + range.len() / 2;
+                Sent::DeadLettered { status, path } => tally.dead(idx.len(), status, path),
+                Sent::Split { status } => {
                     tracing::warn!(
                         target = %self.target,
-                        events = range.len(),
-                        "ARR answered 413; splitting the Bundle in halves"
+                        status,
+                        events = idx.len(),
+                        "ARR rejected the Bundle; splitting it in halves to isolate the cause"
                     );
-                    pending.push(mid..range.end);
-                    pending.push(range.start..mid);
+                    let later = idx.split_off(idx.len() / 2);
+                    pending.push(later);
+                    pending.push(idx);
                 }
                 Sent::Interrupted => return Ok(Delivery::Interrupted),
             }
         }
-        Ok(result)
+        Ok(tally.into_delivery())
     }
 
-    /// Send one Bundle until it is settled (or too large and `can_split`).
+    /// Account for an accepted Bundle of the events `idx`: with a batch-response, dead-letter
+    /// the entries rejected and return those to retry.
+    async fn settle_entries(
+        &mut self,
+        bundle: &Batch,
+        idx: &[usize],
+        response: &[u8],
+        tally: &mut Tally,
+    ) -> Result<Vec<usize>, DeliverError> {
+        let id = bundle.id().to_string();
+        let entries = if self.bundle_type == BundleType::Batch {
+            batch_response(response, idx.len())
+        } else {
+            None
+        };
+        let Some(entries) = entries else {
+            if self.bundle_type == BundleType::Batch {
+                tracing::debug!(bundle_id = %id, "2xx without a readable batch-response; all entries count as accepted");
+            }
+            tally.accepted += idx.len();
+            events::bundle_sent(&id, idx.len(), &self.target);
+            return Ok(Vec::new());
+        };
+        let mut retry = Vec::new();
+        let mut done = 0;
+        for (k, entry) in entries.iter().enumerate() {
+            match classify_entry(entry.status) {
+                EntryClass::Done => done += 1,
+                EntryClass::Retry => retry.push(idx[k]),
+                EntryClass::Reject(status) => {
+                    let single = Batch {
+                        events: vec![bundle.events[k].clone()],
+                        timestamp: bundle.timestamp,
+                        ..Batch::default()
+                    };
+                    let single_id = single.id().to_string();
+                    let json = single.bundle_json(self.bundle_type);
+                    let path = self
+                        .dead_letters
+                        .write(
+                            &single_id,
+                            &json,
+                            status,
+                            entry.response.as_bytes(),
+                            &self.target,
+                        )
+                        .await?;
+                    events::dead_lettered(
+                        &single_id,
+                        1,
+                        &self.target,
+                        status,
+                        &path.to_string_lossy(),
+                    );
+                    tally.dead(1, status, path);
+                }
+            }
+        }
+        tally.accepted += done;
+        if done > 0 {
+            events::bundle_sent(&id, done, &self.target);
+        }
+        Ok(retry)
+    }
+
+    /// Delivery is paused: say why (the alert is rate-limited) and show it in the status.
+    fn pause(&mut self, reason: String) {
+        let now = Instant::now();
+        let due = match &self.last_alert {
+            None => true,
+            Some((at, last)) => *last != reason || now.duration_since(*at) >= ALERT_INTERVAL,
+        };
+        if due {
+            tracing::error!(
+                target = %self.target,
+                reason = %reason,
+                "delivery to the ARR is paused; the data is kept and retried every max_backoff"
+            );
+            self.last_alert = Some((now, reason.clone()));
+        }
+        self.status.set_paused(Some(reason));
+    }
+
+    fn resume(&mut self) {
+        if self.status.paused_reason().is_some() {
+            tracing::info!(target = %self.target, "delivery to the ARR resumed");
+            self.status.set_paused(None);
+        }
+        self.last_alert = None;
+    }
+
+    /// Send one Bundle until it is settled (or rejected and `can_split`).
     async fn send(
         &mut self,
         batch: &Batch,
@@ -385,44 +661,60 @@ impl HttpOutput {
             json.clone().into_bytes()
         };
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
-        let mut reloaded_after_401 = false;
-        let mut shutdown = shutdown.clone();
+        let mut refreshed_after_401 = false;
         loop {
-            let (reason, wait, floor) = match self.attempt(&id, &body).await {
+            let attempt = match self.auth.ensure(&self.client, self.timeout).await {
+                Ok(()) => self.attempt(&id, &body).await,
+                Err(TokenError::Transient(reason)) => Attempt::Transport {
+                    reason,
+                    config: false,
+                },
+                Err(TokenError::Refused(reason)) => {
+                    self.pause(reason.clone());
+                    Attempt::Transport {
+                        reason,
+                        config: true,
+                    }
+                }
+            };
+            let (reason, wait, floor) = match attempt {
                 Attempt::Response {
                     status,
                     retry_after,
                     body: response,
                 } => match classify(status) {
                     Class::Accepted => {
-                        events::bundle_sent(&id, events_n, &self.target);
-                        return Ok(Sent::Accepted);
+                        self.resume();
+                        return Ok(Sent::Accepted { response });
                     }
                     Class::Transient => {
                         (format!("HTTP {status}"), backoff.next_delay(), retry_after)
                     }
-                    Class::Unauthorized if !reloaded_after_401 => {
-                        reloaded_after_401 = true;
-                        self.auth.reload();
-                        events::retry(&id, &self.target, "HTTP 401; credentials re-read", 0);
+                    Class::Unauthorized if !refreshed_after_401 => {
+                        refreshed_after_401 = true;
+                        self.auth.refresh();
+                        events::retry(&id, &self.target, "HTTP 401; credentials refreshed", 0);
                         continue;
                     }
                     Class::Unauthorized | Class::Config => {
-                        tracing::error!(
-                            target = %self.target,
-                            status,
-                            "the ARR refuses the request: check output.url, credentials and \
-                             permissions; the data is kept and retried"
-                        );
+                        let reason = if status == 401 {
+                            "HTTP 401 from the ARR even with refreshed credentials: check \
+                             output.auth"
+                                .to_owned()
+                        } else {
+                            format!(
+                                "HTTP {status} from the ARR: check output.url, credentials and \
+                                 permissions"
+                            )
+                        };
+                        self.pause(reason.clone());
                         // Pick up credentials fixed by the operator meanwhile.
-                        self.auth.reload();
-                        (
-                            format!("HTTP {status}: configuration error"),
-                            self.max_backoff,
-                            retry_after,
-                        )
+                        self.auth.refresh();
+                        (reason, self.max_backoff, retry_after)
                     }
-                    Class::TooLarge if can_split => return Ok(Sent::TooLarge),
+                    Class::TooLarge | Class::Rejected if can_split => {
+                        return Ok(Sent::Split { status });
+                    }
                     Class::TooLarge | Class::Rejected => {
                         let path = self
                             .dead_letters
@@ -440,11 +732,11 @@ impl HttpOutput {
                 },
                 Attempt::Transport { reason, config } => {
                     if config {
-                        tracing::error!(
-                            target = %self.target,
-                            error = %reason,
-                            "TLS verification failed: check output.tls; the data is kept and retried"
-                        );
+                        if reason.contains("invalid peer certificate") {
+                            self.pause(format!(
+                                "TLS verification failed: check output.tls ({reason})"
+                            ));
+                        }
                         (reason, self.max_backoff, None)
                     } else {
                         (reason, backoff.next_delay(), None)
@@ -458,17 +750,14 @@ impl HttpOutput {
                 &reason,
                 u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
             );
-            if shutdown.is_triggered() {
+            if !wait_or_stop(wait, shutdown).await {
                 return Ok(Sent::Interrupted);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.wait() => return Ok(Sent::Interrupted),
             }
         }
     }
 
-    /// One POST; the response body is read up to what a dead letter keeps.
+    /// One POST; the response body is read up to what a dead letter keeps (further for a
+    /// 2xx that may be a batch-response).
     async fn attempt(&self, id: &str, body: &[u8]) -> Attempt {
         let mut headers = self.headers.clone();
         if let Ok(v) = HeaderValue::try_from(id) {
@@ -495,13 +784,18 @@ impl HttpOutput {
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let limit = if (200..300).contains(&status) && self.bundle_type == BundleType::Batch {
+            MAX_BATCH_RESPONSE_BYTES
+        } else {
+            MAX_RESPONSE_BYTES
+        };
         let mut response = Vec::new();
         // Reading the body lets the connection be reused; a failure here does not change
-        // what the status said.
+        // what the status said (a cut batch-response just does not parse).
         while let Ok(Some(chunk)) = resp.chunk().await {
-            let room = MAX_RESPONSE_BYTES.saturating_sub(response.len());
+            let room = limit.saturating_sub(response.len());
             response.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if response.len() >= MAX_RESPONSE_BYTES {
+            if response.len() >= limit {
                 break;
             }
         }
@@ -522,17 +816,23 @@ fn transport(e: reqwest::Error, timeout: Duration) -> Attempt {
         };
     }
     let e = e.without_url();
+    let reason = error_chain(&e);
+    // rustls says "invalid peer certificate: …" when verification fails; that will not heal
+    // by itself, so it is paced like a configuration error.
+    let config = reason.contains("invalid peer certificate");
+    Attempt::Transport { reason, config }
+}
+
+/// An error and its sources, joined by ": ".
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut reason = e.to_string();
-    let mut source = std::error::Error::source(&e);
+    let mut source = e.source();
     while let Some(s) = source {
         reason.push_str(": ");
         reason.push_str(&s.to_string());
         source = s.source();
     }
-    // rustls says "invalid peer certificate: …" when verification fails; that will not heal
-    // by itself, so it is paced like a configuration error.
-    let config = reason.contains("invalid peer certificate");
-    Attempt::Transport { reason, config }
+    reason
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -582,7 +882,7 @@ mod tests {
         for s in [408, 429, 500, 502, 503, 504] {
             assert_eq!(classify(s), Class::Transient, "{s}");
         }
-        for s in [403, 404, 405, 501, 301, 302] {
+        for s in [403, 404, 405, 406, 415, 501, 301, 302] {
             assert_eq!(classify(s), Class::Config, "{s}");
         }
         assert_eq!(classify(401), Class::Unauthorized);
@@ -657,7 +957,7 @@ mod tests {
     #[tokio::test]
     async fn http_retry_after_is_a_floor() {
         let arr = Arr::start();
-        arr.script([Reply::StatusWithRetryAfter(429, "1".into())]);
+        arr.script([Reply::StatusWithRetryAfter(429, "2".into())]);
         let tmp = tempfile::tempdir().unwrap();
         let mut out = output(&config(&arr.url()), tmp.path());
         let got = out.deliver(&batch(1..2), &Shutdown::never()).await.unwrap();
@@ -665,7 +965,7 @@ mod tests {
         let reqs = arr.requests();
         assert_eq!(reqs.len(), 2);
         let gap = reqs[1].time - reqs[0].time;
-        assert!(gap >= Duration::from_secs(1), "next attempt after {gap:?}");
+        assert!(gap >= Duration::from_secs(2), "next attempt after {gap:?}");
     }
 
     #[tokio::test]
@@ -677,9 +977,9 @@ mod tests {
         )]);
         let tmp = tempfile::tempdir().unwrap();
         let mut out = output(&config(&arr.url()), tmp.path());
-        let b = batch(1..3);
+        let b = batch(1..2);
         let got = out.deliver(&b, &Shutdown::never()).await.unwrap();
-        let Delivery::DeadLettered { status, path } = got else {
+        let Delivery::DeadLettered { status, path, .. } = got else {
             panic!("expected a dead letter, got {got:?}");
         };
         assert_eq!(status, 400);
@@ -842,7 +1142,7 @@ mod tests {
         o = config("http://127.0.0.1:1/fhir");
         o.auth.auth_type = AuthType::Oauth2;
         let e = HttpOutput::new(&o, tmp.path()).unwrap_err().to_string();
-        assert!(e.contains("not implemented"), "{e}");
+        assert!(e.contains("output.auth.token_url"), "{e}");
         o.auth = AuthConfig {
             auth_type: AuthType::Bearer,
             token_file: Some(tmp.path().join("missing")),
@@ -863,5 +1163,363 @@ mod tests {
         o.headers.insert("bad header".into(), "x".into());
         let e = HttpOutput::new(&o, tmp.path()).unwrap_err().to_string();
         assert!(e.contains("output.headers.bad header"), "{e}");
+    }
+
+    fn ids(r: std::ops::Range<u128>) -> Vec<String> {
+        r.map(|n| uuid::Uuid::from_u128(n).to_string()).collect()
+    }
+
+    fn read_letter(path: &Path) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    async fn bisection_isolates_one_poison_entry(status: u16) {
+        let arr = Arr::start();
+        let poison = uuid::Uuid::from_u128(5).to_string();
+        arr.set_default(Reply::RejectEntries(status, poison.clone()));
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = output(&config(&arr.url()), tmp.path());
+        let got = out.deliver(&batch(1..9), &Shutdown::never()).await.unwrap();
+        let Delivery::DeadLettered {
+            status: s,
+            accepted,
+            dead_lettered,
+            files,
+            path,
+        } = got
+        else {
+            panic!("expected dead letters, got {got:?}");
+        };
+        assert_eq!((s, accepted, dead_lettered, files.len()), (status, 7, 1, 1));
+        assert_eq!(path, files[0]);
+        let mut expected = ids(1..9);
+        expected.retain(|id| *id != poison);
+        assert_eq!(arr.accepted_event_ids(), expected, "the 7 others, in order");
+        let requests = arr.requests().len();
+        assert!(requests <= 2 * 3 + 1, "{requests} requests for 8 events");
+        let v = read_letter(&files[0]);
+        assert_eq!(v["status"], status);
+        let entries = v["bundle"]["entry"].as_array().unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0]["resource"]["id"], poison);
+        let response = v["response"].as_str().unwrap();
+        assert!(response.contains("OperationOutcome"), "{response}");
+        assert!(response.contains(&poison), "{response}");
+        assert!(out.status().paused_reason().is_none());
+    }
+
+    #[tokio::test]
+    async fn http_400_bisection_dead_letters_only_the_poison_entry() {
+        bisection_isolates_one_poison_entry(400).await;
+    }
+
+    #[tokio::test]
+    async fn http_422_bisection_dead_letters_only_the_poison_entry() {
+        bisection_isolates_one_poison_entry(422).await;
+    }
+
+    #[tokio::test]
+    async fn http_bisection_of_500_events_costs_logarithmic_requests() {
+        let arr = Arr::start();
+        arr.set_default(Reply::RejectEntries(
+            400,
+            uuid::Uuid::from_u128(377).to_string(),
+        ));
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = output(&config(&arr.url()), tmp.path());
+        let got = out
+            .deliver(&batch(0..500), &Shutdown::never())
+            .await
+            .unwrap();
+        assert_eq!(got.dead_lettered(), 1);
+        assert!(got.is_settled());
+        assert_eq!(arr.accepted_event_ids().len(), 499);
+        let requests = arr.requests().len();
+        // ceil(log2(500)) = 9 levels, two Bundles each, plus the first.
+        assert!(requests <= 2 * 9 + 1, "{requests} requests");
+    }
+
+    #[tokio::test]
+    async fn http_batch_response_retries_and_dead_letters_only_failed_entries() {
+        let arr = Arr::start();
+        arr.script([Reply::EntryStatuses(vec![201, 400, 503, 201, 429])]);
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = output(&config(&arr.url()), tmp.path());
+        let got = out.deliver(&batch(1..6), &Shutdown::never()).await.unwrap();
+        let Delivery::DeadLettered {
+            status,
+            accepted,
+            dead_lettered,
+            files,
+            ..
+        } = got
+        else {
+            panic!("expected a dead letter, got {got:?}");
+        };
+        assert_eq!((status, accepted, dead_lettered), (400, 4, 1));
+        let reqs = arr.requests();
+        assert_eq!(
+            reqs.len(),
+            2,
+            "one retry Bundle for the two transient entries"
+        );
+        let retried: Vec<_> = reqs[1].json().unwrap()["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        let all = ids(1..6);
+        assert_eq!(retried, vec![all[2].clone(), all[4].clone()]);
+        assert_eq!(
+            arr.accepted_event_ids(),
+            vec![
+                all[0].clone(),
+                all[3].clone(),
+                all[2].clone(),
+                all[4].clone()
+            ]
+        );
+        let v = read_letter(&files[0]);
+        assert_eq!(v["status"], 400);
+        assert_eq!(v["bundle"]["entry"][0]["resource"]["id"], all[1]);
+        assert_eq!(v["bundle"]["type"], "batch");
+        let response: serde_json::Value =
+            serde_json::from_str(v["response"].as_str().unwrap()).unwrap();
+        assert_eq!(response["status"], "400 Bad Request");
+        assert_eq!(response["outcome"]["resourceType"], "OperationOutcome");
+    }
+
+    #[tokio::test]
+    async fn http_2xx_without_batch_response_and_transaction_count_as_accepted() {
+        let arr = Arr::start();
+        arr.script([
+            Reply::StatusWithBody(200, "not json".into()),
+            Reply::EntryStatuses(vec![400]),
+        ]);
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = output(&config(&arr.url()), tmp.path());
+        let got = out.deliver(&batch(1..3), &Shutdown::never()).await.unwrap();
+        assert_eq!(got, Delivery::Accepted);
+        // A transaction's 2xx is all-or-nothing: its response is not read per entry.
+        let mut o = config(&arr.url());
+        o.bundle_type = BundleType::Transaction;
+        let mut out = output(&o, tmp.path());
+        let got = out.deliver(&batch(3..5), &Shutdown::never()).await.unwrap();
+        assert_eq!(got, Delivery::Accepted);
+        assert_eq!(arr.requests().len(), 2);
+        assert!(!tmp.path().join("dead-letter").exists());
+    }
+
+    #[tokio::test]
+    async fn http_transaction_400_bisects() {
+        let arr = Arr::start();
+        arr.set_default(Reply::RejectEntries(
+            400,
+            uuid::Uuid::from_u128(2).to_string(),
+        ));
+        let tmp = tempfile::tempdir().unwrap();
+        let mut o = config(&arr.url());
+        o.bundle_type = BundleType::Transaction;
+        let mut out = output(&o, tmp.path());
+        let got = out.deliver(&batch(1..5), &Shutdown::never()).await.unwrap();
+        assert_eq!(got.dead_lettered(), 1);
+        assert_eq!(
+            arr.accepted_event_ids(),
+            ids(1..2).into_iter().chain(ids(3..5)).collect::<Vec<_>>()
+        );
+        assert!(
+            arr.accepted_bundles()
+                .iter()
+                .all(|b| b["type"] == "transaction")
+        );
+    }
+
+    fn oauth2_config(arr: &Arr, tokens: &Arr, dir: &Path) -> OutputConfig {
+        let secret = dir.join("client-secret");
+        std::fs::write(&secret, "s3cr:et\n").unwrap();
+        let mut o = config(&arr.url());
+        o.auth = AuthConfig {
+            auth_type: AuthType::Oauth2,
+            token_url: Some(format!("http://{}/token", tokens.addr())),
+            client_id: Some("agent".into()),
+            client_secret_file: Some(secret),
+            scope: Some("audit write".into()),
+            ..AuthConfig::default()
+        };
+        o
+    }
+
+    fn token_replies(tokens: &Arr) -> usize {
+        tokens
+            .requests()
+            .iter()
+            .filter(|r| matches!(r.reply, Reply::Token(_)))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn http_oauth2_client_credentials_cached_refreshed_and_renewed_on_401() {
+        let arr = Arr::start();
+        let tokens = Arr::start();
+        tokens.set_default(Reply::Token(2));
+        // A failing token endpoint is retried, never fatal.
+        tokens.script([Reply::Status(503)]);
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = output(&oauth2_config(&arr, &tokens, tmp.path()), tmp.path());
+        let none = Shutdown::never();
+        assert_eq!(
+            out.deliver(&batch(1..2), &none).await.unwrap(),
+            Delivery::Accepted
+        );
+        let t = tokens.requests();
+        assert_eq!(t.len(), 2);
+        let r = &t[1];
+        assert_eq!(r.path, "/token");
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/x-www-form-urlencoded")
+        );
+        assert_eq!(
+            std::str::from_utf8(&r.body).unwrap(),
+            "grant_type=client_credentials&scope=audit%20write"
+        );
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("agent:s3cr%3Aet")
+        );
+        assert_eq!(r.header("authorization"), Some(basic.as_str()));
+        assert_eq!(
+            arr.requests()[0].header("authorization"),
+            Some("Bearer tok-1")
+        );
+
+        // Cached while fresh.
+        out.deliver(&batch(2..3), &none).await.unwrap();
+        assert_eq!(token_replies(&tokens), 1);
+        assert_eq!(
+            arr.requests()[1].header("authorization"),
+            Some("Bearer tok-1")
+        );
+
+        // Renewed before expiry (2 s, renewed 10 % early).
+        tokio::time::sleep(Duration::from_millis(1900)).await;
+        out.deliver(&batch(3..4), &none).await.unwrap();
+        assert_eq!(token_replies(&tokens), 2);
+        assert_eq!(
+            arr.requests()[2].header("authorization"),
+            Some("Bearer tok-2")
+        );
+
+        // A 401 forces one refresh, then the Bundle goes through.
+        arr.script([Reply::Status(401)]);
+        assert_eq!(
+            out.deliver(&batch(4..5), &none).await.unwrap(),
+            Delivery::Accepted
+        );
+        assert_eq!(token_replies(&tokens), 3);
+        let reqs = arr.requests();
+        assert_eq!(reqs.len(), 5);
+        assert_eq!(reqs[3].header("authorization"), Some("Bearer tok-2"));
+        assert_eq!(reqs[4].header("authorization"), Some("Bearer tok-3"));
+        assert!(out.status().paused_reason().is_none());
+        let debug = format!("{out:?}");
+        assert!(
+            !debug.contains("s3cr") && !debug.contains("tok-"),
+            "{debug}"
+        );
+    }
+
+    /// Deliver until `status` says paused, then stop; returns the delivery and the reason.
+    async fn deliver_until_paused(out: &mut HttpOutput, b: &Batch) -> (Delivery, String) {
+        let status = out.status();
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let watcher = async {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let reason = loop {
+                if let Some(r) = status.paused_reason() {
+                    break r;
+                }
+                assert!(Instant::now() < deadline, "never paused");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            // Let it retry a few times while paused.
+            tokio::time::sleep(Duration::from_millis(350)).await;
+            trigger.trigger();
+            (reason, Instant::now())
+        };
+        let (got, (reason, at)) = tokio::join!(out.deliver(b, &shutdown), watcher);
+        assert!(at.elapsed() < Duration::from_secs(2), "stop came late");
+        (got.unwrap(), reason)
+    }
+
+    #[tokio::test]
+    async fn http_persistent_401_pauses_keeps_the_data_and_resumes() {
+        let arr = Arr::start();
+        arr.set_default(Reply::Status(401));
+        let tmp = tempfile::tempdir().unwrap();
+        let token = tmp.path().join("token");
+        std::fs::write(&token, "t\n").unwrap();
+        let mut o = config(&arr.url());
+        o.auth = AuthConfig {
+            auth_type: AuthType::Bearer,
+            token_file: Some(token),
+            ..AuthConfig::default()
+        };
+        let mut out = output(&o, tmp.path());
+        let b = batch(1..3);
+        let (got, reason) = deliver_until_paused(&mut out, &b).await;
+        assert_eq!(got, Delivery::Interrupted);
+        assert!(reason.contains("401"), "{reason}");
+        let n = arr.requests().len();
+        assert!(n >= 3, "kept retrying while paused ({n} requests)");
+        assert!(!tmp.path().join("dead-letter").exists(), "nothing dropped");
+        assert!(arr.accepted_event_ids().is_empty());
+
+        arr.set_default(Reply::Ok);
+        let got = out.deliver(&b, &Shutdown::never()).await.unwrap();
+        assert_eq!(got, Delivery::Accepted);
+        assert!(out.status().paused_reason().is_none());
+        assert_eq!(arr.accepted_event_ids(), ids(1..3));
+    }
+
+    #[tokio::test]
+    async fn http_oauth2_refused_by_token_endpoint_pauses() {
+        let arr = Arr::start();
+        let tokens = Arr::start();
+        tokens.set_default(Reply::StatusWithBody(
+            401,
+            r#"{"error":"invalid_client","error_description":"secret s3cr:et wrong"}"#.into(),
+        ));
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = output(&oauth2_config(&arr, &tokens, tmp.path()), tmp.path());
+        let (got, reason) = deliver_until_paused(&mut out, &batch(1..2)).await;
+        assert_eq!(got, Delivery::Interrupted);
+        assert!(reason.contains("token endpoint"), "{reason}");
+        assert!(reason.contains("invalid_client"), "{reason}");
+        assert!(!reason.contains("s3cr"), "{reason}");
+        assert!(arr.requests().is_empty(), "no request without a token");
+        assert!(tokens.requests().len() >= 2, "token endpoint retried");
+    }
+
+    #[test]
+    fn pause_alert_is_rate_limited_and_resume_clears_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = output(&config("http://127.0.0.1:1/fhir"), tmp.path());
+        let status = out.status();
+        out.pause("HTTP 403".into());
+        let first = out.last_alert.clone().unwrap().0;
+        out.pause("HTTP 403".into());
+        assert_eq!(out.last_alert.clone().unwrap().0, first, "no second alert");
+        assert_eq!(status.paused_reason().as_deref(), Some("HTTP 403"));
+        out.pause("HTTP 404".into());
+        assert_eq!(
+            out.last_alert.clone().unwrap().1,
+            "HTTP 404",
+            "a new reason alerts"
+        );
+        out.resume();
+        assert!(status.paused_reason().is_none());
+        assert!(out.last_alert.is_none());
     }
 }

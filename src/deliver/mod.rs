@@ -4,35 +4,84 @@
 //! * `stdout`: one Bundle per line.
 //! * `http`: POST to the ARR, with retry (see [`http`]).
 //!
-//! [`Output::deliver`] returns only when the batch is settled: accepted, or rejected for its
-//! content and dead-lettered. Transient failures are retried inside, forever, until the stop
-//! signal, which returns [`Delivery::Interrupted`] so that positions are not advanced.
-//! A batch without events (positions only) is settled at once and sends nothing.
+//! [`Output::deliver`] returns only when the batch is settled: every event accepted, or
+//! accepted but for the events rejected for their content, which are dead-lettered
+//! ([`Delivery::DeadLettered`]). Transient failures and pauses are retried inside, forever,
+//! until the stop signal, which returns [`Delivery::Interrupted`] so that positions are not
+//! advanced. A batch without events (positions only) is settled at once and sends nothing.
+//! [`OutputStatus`] tells, from any task, whether delivery is paused and why.
 
 pub mod backoff;
 pub mod deadletter;
 pub mod directory;
 pub mod http;
+pub mod oauth2;
 pub mod stdout;
 
 use crate::batch::Batch;
 use crate::config::{BundleType, Config, OutputType};
 use crate::shutdown::Shutdown;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 /// How a delivery ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
     /// The output took the Bundle (2xx, or file written and fsynced).
     Accepted,
-    /// The ARR rejected the Bundle's content; it was written to the dead-letter area.
+    /// The batch is settled, but the ARR rejected some events for their content; each was
+    /// written to the dead-letter area (one single-event Bundle per file with the answer).
     DeadLettered {
-        /// HTTP status of the rejection.
+        /// HTTP status of the first rejection.
         status: u16,
-        /// Where the dead letter was written.
-        path: std::path::PathBuf,
+        /// The first dead letter written (also `files[0]`).
+        path: PathBuf,
+        /// Events the output accepted.
+        accepted: usize,
+        /// Events dead-lettered (`accepted + dead_lettered` = the batch's events).
+        dead_lettered: usize,
+        /// Every dead letter written, in order.
+        files: Vec<PathBuf>,
     },
     /// The stop signal came before the Bundle was accepted; nothing may be checkpointed.
     Interrupted,
+}
+
+impl Delivery {
+    /// Is the batch settled (its positions may advance)?
+    pub fn is_settled(&self) -> bool {
+        !matches!(self, Delivery::Interrupted)
+    }
+
+    /// How many events were dead-lettered.
+    pub fn dead_lettered(&self) -> usize {
+        match self {
+            Delivery::DeadLettered { dead_lettered, .. } => *dead_lettered,
+            _ => 0,
+        }
+    }
+}
+
+/// Shared view of the output's state, readable from other tasks (health).
+#[derive(Debug, Clone, Default)]
+pub struct OutputStatus {
+    paused: Arc<Mutex<Option<String>>>,
+}
+
+impl OutputStatus {
+    /// Why delivery is paused (persistent 401, configuration error, token endpoint refusing
+    /// the client), or `None` while it runs.
+    pub fn paused_reason(&self) -> Option<String> {
+        self.paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Set or clear the pause reason.
+    pub(crate) fn set_paused(&self, reason: Option<String>) {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
 }
 
 /// Errors that stop delivery for good (the agent exits non-zero).
@@ -96,6 +145,22 @@ impl Output {
                 o,
                 &config.agent.state_dir,
             )?))),
+        }
+    }
+
+    /// Why delivery is paused, if it is (only the HTTP output pauses).
+    pub fn paused_reason(&self) -> Option<String> {
+        match self {
+            Output::Http(out) => out.status().paused_reason(),
+            _ => None,
+        }
+    }
+
+    /// A handle for reading the state while [`Output::deliver`] runs in another task.
+    pub fn status(&self) -> OutputStatus {
+        match self {
+            Output::Http(out) => out.status(),
+            _ => OutputStatus::default(),
         }
     }
 

@@ -3,7 +3,9 @@
 //! It runs on its own thread with its own tokio runtime, so sync and async tests can both use
 //! it, and it stops (closing every connection, hung ones included) when dropped. Each request
 //! is answered with the next scripted [`Reply`], then with random 503s at the `fail_ratio`,
-//! then with the default reply. Every request is recorded with its arrival time, lowercased
+//! then with the default reply. Replies can depend on the content (reject the Bundles holding a
+//! poison entry, answer per entry in a batch-response) and the server can act as an OAuth2
+//! token endpoint. Every request is recorded with its arrival time, lowercased
 //! headers and decoded (gunzipped) body. Bodies are read by `Content-Length` only (which is
 //! what reqwest sends); connections are kept alive; sizes are bounded.
 #![allow(dead_code)]
@@ -37,13 +39,24 @@ pub enum Reply {
     Hang,
     /// Read the request, then close the connection without answering.
     CloseConnection,
+    /// This status (with an OperationOutcome) if an entry's resource JSON contains this text,
+    /// else as [`Reply::Ok`]. Recorded as the reply actually sent.
+    RejectEntries(u16, String),
+    /// 200 with a batch-response whose entry `i` has status `statuses[i]` (201 past the end);
+    /// non-2xx entries carry an OperationOutcome. Only 2xx entries count as accepted.
+    EntryStatuses(Vec<u16>),
+    /// 200 as an OAuth2 token endpoint: `{"access_token": "tok-<n>", "token_type": "Bearer",
+    /// "expires_in": <this>}`, `n` counting the token replies from 1.
+    Token(u64),
 }
 
 impl Reply {
     /// The HTTP status this reply sends, if it sends one.
     pub fn status(&self) -> Option<u16> {
         match self {
-            Reply::Ok => Some(200),
+            Reply::Ok | Reply::RejectEntries(..) | Reply::EntryStatuses(_) | Reply::Token(_) => {
+                Some(200)
+            }
             Reply::Status(s) | Reply::StatusWithRetryAfter(s, _) | Reply::StatusWithBody(s, _) => {
                 Some(*s)
             }
@@ -73,6 +86,8 @@ pub struct Recorded {
     pub raw_len: usize,
     /// How the server answered.
     pub reply: Reply,
+    /// `entry[].resource.id` of the entries the server accepted.
+    pub accepted_ids: Vec<String>,
 }
 
 impl Recorded {
@@ -99,6 +114,7 @@ struct State {
     max_body: usize,
     requests: Vec<Recorded>,
     accepted_events: usize,
+    tokens: u64,
 }
 
 #[derive(Debug)]
@@ -136,6 +152,7 @@ impl Arr {
                 max_body: DEFAULT_MAX_BODY,
                 requests: Vec::new(),
                 accepted_events: 0,
+                tokens: 0,
             }),
             changed: Condvar::new(),
         });
@@ -206,11 +223,13 @@ impl Arr {
             .collect()
     }
 
-    /// `entry[].resource.id` of the accepted Bundles, in order.
+    /// `entry[].resource.id` of the accepted entries, in order.
     pub fn accepted_event_ids(&self) -> Vec<String> {
-        self.accepted_bundles()
+        self.shared
+            .lock()
+            .requests
             .iter()
-            .flat_map(|b| event_ids(b).into_iter())
+            .flat_map(|r| r.accepted_ids.iter().cloned())
             .collect()
     }
 
@@ -325,7 +344,14 @@ async fn connection(mut stream: TcpStream, shared: Arc<Shared>) {
             }
         };
         if len > max_body {
-            record(&shared, &head, Vec::new(), len, Reply::Status(413));
+            record(
+                &shared,
+                &head,
+                Vec::new(),
+                len,
+                Reply::Status(413),
+                Vec::new(),
+            );
             let _ = respond(&mut stream, 413, &outcome("too large"), None, true).await;
             return;
         }
@@ -348,7 +374,14 @@ async fn connection(mut stream: TcpStream, shared: Arc<Shared>) {
                 .read_to_end(&mut out)
                 .is_err()
             {
-                record(&shared, &head, raw.clone(), len, Reply::Status(400));
+                record(
+                    &shared,
+                    &head,
+                    raw.clone(),
+                    len,
+                    Reply::Status(400),
+                    Vec::new(),
+                );
                 let _ = respond(&mut stream, 400, &outcome("bad gzip"), None, true).await;
                 return;
             }
@@ -361,32 +394,21 @@ async fn connection(mut stream: TcpStream, shared: Arc<Shared>) {
         } else {
             next_reply(&shared)
         };
-        let response_body = match &reply {
-            Reply::Ok => ok_body(&body),
-            Reply::StatusWithBody(_, b) => b.clone(),
-            Reply::Status(s) | Reply::StatusWithRetryAfter(s, _) => {
-                outcome(&format!("scripted status {s}"))
-            }
-            Reply::Hang | Reply::CloseConnection => String::new(),
-        };
-        record(&shared, &head, body, len, reply.clone());
+        let (reply, response_body, accepted) = resolve(&shared, reply, &body);
+        record(&shared, &head, body, len, reply.clone(), accepted);
         let close = head.close || reply == Reply::Status(413);
         match reply {
             Reply::Hang => {
                 std::future::pending::<()>().await;
             }
             Reply::CloseConnection => return,
-            Reply::StatusWithRetryAfter(s, ref ra) => {
-                if respond(&mut stream, s, &response_body, Some(ra), close)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            Reply::Ok | Reply::Status(_) | Reply::StatusWithBody(..) => {
-                let s = reply.status().unwrap_or(200);
-                if respond(&mut stream, s, &response_body, None, close)
+            ref r => {
+                let ra = match r {
+                    Reply::StatusWithRetryAfter(_, ra) => Some(ra.as_str()),
+                    _ => None,
+                };
+                let s = r.status().unwrap_or(200);
+                if respond(&mut stream, s, &response_body, ra, close)
                     .await
                     .is_err()
                 {
@@ -411,7 +433,94 @@ fn next_reply(shared: &Shared) -> Reply {
     s.default.clone()
 }
 
-fn record(shared: &Shared, head: &Head, body: Vec<u8>, raw_len: usize, reply: Reply) {
+/// The reply as sent (content-dependent replies made concrete), its body, and the ids of the
+/// entries it accepts.
+fn resolve(shared: &Shared, reply: Reply, request: &[u8]) -> (Reply, String, Vec<String>) {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(request).ok();
+    let all_ids = || parsed.as_ref().map(event_ids).unwrap_or_default();
+    match reply {
+        Reply::Ok => (Reply::Ok, ok_body(request), all_ids()),
+        Reply::RejectEntries(status, needle) => {
+            let poison: Vec<String> = parsed
+                .as_ref()
+                .and_then(|b| b["entry"].as_array())
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .filter(|e| e["resource"].to_string().contains(&needle))
+                        .map(|e| e["resource"]["id"].as_str().unwrap_or("?").to_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if poison.is_empty() {
+                (Reply::Ok, ok_body(request), all_ids())
+            } else {
+                let body = outcome(&format!("rejected entries: {}", poison.join(", ")));
+                (
+                    Reply::StatusWithBody(status, body.clone()),
+                    body,
+                    Vec::new(),
+                )
+            }
+        }
+        Reply::EntryStatuses(statuses) => {
+            let entries = parsed
+                .as_ref()
+                .and_then(|b| b["entry"].as_array().cloned())
+                .unwrap_or_default();
+            let mut accepted = Vec::new();
+            let mut out = Vec::new();
+            for (i, e) in entries.iter().enumerate() {
+                let st = statuses.get(i).copied().unwrap_or(201);
+                let mut resp = serde_json::json!({"status": format!("{st} {}", reason(st))});
+                if (200..300).contains(&st) {
+                    if let Some(id) = e["resource"]["id"].as_str() {
+                        accepted.push(id.to_owned());
+                    }
+                } else {
+                    resp["outcome"] = serde_json::from_str(&outcome(&format!("entry {i}: {st}")))
+                        .unwrap_or_default();
+                }
+                out.push(serde_json::json!({ "response": resp }));
+            }
+            let body = serde_json::json!({
+                "resourceType": "Bundle",
+                "type": "batch-response",
+                "entry": out
+            })
+            .to_string();
+            (Reply::EntryStatuses(statuses), body, accepted)
+        }
+        Reply::Token(expires_in) => {
+            let n = {
+                let mut s = shared.lock();
+                s.tokens += 1;
+                s.tokens
+            };
+            let body = serde_json::json!({
+                "access_token": format!("tok-{n}"),
+                "token_type": "Bearer",
+                "expires_in": expires_in
+            })
+            .to_string();
+            (Reply::Token(expires_in), body, Vec::new())
+        }
+        Reply::StatusWithBody(s, b) => (Reply::StatusWithBody(s, b.clone()), b, Vec::new()),
+        r @ (Reply::Status(s) | Reply::StatusWithRetryAfter(s, _)) => {
+            (r, outcome(&format!("scripted status {s}")), Vec::new())
+        }
+        r @ (Reply::Hang | Reply::CloseConnection) => (r, String::new(), Vec::new()),
+    }
+}
+
+fn record(
+    shared: &Shared,
+    head: &Head,
+    body: Vec<u8>,
+    raw_len: usize,
+    reply: Reply,
+    accepted_ids: Vec<String>,
+) {
     let r = Recorded {
         time: Instant::now(),
         method: head.method.clone(),
@@ -420,11 +529,10 @@ fn record(shared: &Shared, head: &Head, body: Vec<u8>, raw_len: usize, reply: Re
         body,
         raw_len,
         reply,
+        accepted_ids,
     };
     let mut s = shared.lock();
-    if r.reply.is_success() {
-        s.accepted_events += r.json().map_or(0, |b| event_ids(&b).len());
-    }
+    s.accepted_events += r.accepted_ids.len();
     s.requests.push(r);
     drop(s);
     shared.changed.notify_all();
