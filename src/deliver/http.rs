@@ -27,12 +27,14 @@ use crate::batch::Batch;
 use crate::config::{AuthType, BundleType, Compression, OutputConfig};
 use crate::decode::Stamp;
 use crate::events;
+use crate::metrics::Health;
 use crate::shutdown::Shutdown;
 use base64::Engine;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// The FHIR JSON media type.
@@ -203,9 +205,22 @@ pub struct HttpOutput {
     initial_backoff: Duration,
     max_backoff: Duration,
     dead_letters: DeadLetters,
+    /// Told about every attempt's outcome, for `/health`.
+    health: Option<Arc<Health>>,
 }
 
 impl HttpOutput {
+    /// Report delivery successes, failures and configuration-error pauses to `health`.
+    pub fn set_health(&mut self, health: Arc<Health>) {
+        self.health = Some(health);
+    }
+
+    fn report(&self, f: impl FnOnce(&Health)) {
+        if let Some(h) = &self.health {
+            f(h);
+        }
+    }
+
     /// Build the client from `[output]`; dead letters go under `state_dir`.
     pub fn new(o: &OutputConfig, state_dir: &Path) -> Result<HttpOutput, DeliverError> {
         let setup = DeliverError::Setup;
@@ -317,6 +332,7 @@ impl HttpOutput {
             initial_backoff: o.retry.initial_backoff.0,
             max_backoff: o.retry.max_backoff.0,
             dead_letters: DeadLetters::new(state_dir),
+            health: None,
         })
     }
 
@@ -395,6 +411,7 @@ impl HttpOutput {
                     body: response,
                 } => match classify(status) {
                     Class::Accepted => {
+                        self.report(Health::delivery_ok);
                         events::bundle_sent(&id, events_n, &self.target);
                         return Ok(Sent::Accepted);
                     }
@@ -416,6 +433,7 @@ impl HttpOutput {
                         );
                         // Pick up credentials fixed by the operator meanwhile.
                         self.auth.reload();
+                        self.report(|h| h.set_paused(Some(format!("HTTP {status}"))));
                         (
                             format!("HTTP {status}: configuration error"),
                             self.max_backoff,
@@ -424,6 +442,8 @@ impl HttpOutput {
                     }
                     Class::TooLarge if can_split => return Ok(Sent::TooLarge),
                     Class::TooLarge | Class::Rejected => {
+                        // The ARR works; it refused this content only.
+                        self.report(Health::delivery_ok);
                         let path = self
                             .dead_letters
                             .write(&id, &json, status, &response, &self.target)
@@ -445,6 +465,9 @@ impl HttpOutput {
                             error = %reason,
                             "TLS verification failed: check output.tls; the data is kept and retried"
                         );
+                        self.report(|h| {
+                            h.set_paused(Some(format!("TLS verification failed: {reason}")));
+                        });
                         (reason, self.max_backoff, None)
                     } else {
                         (reason, backoff.next_delay(), None)
@@ -452,6 +475,7 @@ impl HttpOutput {
                 }
             };
             let wait = floor.map_or(wait, |f| wait.max(f));
+            self.report(|h| h.delivery_failed(&reason));
             events::retry(
                 &id,
                 &self.target,
