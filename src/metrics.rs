@@ -436,9 +436,9 @@ pub async fn serve(
     health: Arc<Health>,
     shutdown: Shutdown,
 ) -> std::io::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
-    let listener = TcpListener::bind(listen).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("metrics.listen {listen:?}: {e}"))
-    })?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("metrics.listen {listen:?}: {e}")))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "metrics and health endpoint listening");
     let task = tokio::spawn(accept_loop(listener, health, shutdown));

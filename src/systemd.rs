@@ -45,7 +45,11 @@ pub fn watchdog_ping() {
 
 /// `sd_watchdog_enabled` rules: a positive `WATCHDOG_USEC`, and `WATCHDOG_PID`, when set,
 /// equal to our PID (a child started by the service must not ping on its behalf).
-fn watchdog_from(usec: Option<&str>, pid: Option<&str>, my_pid: u32) -> Option<std::time::Duration> {
+fn watchdog_from(
+    usec: Option<&str>,
+    pid: Option<&str>,
+    my_pid: u32,
+) -> Option<std::time::Duration> {
     let usec: u64 = usec?.trim().parse().ok()?;
     if usec == 0 {
         return None;

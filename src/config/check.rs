@@ -1034,7 +1034,10 @@ ca_file = "/nonexistent/ca.pem"
                 .any(|g| g.starts_with("c.toml:4:30: metrics.delivery_failure_threshold:")),
             "{got:?}"
         );
-        let got = check_text("c.toml", "[metrics]\nlisten = \"127.0.0.1:9464\"\nspool_threshold = \"90%\"\n");
+        let got = check_text(
+            "c.toml",
+            "[metrics]\nlisten = \"127.0.0.1:9464\"\nspool_threshold = \"90%\"\n",
+        );
         assert!(
             got.iter()
                 .any(|g| g.contains("metrics.spool_threshold: expected a number between 0 and 1")),
