@@ -55,8 +55,12 @@ fn unit_has_the_directives_the_spec_asks_for() {
     ] {
         assert!(lines.contains(&d), "missing {d:?}");
     }
-    let check = lines.iter().position(|l| l.starts_with("ExecReload=/usr/bin"));
-    let hup = lines.iter().position(|l| l.starts_with("ExecReload=/bin/kill"));
+    let check = lines
+        .iter()
+        .position(|l| l.starts_with("ExecReload=/usr/bin"));
+    let hup = lines
+        .iter()
+        .position(|l| l.starts_with("ExecReload=/bin/kill"));
     assert!(check < hup, "the config is checked before SIGHUP");
 }
 
