@@ -10,7 +10,7 @@
 //! | 2xx | accepted |
 //! | transport error, timeout, 408, 429, 5xx (not 501) | retry, exponential backoff with full jitter |
 //! | 401 | re-read the credential files and retry at once; if it persists, as 403 |
-//! | 403, 404, 405, 501, 3xx, TLS verification failure | configuration error: log, wait `max_backoff`, retry |
+//! | 403, 404, 405, 501, 3xx, TLS certificate rejected (either side) | configuration error: log, wait `max_backoff`, retry |
 //! | 413 | split the Bundle in halves, each delivered in order; a single event is dead-lettered |
 //! | other 4xx (400, 422, …) | dead letter |
 //!
@@ -463,10 +463,11 @@ impl HttpOutput {
                         tracing::error!(
                             target = %self.target,
                             error = %reason,
-                            "TLS verification failed: check output.tls; the data is kept and retried"
+                            "TLS certificate rejected (ours or the ARR's): check output.tls; \
+                             the data is kept and retried"
                         );
                         self.report(|h| {
-                            h.set_paused(Some(format!("TLS verification failed: {reason}")));
+                            h.set_paused(Some(format!("TLS certificate rejected: {reason}")));
                         });
                         (reason, self.max_backoff, None)
                     } else {
@@ -553,10 +554,28 @@ fn transport(e: reqwest::Error, timeout: Duration) -> Attempt {
         reason.push_str(&s.to_string());
         source = s.source();
     }
-    // rustls says "invalid peer certificate: …" when verification fails; that will not heal
-    // by itself, so it is paced like a configuration error.
-    let config = reason.contains("invalid peer certificate");
+    let config = tls_config_error(&reason);
     Attempt::Transport { reason, config }
+}
+
+/// A TLS failure that will not heal by itself, so it is paced like a configuration error:
+/// we rejected the ARR's certificate (rustls: "invalid peer certificate: …"), or the ARR
+/// rejected ours or its absence (mTLS; a fatal alert naming the certificate).
+fn tls_config_error(reason: &str) -> bool {
+    const CERT_ALERTS: &[&str] = &[
+        "CertificateRequired",
+        "BadCertificate",
+        "UnknownCA",
+        "CertificateUnknown",
+        "CertificateExpired",
+        "CertificateRevoked",
+        "UnsupportedCertificate",
+    ];
+    reason.contains("invalid peer certificate")
+        || reason
+            .split("received fatal alert: ")
+            .skip(1)
+            .any(|rest| CERT_ALERTS.iter().any(|a| rest.starts_with(a)))
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -597,6 +616,24 @@ mod tests {
 
     fn output(o: &OutputConfig, state: &Path) -> HttpOutput {
         HttpOutput::new(o, state).unwrap()
+    }
+
+    #[test]
+    fn tls_certificate_failures_are_configuration_errors() {
+        assert!(tls_config_error(
+            "error sending request: client error (Connect): invalid peer certificate: UnknownIssuer"
+        ));
+        assert!(tls_config_error(
+            "error sending request: client error (SendRequest): connection error: \
+             received fatal alert: CertificateRequired"
+        ));
+        assert!(tls_config_error("received fatal alert: UnknownCA"));
+        assert!(!tls_config_error(
+            "error sending request: connection error: received fatal alert: InternalError"
+        ));
+        assert!(!tls_config_error(
+            "error sending request: connection refused"
+        ));
     }
 
     #[test]
