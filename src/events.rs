@@ -29,12 +29,50 @@ pub struct Counters {
     pub syslog_dropped: AtomicU64,
     /// Syslog TCP/TLS connections refused at `max_connections`.
     pub syslog_connections_refused: AtomicU64,
-    /// Lines no parser matched, by `source/parser-list`.
-    unmatched: Mutex<BTreeMap<String, u64>>,
+    /// Lines no parser matched, by (source, parser list tried; empty when not told).
+    unmatched: Mutex<BTreeMap<(String, String), u64>>,
     /// Events by pattern name.
     by_pattern: Mutex<BTreeMap<String, u64>>,
     /// Events that did not claim a BALP profile for want of an element, by `profile: reason`.
     downgrades: Mutex<BTreeMap<String, u64>>,
+    /// Seconds from handing a Bundle to the output until it was accepted.
+    latency: Mutex<Histogram>,
+}
+
+/// Upper bounds (seconds) of the delivery latency histogram buckets. Fixed so that series
+/// stay comparable across versions; the span covers a fast local ARR up to an hour-long outage.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0, 3600.0,
+];
+
+/// A Prometheus-style histogram with the fixed [`LATENCY_BUCKETS`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative), in [`LATENCY_BUCKETS`] order; the last slot
+    /// holds those above the largest bound.
+    pub buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of all observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl Histogram {
+    /// Record one observation (negative or NaN values count as 0).
+    pub fn observe(&mut self, value: f64) {
+        let v = if value.is_finite() && value > 0.0 {
+            value
+        } else {
+            0.0
+        };
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
 }
 
 /// The process-wide counters.
@@ -52,6 +90,14 @@ fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str, n: u64) {
 impl Counters {
     /// Unmatched lines per source.
     pub fn unmatched(&self) -> BTreeMap<String, u64> {
+        let mut by_source = BTreeMap::new();
+        for ((source, _), n) in self.unmatched_by_parsers() {
+            *by_source.entry(source).or_default() += n;
+        }
+        by_source
+    }
+    /// Unmatched lines per (source, comma-separated parser list tried; empty when unknown).
+    pub fn unmatched_by_parsers(&self) -> BTreeMap<(String, String), u64> {
         self.unmatched.lock().map(|m| m.clone()).unwrap_or_default()
     }
     /// Profile downgrades per `profile: reason`.
@@ -60,6 +106,10 @@ impl Counters {
             .lock()
             .map(|m| m.clone())
             .unwrap_or_default()
+    }
+    /// The delivery latency histogram so far.
+    pub fn delivery_latency(&self) -> Histogram {
+        self.latency.lock().map(|h| h.clone()).unwrap_or_default()
     }
     /// Events per pattern.
     pub fn by_pattern(&self) -> BTreeMap<String, u64> {
@@ -100,8 +150,24 @@ pub fn invalid_utf8(stream: &str, offset: u64) {
 
 /// No parser matched a line.
 pub fn unmatched(source: &str) {
-    bump(&counters().unmatched, source, 1);
-    tracing::trace!(source, "line matched no parser");
+    unmatched_by(source, "");
+}
+
+/// No parser of `parsers` (the source's list, comma-separated, e.g. `"sshd,sudo"`) matched
+/// a line: counted per source and parser list for `/metrics` (SPEC §5).
+pub fn unmatched_by(source: &str, parsers: &str) {
+    if let Ok(mut m) = counters().unmatched.lock() {
+        *m.entry((source.to_owned(), parsers.to_owned()))
+            .or_default() += 1;
+    }
+    tracing::trace!(source, parsers, "line matched no parser");
+}
+
+/// The output accepted a Bundle `seconds` after it was handed over (retries included).
+pub fn delivery_latency(seconds: f64) {
+    if let Ok(mut h) = counters().latency.lock() {
+        h.observe(seconds);
+    }
 }
 
 /// An event was produced.

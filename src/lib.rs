@@ -17,6 +17,8 @@
 //! * [`balp`] maps that onto FHIR R4 AuditEvents that follow the BALP profiles.
 //! * [`batch`] groups events into FHIR Bundles by count, size and time.
 //! * [`deliver`] writes Bundles to a directory, stdout, or POSTs them to the ARR with retry.
+//! * [`metrics`] serves `/metrics` (Prometheus text) and `/health` from [`events`] counters
+//!   and the shared [`metrics::Health`].
 //! * [`pipeline`] wires the stages together: read positions advance only after the output
 //!   has accepted every event read before them.
 
@@ -26,6 +28,7 @@ pub mod config;
 pub mod decode;
 pub mod deliver;
 pub mod events;
+pub mod metrics;
 pub mod parse;
 pub mod pipeline;
 pub mod shutdown;

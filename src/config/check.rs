@@ -107,6 +107,8 @@ enum Ty {
     PositiveInt,
     Duration,
     Size,
+    /// A number in (0, 1].
+    Fraction,
     Enum(&'static [&'static str]),
     StrList,
     StrOrList,
@@ -242,7 +244,11 @@ const SPOOL: &[Field] = &[
     opt("max_bytes", Ty::Size),
     opt("when_full", Ty::Enum(&["block"])),
 ];
-const METRICS: &[Field] = &[req("listen", Ty::Str)];
+const METRICS: &[Field] = &[
+    req("listen", Ty::Str),
+    opt("spool_threshold", Ty::Fraction),
+    opt("delivery_failure_threshold", Ty::Duration),
+];
 
 type Table<'i> = DeTable<'i>;
 type Value<'i> = Spanned<DeValue<'i>>;
@@ -387,6 +393,21 @@ impl Checker {
                 }
                 _ => self.report(&span, path, expected("a size like \"64KiB\"")),
             },
+            Ty::Fraction => {
+                let n = match val {
+                    DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+                    DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                        .ok()
+                        .map(|n| n as f64),
+                    _ => {
+                        self.report(&span, path, expected("a number between 0 and 1"));
+                        return;
+                    }
+                };
+                if !n.is_some_and(|n| n > 0.0 && n <= 1.0) {
+                    self.report(&span, path, "must be greater than 0 and at most 1");
+                }
+            }
             Ty::Enum(allowed) => match val.as_str() {
                 Some(s) if allowed.contains(&s) => {}
                 Some(s) => self.report(
@@ -902,6 +923,8 @@ when_full = "block"
 
 [metrics]
 listen = "127.0.0.1:9464"
+spool_threshold = 0.9
+delivery_failure_threshold = "5m"
 "#,
             state = dir.join("state").display()
         )
@@ -991,6 +1014,42 @@ ca_file = "/nonexistent/ca.pem"
             );
         }
         assert_eq!(got.len(), expect.len(), "{}", got.join("\n"));
+    }
+
+    #[test]
+    fn metrics_thresholds_are_checked_and_default() {
+        let got = check_text(
+            "c.toml",
+            "[metrics]\nlisten = \"127.0.0.1:9464\"\nspool_threshold = 1.5\n\
+             delivery_failure_threshold = \"soon\"\n",
+        );
+        assert!(
+            got.iter().any(|g| g.starts_with(
+                "c.toml:3:19: metrics.spool_threshold: must be greater than 0 and at most 1"
+            )),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("c.toml:4:30: metrics.delivery_failure_threshold:")),
+            "{got:?}"
+        );
+        let got = check_text(
+            "c.toml",
+            "[metrics]\nlisten = \"127.0.0.1:9464\"\nspool_threshold = \"90%\"\n",
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.contains("metrics.spool_threshold: expected a number between 0 and 1")),
+            "{got:?}"
+        );
+        let m: crate::config::MetricsConfig =
+            toml::from_str("listen = \"127.0.0.1:9464\"").unwrap();
+        assert_eq!(m.spool_threshold, 0.9);
+        assert_eq!(
+            m.delivery_failure_threshold.0,
+            std::time::Duration::from_secs(300)
+        );
     }
 
     #[test]

@@ -538,6 +538,31 @@ fn default_spool_max() -> ByteSize {
 pub struct MetricsConfig {
     /// `host:port` to serve `/metrics` and `/health` on.
     pub listen: String,
+    /// `/health` turns unhealthy when the spool is fuller than this fraction of `max_bytes`.
+    #[serde(default = "default_spool_threshold")]
+    pub spool_threshold: f64,
+    /// `/health` turns unhealthy when delivery has been failing for longer than this.
+    #[serde(default = "default_delivery_failure_threshold")]
+    pub delivery_failure_threshold: ConfigDuration,
+}
+
+fn default_spool_threshold() -> f64 {
+    0.9
+}
+
+fn default_delivery_failure_threshold() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(300))
+}
+
+impl MetricsConfig {
+    /// A config listening on `listen` with the default thresholds.
+    pub fn new(listen: impl Into<String>) -> MetricsConfig {
+        MetricsConfig {
+            listen: listen.into(),
+            spool_threshold: default_spool_threshold(),
+            delivery_failure_threshold: default_delivery_failure_threshold(),
+        }
+    }
 }
 
 /// A config that could not be loaded: every problem found, each already formatted as

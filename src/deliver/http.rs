@@ -51,11 +51,13 @@ use super::{DeliverError, Delivery, OutputStatus};
 use crate::batch::Batch;
 use crate::config::{AuthType, BundleType, Compression, OutputConfig};
 use crate::events;
+use crate::metrics::Health;
 use crate::shutdown::Shutdown;
 use base64::Engine;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// The FHIR JSON media type.
@@ -364,9 +366,22 @@ pub struct HttpOutput {
     status: OutputStatus,
     /// When the pause alert was last logged, and for what.
     last_alert: Option<(Instant, String)>,
+    /// Told about every attempt's outcome, for `/health`.
+    health: Option<Arc<Health>>,
 }
 
 impl HttpOutput {
+    /// Report delivery successes, failures and configuration-error pauses to `health`.
+    pub fn set_health(&mut self, health: Arc<Health>) {
+        self.health = Some(health);
+    }
+
+    fn report(&self, f: impl FnOnce(&Health)) {
+        if let Some(h) = &self.health {
+            f(h);
+        }
+    }
+
     /// Build the client from `[output]`; dead letters go under `state_dir`.
     pub fn new(o: &OutputConfig, state_dir: &Path) -> Result<HttpOutput, DeliverError> {
         let setup = DeliverError::Setup;
@@ -480,6 +495,7 @@ impl HttpOutput {
             dead_letters: DeadLetters::new(state_dir),
             status: OutputStatus::default(),
             last_alert: None,
+            health: None,
         })
     }
 
@@ -634,10 +650,13 @@ impl HttpOutput {
             );
             self.last_alert = Some((now, reason.clone()));
         }
+        self.report(|h| h.set_paused(Some(reason.clone())));
         self.status.set_paused(Some(reason));
     }
 
+    /// The ARR answered as it should (accepted, or refused only the content).
     fn resume(&mut self) {
+        self.report(Health::delivery_ok);
         if self.status.paused_reason().is_some() {
             tracing::info!(target = %self.target, "delivery to the ARR resumed");
             self.status.set_paused(None);
@@ -716,6 +735,8 @@ impl HttpOutput {
                         return Ok(Sent::Split { status });
                     }
                     Class::TooLarge | Class::Rejected => {
+                        // The ARR works; it refused this content only.
+                        self.report(Health::delivery_ok);
                         let path = self
                             .dead_letters
                             .write(&id, &json, status, &response, &self.target)
@@ -732,11 +753,9 @@ impl HttpOutput {
                 },
                 Attempt::Transport { reason, config } => {
                     if config {
-                        if reason.contains("invalid peer certificate") {
-                            self.pause(format!(
-                                "TLS verification failed: check output.tls ({reason})"
-                            ));
-                        }
+                        self.pause(format!(
+                            "TLS certificate rejected (ours or the ARR's): check output.tls ({reason})"
+                        ));
                         (reason, self.max_backoff, None)
                     } else {
                         (reason, backoff.next_delay(), None)
@@ -744,6 +763,7 @@ impl HttpOutput {
                 }
             };
             let wait = floor.map_or(wait, |f| wait.max(f));
+            self.report(|h| h.delivery_failed(&reason));
             events::retry(
                 &id,
                 &self.target,
@@ -819,7 +839,7 @@ fn transport(e: reqwest::Error, timeout: Duration) -> Attempt {
     let reason = error_chain(&e);
     // rustls says "invalid peer certificate: …" when verification fails; that will not heal
     // by itself, so it is paced like a configuration error.
-    let config = reason.contains("invalid peer certificate");
+    let config = tls_config_error(&reason);
     Attempt::Transport { reason, config }
 }
 
@@ -833,6 +853,26 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     reason
+}
+
+/// A TLS failure that will not heal by itself, so it is paced like a configuration error:
+/// we rejected the ARR's certificate (rustls: "invalid peer certificate: …"), or the ARR
+/// rejected ours or its absence (mTLS; a fatal alert naming the certificate).
+fn tls_config_error(reason: &str) -> bool {
+    const CERT_ALERTS: &[&str] = &[
+        "CertificateRequired",
+        "BadCertificate",
+        "UnknownCA",
+        "CertificateUnknown",
+        "CertificateExpired",
+        "CertificateRevoked",
+        "UnsupportedCertificate",
+    ];
+    reason.contains("invalid peer certificate")
+        || reason
+            .split("received fatal alert: ")
+            .skip(1)
+            .any(|rest| CERT_ALERTS.iter().any(|a| rest.starts_with(a)))
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -873,6 +913,24 @@ mod tests {
 
     fn output(o: &OutputConfig, state: &Path) -> HttpOutput {
         HttpOutput::new(o, state).unwrap()
+    }
+
+    #[test]
+    fn tls_certificate_failures_are_configuration_errors() {
+        assert!(tls_config_error(
+            "error sending request: client error (Connect): invalid peer certificate: UnknownIssuer"
+        ));
+        assert!(tls_config_error(
+            "error sending request: client error (SendRequest): connection error: \
+             received fatal alert: CertificateRequired"
+        ));
+        assert!(tls_config_error("received fatal alert: UnknownCA"));
+        assert!(!tls_config_error(
+            "error sending request: connection error: received fatal alert: InternalError"
+        ));
+        assert!(!tls_config_error(
+            "error sending request: connection refused"
+        ));
     }
 
     #[test]

@@ -164,6 +164,14 @@ impl Output {
         }
     }
 
+    /// Report delivery outcomes to `health` (`/health`, `/metrics`). Only the HTTP output
+    /// can fail without failing for good, so the others ignore it.
+    pub fn set_health(&mut self, health: std::sync::Arc<crate::metrics::Health>) {
+        if let Output::Http(out) = self {
+            out.set_health(health);
+        }
+    }
+
     /// Deliver one batch (see the module doc for when this returns).
     pub async fn deliver(
         &mut self,
@@ -173,6 +181,19 @@ impl Output {
         if batch.events.is_empty() {
             return Ok(Delivery::Accepted);
         }
+        let started = std::time::Instant::now();
+        let settled = self.deliver_events(batch, shutdown).await?;
+        if settled != Delivery::Interrupted {
+            crate::events::delivery_latency(started.elapsed().as_secs_f64());
+        }
+        Ok(settled)
+    }
+
+    async fn deliver_events(
+        &mut self,
+        batch: &Batch,
+        shutdown: &Shutdown,
+    ) -> Result<Delivery, DeliverError> {
         match self {
             Output::Directory { out, bundle_type } => {
                 let id = batch.id().to_string();
