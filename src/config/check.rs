@@ -138,7 +138,15 @@ const fn req(name: &'static str, ty: Ty) -> Field {
 }
 
 const SOURCE_TYPES: &[&str] = &["file", "syslog", "journald"];
-const DECODERS: &[&str] = &["syslog", "raw", "json"];
+const DECODERS: &[&str] = &[
+    "syslog",
+    "raw",
+    "json",
+    "postgres",
+    "postgres_csv",
+    "postgres_json",
+];
+const MULTILINE: &[&str] = &["none", "indented", "csv"];
 
 const ROOT: &[Field] = &[
     opt("agent", Ty::Table(AGENT)),
@@ -168,6 +176,8 @@ const SOURCE: &[Field] = &[
     opt("read_from", Ty::Enum(&["beginning", "end"])),
     opt("decode", Ty::Enum(DECODERS)),
     opt("parsers", Ty::StrList),
+    opt("multiline", Ty::Enum(MULTILINE)),
+    opt("log_line_prefix", Ty::Str),
     opt("max_line_bytes", Ty::Size),
     opt("timezone", Ty::Str),
     opt("fhir_base", Ty::StrOrList),
@@ -188,6 +198,7 @@ const PARSER: &[Field] = &[
     opt("description", Ty::Str),
     opt("programs", Ty::StrList),
     opt("decode", Ty::Enum(DECODERS)),
+    opt("multiline", Ty::Enum(MULTILINE)),
     opt("rules", Ty::TableArray(RULE)),
     opt("samples", Ty::TableArray(SAMPLE)),
 ];
@@ -602,6 +613,8 @@ impl Checker {
                 );
             }
             let decode = get_str(t, "decode").map_or("syslog", |(d, _)| d);
+            let multiline = get_str(t, "multiline").map_or("none", |(m, _)| m);
+            self.check_postgres_source(t, &tspan, &p, decode, multiline);
             let names = str_list(t, "parsers");
             if names.is_empty() && get(t, "parsers").is_none() {
                 self.report(&tspan, p.clone(), "a source needs `parsers` (preset or [[parsers]] names); without them it emits nothing");
@@ -626,17 +639,62 @@ impl Checker {
                     }
                     Some(spec) => {
                         if let Some(want) = spec.decode.as_deref()
-                            && want != decode
+                            && !decode_fits(want, decode)
+                        {
+                            self.report(
+                                span,
+                                kp.clone(),
+                                format!("parser {name:?} is written for decode = {want:?} but this source uses decode = {decode:?}"),
+                            );
+                        }
+                        if let Some(want) = spec.multiline.as_deref()
+                            && want != multiline
                         {
                             self.report(
                                 span,
                                 kp,
-                                format!("parser {name:?} is written for decode = {want:?} but this source uses decode = {decode:?}"),
+                                format!("parser {name:?} is written for multiline = {want:?} but this source uses multiline = {multiline:?}"),
                             );
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// PostgreSQL decoders: the prefix translates, and records spanning lines are joined the
+    /// way the destination writes them (else statements arrive cut into pieces).
+    fn check_postgres_source(
+        &mut self,
+        t: &Table<'_>,
+        tspan: &Range<usize>,
+        p: &str,
+        decode: &str,
+        multiline: &str,
+    ) {
+        if let Some((prefix, span)) = get_str(t, "log_line_prefix") {
+            if decode != "postgres" {
+                self.report(
+                    &span,
+                    format!("{p}.log_line_prefix"),
+                    format!("only used with decode = \"postgres\" (this source uses decode = {decode:?})"),
+                );
+            } else if let Err(e) = crate::decode::postgres::prefix_regex(prefix) {
+                self.report(&span, format!("{p}.log_line_prefix"), e);
+            }
+        }
+        let want = match decode {
+            "postgres" => "indented",
+            "postgres_csv" => "csv",
+            _ => return,
+        };
+        if multiline != want {
+            let span = get_str(t, "multiline").map_or(tspan.clone(), |(_, s)| s);
+            self.report(
+                &span,
+                format!("{p}.multiline"),
+                format!("decode = {decode:?} needs multiline = {want:?} (PostgreSQL continues records over several lines); this source has multiline = {multiline:?}"),
+            );
         }
     }
 
@@ -838,6 +896,12 @@ fn probe_writable_dir(dir: &Path) -> Result<(), String> {
             }
         )),
     }
+}
+
+/// Whether a parser written for decoder `want` reads lines of decoder `have`: equal, or the
+/// PostgreSQL family (`postgres` presets read all three PostgreSQL destinations).
+fn decode_fits(want: &str, have: &str) -> bool {
+    want == have || (want == "postgres" && have.starts_with("postgres_"))
 }
 
 #[cfg(test)]

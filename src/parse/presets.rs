@@ -22,6 +22,12 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../../presets/fhir_access_json.toml"),
     ),
     ("json_app", include_str!("../../presets/json_app.toml")),
+    ("postgres", include_str!("../../presets/postgres.toml")),
+    ("pgaudit", include_str!("../../presets/pgaudit.toml")),
+    (
+        "mariadb_audit",
+        include_str!("../../presets/mariadb_audit.toml"),
+    ),
 ];
 
 /// Every preset, parsed once.
@@ -79,6 +85,13 @@ mod tests {
         match spec.decode.as_deref() {
             Some("syslog") => Decoder::Syslog(SyslogDecoder::new(TimeZone::UTC)),
             Some("json") => Decoder::Json,
+            Some("postgres") => Decoder::Postgres(
+                crate::decode::postgres::PostgresDecoder::stderr(
+                    crate::decode::postgres::DEFAULT_LOG_LINE_PREFIX,
+                    TimeZone::UTC,
+                )
+                .unwrap(),
+            ),
             _ => Decoder::Raw,
         }
     }
