@@ -1058,6 +1058,59 @@ ca_file = "/nonexistent/ca.pem"
     }
 
     #[test]
+    fn postgres_sources_need_their_multiline_mode_and_a_valid_prefix() {
+        let text = r#"
+[[sources]]
+name = "pg"
+type = "file"
+include = ["/var/log/postgresql/*.log"]
+decode = "postgres"
+log_line_prefix = "%m [%p] %Z "
+parsers = ["postgres", "pgaudit"]
+
+[[sources]]
+name = "pgcsv"
+type = "file"
+include = ["/var/log/postgresql/*.csv"]
+decode = "postgres_csv"
+multiline = "indented"
+parsers = ["pgaudit", "sshd"]
+
+[[sources]]
+name = "pgjson"
+type = "file"
+include = ["/var/log/postgresql/*.json"]
+decode = "postgres_json"
+log_line_prefix = "%m "
+parsers = ["pgaudit", "mine"]
+
+[[parsers]]
+name = "mine"
+multiline = "csv"
+[[parsers.rules]]
+regex = 'x'
+pattern = "none"
+"#;
+        let got = check_text("c.toml", text);
+        let expect = [
+            "c.toml:7:19: sources[0].log_line_prefix: log_line_prefix \"%m [%p] %Z \": unsupported escape %Z",
+            "c.toml:2:1: sources[0].multiline: decode = \"postgres\" needs multiline = \"indented\"",
+            "c.toml:15:13: sources[1].multiline: decode = \"postgres_csv\" needs multiline = \"csv\"",
+            "c.toml:16:23: sources[1].parsers[1]: parser \"sshd\" is written for decode = \"syslog\" but this source uses decode = \"postgres_csv\"",
+            "c.toml:23:19: sources[2].log_line_prefix: only used with decode = \"postgres\"",
+            "c.toml:24:23: sources[2].parsers[1]: parser \"mine\" is written for multiline = \"csv\" but this source uses multiline = \"none\"",
+        ];
+        for e in expect {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in\n{}",
+                got.join("\n")
+            );
+        }
+        assert_eq!(got.len(), expect.len(), "{}", got.join("\n"));
+    }
+
+    #[test]
     fn syslog_sources_need_a_valid_listen_and_tls_files() {
         let text = r#"
 [[sources]]
