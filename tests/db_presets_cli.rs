@@ -118,7 +118,10 @@ fn postgres_destinations_give_the_same_events_through_the_cli() {
         got.retain(|(kind, _), _| !kind.starts_with("other/"));
         assert!(other == 0 || other == 9, "{file}: {other} database events");
         assert_eq!(got, expect, "{file}");
-        assert!(stderr.contains(&format!("lines read: {lines}\n")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("lines read: {lines}\n")),
+            "{stderr}"
+        );
         assert!(stderr.contains(&format!("): {records}\n")), "{stderr}");
         assert!(stderr.contains("malformed (decoder): 0\n"), "{stderr}");
     }

@@ -88,7 +88,8 @@ impl PostgresDecoder {
     /// stderr format with this `log_line_prefix`; errors name the unsupported escape.
     pub fn stderr(log_line_prefix: &str, tz: TimeZone) -> Result<PostgresDecoder, String> {
         let re = prefix_regex(log_line_prefix)?;
-        let re = Regex::new(&re).map_err(|e| format!("log_line_prefix {log_line_prefix:?}: {e}"))?;
+        let re =
+            Regex::new(&re).map_err(|e| format!("log_line_prefix {log_line_prefix:?}: {e}"))?;
         Ok(PostgresDecoder {
             format: PgFormat::Stderr(re),
             tz,
@@ -298,7 +299,10 @@ pub fn prefix_regex(prefix: &str) -> Result<String, String> {
             continue;
         }
         // Padding (`%-10u`) changes widths only; values are still separated by the literals.
-        while chars.peek().is_some_and(|c| *c == '-' || c.is_ascii_digit()) {
+        while chars
+            .peek()
+            .is_some_and(|c| *c == '-' || c.is_ascii_digit())
+        {
             chars.next();
         }
         let Some(e) = chars.next() else {
@@ -358,10 +362,9 @@ pub fn parse_pg_time(s: &str, tz: &TimeZone) -> Option<Stamp> {
     let s = s.trim();
     let (wall, zone) = match s.get(19..) {
         Some(rest) => {
-            let frac_len = if rest.starts_with('.') {
-                1 + rest[1..].bytes().take_while(u8::is_ascii_digit).count()
-            } else {
-                0
+            let frac_len = match rest.strip_prefix('.') {
+                Some(frac) => 1 + frac.bytes().take_while(u8::is_ascii_digit).count(),
+                None => 0,
             };
             (&s[..19 + frac_len], rest[frac_len..].trim())
         }
@@ -441,7 +444,10 @@ mod tests {
         let d = PostgresDecoder::stderr(DEFAULT_LOG_LINE_PREFIX, berlin()).unwrap();
         let x = d.decode("2026-11-25 16:21:15.423 CET [20012] fhir_app@fhir LOG:  connection authorized: user=fhir_app database=fhir");
         assert!(!x.malformed);
-        assert_eq!(x.message, "connection authorized: user=fhir_app database=fhir");
+        assert_eq!(
+            x.message,
+            "connection authorized: user=fhir_app database=fhir"
+        );
         assert_eq!(s(&x, "user"), Some("fhir_app"));
         assert_eq!(s(&x, "dbname"), Some("fhir"));
         assert_eq!(s(&x, "error_severity"), Some("LOG"));
@@ -500,7 +506,10 @@ mod tests {
         assert_eq!(s(&x, "remote_host"), Some("::1"));
         assert_eq!(s(&x, "remote_port"), Some("44976"));
         assert_eq!(s(&x, "application_name"), Some("fhir-server"));
-        assert_eq!(a(&x, "statement"), Some("SELECT p.family\n  FROM patient p"));
+        assert_eq!(
+            a(&x, "statement"),
+            Some("SELECT p.family\n  FROM patient p")
+        );
         assert_eq!(
             x.time.unwrap().to_instant(),
             "2026-11-25T16:21:15.468+01:00"
@@ -514,7 +523,10 @@ mod tests {
         let x = PostgresDecoder::json(berlin()).decode(r#"{"timestamp":"2026-11-25 16:21:16.457 CET","user":"postgres","dbname":"fhir","pid":20146,"remote_host":"[local]","error_severity":"LOG","message":"connection authorized: user=postgres database=fhir"}"#);
         assert_eq!(s(&x, "remote_host"), None);
         assert_eq!(x.pid.as_deref(), Some("20146"));
-        assert_eq!(x.message, "connection authorized: user=postgres database=fhir");
+        assert_eq!(
+            x.message,
+            "connection authorized: user=postgres database=fhir"
+        );
     }
 
     #[test]
@@ -522,7 +534,10 @@ mod tests {
         let tz = berlin();
         let t = |s: &str| parse_pg_time(s, &tz).unwrap().to_instant();
         assert_eq!(t("2026-07-01 10:00:00 CEST"), "2026-07-01T10:00:00+02:00");
-        assert_eq!(t("2026-07-01 10:00:00.5 UTC"), "2026-07-01T10:00:00.500+00:00");
+        assert_eq!(
+            t("2026-07-01 10:00:00.5 UTC"),
+            "2026-07-01T10:00:00.500+00:00"
+        );
         assert_eq!(t("2026-07-01 10:00:00 -03"), "2026-07-01T10:00:00-03:00");
         assert_eq!(t("2026-07-01 10:00:00 +0530"), "2026-07-01T10:00:00+05:30");
         assert_eq!(t("2026-07-01 10:00:00"), "2026-07-01T10:00:00+02:00");

@@ -577,7 +577,9 @@ mod tests {
     }
 
     /// (parser, pattern, outcome, subtype, user) → count.
-    fn db_counts(outcomes: &[LineOutcome]) -> BTreeMap<(String, String, String, String, String), usize> {
+    fn db_counts(
+        outcomes: &[LineOutcome],
+    ) -> BTreeMap<(String, String, String, String, String), usize> {
         let mut m = BTreeMap::new();
         for e in events(outcomes) {
             let g = |f| e.fields.get(f).unwrap_or("-").to_owned();
@@ -593,7 +595,13 @@ mod tests {
         m
     }
 
-    fn k5(p: &str, pat: &str, o: &str, st: &str, u: &str) -> (String, String, String, String, String) {
+    fn k5(
+        p: &str,
+        pat: &str,
+        o: &str,
+        st: &str,
+        u: &str,
+    ) -> (String, String, String, String, String) {
         (p.into(), pat.into(), o.into(), st.into(), u.into())
     }
 
@@ -667,9 +675,18 @@ mod tests {
             (k5("postgres", "login", "4", "-", "mallory"), 2),
             (k5("postgres", "logout", "-", "-", "postgres"), 6),
             (k5("postgres", "logout", "-", "-", "fhir_app"), 3),
-            (k5("pgaudit", "security-alert", "-", "110129", "postgres"), 3),
-            (k5("pgaudit", "security-alert", "-", "110129", "fhir_app"), 5),
-            (k5("pgaudit", "security-alert", "-", "110136", "postgres"), 3),
+            (
+                k5("pgaudit", "security-alert", "-", "110129", "postgres"),
+                3,
+            ),
+            (
+                k5("pgaudit", "security-alert", "-", "110129", "fhir_app"),
+                5,
+            ),
+            (
+                k5("pgaudit", "security-alert", "-", "110136", "postgres"),
+                3,
+            ),
             (k5("pgaudit", "database", "-", "-", "fhir_app"), 9),
         ]
         .into();
@@ -684,7 +701,10 @@ mod tests {
             assert_eq!(db_counts(out), expect, "{name}");
             assert_eq!(unmatched(out), unmatched_n, "{name}");
             let mut commands = BTreeMap::new();
-            for e in events(out).iter().filter(|e| e.pattern == crate::parse::Pattern::Database) {
+            for e in events(out)
+                .iter()
+                .filter(|e| e.pattern == crate::parse::Pattern::Database)
+            {
                 *commands
                     .entry((
                         e.fields.get(FieldName::Command).unwrap(),
@@ -782,9 +802,18 @@ mod tests {
             (k5("mariadb_audit", "logout", "-", "-", "root"), 2),
             (k5("mariadb_audit", "logout", "-", "-", "fhir_app"), 3),
             (k5("mariadb_audit", "logout", "-", "-", "mallory"), 1),
-            (k5("mariadb_audit", "security-alert", "0", "110129", "root"), 1),
-            (k5("mariadb_audit", "security-alert", "0", "110129", "fhir_app"), 1),
-            (k5("mariadb_audit", "security-alert", "0", "110136", "root"), 6),
+            (
+                k5("mariadb_audit", "security-alert", "0", "110129", "root"),
+                1,
+            ),
+            (
+                k5("mariadb_audit", "security-alert", "0", "110129", "fhir_app"),
+                1,
+            ),
+            (
+                k5("mariadb_audit", "security-alert", "0", "110136", "root"),
+                6,
+            ),
             (k5("mariadb_audit", "database", "0", "-", "fhir_app"), 5),
             (k5("mariadb_audit", "database", "4", "-", "fhir_app"), 1),
         ]
@@ -799,12 +828,16 @@ mod tests {
             .map(|e| e.fields.get(FieldName::Command).unwrap())
             .collect();
         commands.sort_unstable();
-        assert_eq!(commands, ["DELETE", "INSERT", "SELECT", "SELECT", "SELECT", "UPDATE"]);
+        assert_eq!(
+            commands,
+            ["DELETE", "INSERT", "SELECT", "SELECT", "SELECT", "UPDATE"]
+        );
         assert!(ev.iter().any(|e| e.fields.get(FieldName::Statement)
             == Some("SELECT family,\n       given\n  FROM patient\n WHERE id = '123'")));
-        assert!(ev
-            .iter()
-            .all(|e| e.time.unwrap().to_instant() == "2026-11-25T15:21:39+00:00"));
+        assert!(
+            ev.iter()
+                .all(|e| e.time.unwrap().to_instant() == "2026-11-25T15:21:39+00:00")
+        );
         // grep server_audit.syslog.log (8 lines): SET GLOBAL x2 (root, 110129), CONNECT 1
         // (root), FAILED_CONNECT 2 (fhir_app), DISCONNECT 3 (root 1, fhir_app 2).
         let out = run_joined(
@@ -819,13 +852,19 @@ mod tests {
             (k5("mariadb_audit", "login", "4", "-", "fhir_app"), 2),
             (k5("mariadb_audit", "logout", "-", "-", "root"), 1),
             (k5("mariadb_audit", "logout", "-", "-", "fhir_app"), 2),
-            (k5("mariadb_audit", "security-alert", "0", "110129", "root"), 2),
+            (
+                k5("mariadb_audit", "security-alert", "0", "110129", "root"),
+                2,
+            ),
         ]
         .into();
         assert_eq!(db_counts(&out), expect);
         assert_eq!(unmatched(&out), 0);
-        assert!(events(&out)
-            .iter()
-            .all(|e| e.time.unwrap().to_instant().starts_with("2026-11-25T15:24:33.")));
+        assert!(events(&out).iter().all(|e| {
+            e.time
+                .unwrap()
+                .to_instant()
+                .starts_with("2026-11-25T15:24:33.")
+        }));
     }
 }
