@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use balp_agent::config::{self, Config};
+use balp_agent::decode::multiline::{self, Joiner};
 use balp_agent::parse::presets;
 use balp_agent::pipeline::{self, RunOptions, SourceProcessor};
 use balp_agent::shutdown;
@@ -250,7 +251,10 @@ fn cmd_test(
     let mut offset = 0u64;
     let mut truncated = 0u64;
     let mut invalid = 0u64;
+    let mut physical = 0u64;
     let now = jiff::Timestamp::now();
+    // Records spanning lines are joined as `run` joins them; the last one is flushed at EOF.
+    let mut joiner = Joiner::new(src.multiline, max, multiline::DEFAULT_MAX_LINES);
     loop {
         buf.clear();
         let n = reader
@@ -261,6 +265,7 @@ fn cmd_test(
         }
         let start = offset;
         offset += n as u64;
+        physical += 1;
         if buf.last() == Some(&b'\n') {
             buf.pop();
         }
@@ -283,15 +288,26 @@ fn cmd_test(
             text,
             flags,
         };
-        for record in processor.process(&line, now) {
+        for logical in joiner.push(line) {
+            for record in processor.process(&logical, now) {
+                writeln!(out, "{}", record.json)?;
+            }
+        }
+    }
+    if let Some(logical) = joiner.flush() {
+        for record in processor.process(&logical, now) {
             writeln!(out, "{}", record.json)?;
         }
     }
     out.flush()?;
     let s = &processor.stats;
     eprintln!(
-        "lines read: {}\nevents: {}\nunmatched: {}\nmalformed (decoder): {}\ntruncated: {truncated}\ninvalid utf-8: {invalid}",
-        s.lines, s.events, s.unmatched, s.malformed
+        "lines read: {physical}\nrecords (multiline = {}): {}\nevents: {}\nunmatched: {}\nmalformed (decoder): {}\ntruncated: {truncated}\ninvalid utf-8: {invalid}",
+        src.multiline.as_str(),
+        s.lines,
+        s.events,
+        s.unmatched,
+        s.malformed
     );
     for name in processor.parser_names() {
         let n = processor.stats.matched.get(&name).copied().unwrap_or(0);

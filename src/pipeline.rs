@@ -21,9 +21,8 @@
 
 use crate::balp::{self, EventRecord, LineRef, MapContext};
 use crate::batch::{Batch, BatchPolicy};
-use crate::config::{Config, DecodeKind, SourceConfig, SourceType};
+use crate::config::{Config, SourceConfig, SourceType};
 use crate::decode::Decoder;
-use crate::decode::syslog::SyslogDecoder;
 use crate::deliver::{DeliverError, Delivery, Output};
 use crate::events;
 use crate::parse::engine::{LineOutcome, ParserSet};
@@ -118,11 +117,7 @@ impl SourceProcessor {
     /// Build the stages for `source`.
     pub fn build(config: &Config, source: &SourceConfig) -> Result<SourceProcessor, Vec<String>> {
         let tz = source_zone(source).map_err(|e| vec![e])?;
-        let decoder = match source.decode {
-            DecodeKind::Syslog => Decoder::Syslog(SyslogDecoder::new(tz.clone())),
-            DecodeKind::Raw => Decoder::Raw,
-            DecodeKind::Json => Decoder::Json,
-        };
+        let decoder = Decoder::for_source(source, &tz).map_err(|e| vec![e])?;
         let parsers = ParserSet::build(&source.parsers, &config.parsers).map_err(|problems| {
             problems
                 .into_iter()

@@ -140,7 +140,15 @@ const fn req(name: &'static str, ty: Ty) -> Field {
 }
 
 const SOURCE_TYPES: &[&str] = &["file", "syslog", "journald"];
-const DECODERS: &[&str] = &["syslog", "raw", "json"];
+const DECODERS: &[&str] = &[
+    "syslog",
+    "raw",
+    "json",
+    "postgres",
+    "postgres_csv",
+    "postgres_json",
+];
+const MULTILINE: &[&str] = &["none", "indented", "csv"];
 
 const ROOT: &[Field] = &[
     opt("agent", Ty::Table(AGENT)),
@@ -170,6 +178,8 @@ const SOURCE: &[Field] = &[
     opt("read_from", Ty::Enum(&["beginning", "end"])),
     opt("decode", Ty::Enum(DECODERS)),
     opt("parsers", Ty::StrList),
+    opt("multiline", Ty::Enum(MULTILINE)),
+    opt("log_line_prefix", Ty::Str),
     opt("max_line_bytes", Ty::Size),
     opt("timezone", Ty::Str),
     opt("fhir_base", Ty::StrOrList),
@@ -190,6 +200,7 @@ const PARSER: &[Field] = &[
     opt("description", Ty::Str),
     opt("programs", Ty::StrList),
     opt("decode", Ty::Enum(DECODERS)),
+    opt("multiline", Ty::Enum(MULTILINE)),
     opt("rules", Ty::TableArray(RULE)),
     opt("samples", Ty::TableArray(SAMPLE)),
 ];
@@ -623,6 +634,8 @@ impl Checker {
                 );
             }
             let decode = get_str(t, "decode").map_or("syslog", |(d, _)| d);
+            let multiline = get_str(t, "multiline").map_or("none", |(m, _)| m);
+            self.check_postgres_source(t, &tspan, &p, decode, multiline);
             let names = str_list(t, "parsers");
             if names.is_empty() && get(t, "parsers").is_none() {
                 self.report(&tspan, p.clone(), "a source needs `parsers` (preset or [[parsers]] names); without them it emits nothing");
@@ -647,17 +660,62 @@ impl Checker {
                     }
                     Some(spec) => {
                         if let Some(want) = spec.decode.as_deref()
-                            && want != decode
+                            && !decode_fits(want, decode)
+                        {
+                            self.report(
+                                span,
+                                kp.clone(),
+                                format!("parser {name:?} is written for decode = {want:?} but this source uses decode = {decode:?}"),
+                            );
+                        }
+                        if let Some(want) = spec.multiline.as_deref()
+                            && want != multiline
                         {
                             self.report(
                                 span,
                                 kp,
-                                format!("parser {name:?} is written for decode = {want:?} but this source uses decode = {decode:?}"),
+                                format!("parser {name:?} is written for multiline = {want:?} but this source uses multiline = {multiline:?}"),
                             );
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// PostgreSQL decoders: the prefix translates, and records spanning lines are joined the
+    /// way the destination writes them (else statements arrive cut into pieces).
+    fn check_postgres_source(
+        &mut self,
+        t: &Table<'_>,
+        tspan: &Range<usize>,
+        p: &str,
+        decode: &str,
+        multiline: &str,
+    ) {
+        if let Some((prefix, span)) = get_str(t, "log_line_prefix") {
+            if decode != "postgres" {
+                self.report(
+                    &span,
+                    format!("{p}.log_line_prefix"),
+                    format!("only used with decode = \"postgres\" (this source uses decode = {decode:?})"),
+                );
+            } else if let Err(e) = crate::decode::postgres::prefix_regex(prefix) {
+                self.report(&span, format!("{p}.log_line_prefix"), e);
+            }
+        }
+        let want = match decode {
+            "postgres" => "indented",
+            "postgres_csv" => "csv",
+            _ => return,
+        };
+        if multiline != want {
+            let span = get_str(t, "multiline").map_or(tspan.clone(), |(_, s)| s);
+            self.report(
+                &span,
+                format!("{p}.multiline"),
+                format!("decode = {decode:?} needs multiline = {want:?} (PostgreSQL continues records over several lines); this source has multiline = {multiline:?}"),
+            );
         }
     }
 
@@ -861,6 +919,12 @@ fn probe_writable_dir(dir: &Path) -> Result<(), String> {
     }
 }
 
+/// Whether a parser written for decoder `want` reads lines of decoder `have`: equal, or the
+/// PostgreSQL family (`postgres` presets read all three PostgreSQL destinations).
+fn decode_fits(want: &str, have: &str) -> bool {
+    want == have || (want == "postgres" && have.starts_with("postgres_"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1050,6 +1114,59 @@ ca_file = "/nonexistent/ca.pem"
             m.delivery_failure_threshold.0,
             std::time::Duration::from_secs(300)
         );
+    }
+
+    #[test]
+    fn postgres_sources_need_their_multiline_mode_and_a_valid_prefix() {
+        let text = r#"
+[[sources]]
+name = "pg"
+type = "file"
+include = ["/var/log/postgresql/*.log"]
+decode = "postgres"
+log_line_prefix = "%m [%p] %Z "
+parsers = ["postgres", "pgaudit"]
+
+[[sources]]
+name = "pgcsv"
+type = "file"
+include = ["/var/log/postgresql/*.csv"]
+decode = "postgres_csv"
+multiline = "indented"
+parsers = ["pgaudit", "sshd"]
+
+[[sources]]
+name = "pgjson"
+type = "file"
+include = ["/var/log/postgresql/*.json"]
+decode = "postgres_json"
+log_line_prefix = "%m "
+parsers = ["pgaudit", "mine"]
+
+[[parsers]]
+name = "mine"
+multiline = "csv"
+[[parsers.rules]]
+regex = 'x'
+pattern = "none"
+"#;
+        let got = check_text("c.toml", text);
+        let expect = [
+            "c.toml:7:19: sources[0].log_line_prefix: log_line_prefix \"%m [%p] %Z \": unsupported escape %Z",
+            "c.toml:2:1: sources[0].multiline: decode = \"postgres\" needs multiline = \"indented\"",
+            "c.toml:15:13: sources[1].multiline: decode = \"postgres_csv\" needs multiline = \"csv\"",
+            "c.toml:16:23: sources[1].parsers[1]: parser \"sshd\" is written for decode = \"syslog\" but this source uses decode = \"postgres_csv\"",
+            "c.toml:23:19: sources[2].log_line_prefix: only used with decode = \"postgres\"",
+            "c.toml:24:23: sources[2].parsers[1]: parser \"mine\" is written for multiline = \"csv\" but this source uses multiline = \"none\"",
+        ];
+        for e in expect {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in\n{}",
+                got.join("\n")
+            );
+        }
+        assert_eq!(got.len(), expect.len(), "{}", got.join("\n"));
     }
 
     #[test]

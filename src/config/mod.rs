@@ -156,6 +156,28 @@ pub enum DecodeKind {
     Raw,
     /// One JSON object per line.
     Json,
+    /// PostgreSQL stderr / logging_collector files (`log_line_prefix` says how lines start).
+    Postgres,
+    /// PostgreSQL csvlog (use with `multiline = "csv"`).
+    #[serde(rename = "postgres_csv")]
+    PostgresCsv,
+    /// PostgreSQL jsonlog.
+    #[serde(rename = "postgres_json")]
+    PostgresJson,
+}
+
+impl DecodeKind {
+    /// The name used in TOML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeKind::Syslog => "syslog",
+            DecodeKind::Raw => "raw",
+            DecodeKind::Json => "json",
+            DecodeKind::Postgres => "postgres",
+            DecodeKind::PostgresCsv => "postgres_csv",
+            DecodeKind::PostgresJson => "postgres_json",
+        }
+    }
 }
 
 /// A string or a list of strings.
@@ -202,6 +224,12 @@ pub struct SourceConfig {
     /// Preset names and/or `[[parsers]]` names, tried in order.
     #[serde(default)]
     pub parsers: Vec<String>,
+    /// How physical lines join into records (`none`, `indented`, `csv`).
+    #[serde(default)]
+    pub multiline: crate::decode::multiline::Multiline,
+    /// `decode = "postgres"`: PostgreSQL's `log_line_prefix` (default `%m [%p] %q%u@%d `).
+    #[serde(default)]
+    pub log_line_prefix: Option<String>,
     /// Lines longer than this are cut and flagged.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: ByteSize,

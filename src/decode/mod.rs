@@ -5,11 +5,17 @@
 //!   traditional form documented on [`syslog`].
 //! * `raw`: the whole line is the message; the parser finds its own time.
 //! * `json`: the line is one JSON object; parsers select fields by path.
+//! * `postgres`, `postgres_csv`, `postgres_json`: PostgreSQL's stderr, csvlog and jsonlog
+//!   destinations, all decoded to one shape ([`postgres`]).
+//!
+//! Records spanning several lines are joined before decoding by [`multiline`].
 //!
 //! A line that does not fit its decoder is not lost: it becomes a message without header, the
 //! parsers still see it, and the failure is counted.
 
 pub mod json;
+pub mod multiline;
+pub mod postgres;
 pub mod raw;
 pub mod syslog;
 
@@ -103,6 +109,8 @@ pub enum Decoder {
     Raw,
     /// One JSON object per line.
     Json,
+    /// PostgreSQL stderr, csvlog or jsonlog.
+    Postgres(postgres::PostgresDecoder),
 }
 
 impl Decoder {
@@ -112,6 +120,37 @@ impl Decoder {
             Decoder::Syslog(d) => d.decode(text, now),
             Decoder::Raw => raw::decode(text),
             Decoder::Json => json::decode(text),
+            Decoder::Postgres(d) => d.decode(text),
         }
+    }
+
+    /// The decoder a source's settings ask for; `tz` is the source's zone. Errors name the
+    /// source and key.
+    pub fn for_source(
+        source: &crate::config::SourceConfig,
+        tz: &TimeZone,
+    ) -> Result<Decoder, String> {
+        use crate::config::DecodeKind;
+        Ok(match source.decode {
+            DecodeKind::Syslog => Decoder::Syslog(syslog::SyslogDecoder::new(tz.clone())),
+            DecodeKind::Raw => Decoder::Raw,
+            DecodeKind::Json => Decoder::Json,
+            DecodeKind::Postgres => Decoder::Postgres(
+                postgres::PostgresDecoder::stderr(
+                    source
+                        .log_line_prefix
+                        .as_deref()
+                        .unwrap_or(postgres::DEFAULT_LOG_LINE_PREFIX),
+                    tz.clone(),
+                )
+                .map_err(|e| format!("sources.{}.log_line_prefix: {e}", source.name))?,
+            ),
+            DecodeKind::PostgresCsv => {
+                Decoder::Postgres(postgres::PostgresDecoder::csv(tz.clone()))
+            }
+            DecodeKind::PostgresJson => {
+                Decoder::Postgres(postgres::PostgresDecoder::json(tz.clone()))
+            }
+        })
     }
 }

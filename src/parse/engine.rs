@@ -173,8 +173,19 @@ enum TimeFormat {
     Strftime(String),
 }
 
+/// A transformation of a variable's value: `{name:filter}`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Filter {
+    /// Remove SQL/CSV quoting: `'…'` with backslash escapes and doubled `''` (MySQL/MariaDB),
+    /// or `"…"` with doubled `""` (CSV); unquoted values pass unchanged.
+    Unquote,
+    /// Upper-case.
+    Upper,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Var {
+    Filtered(Box<Var>, Filter),
     Capture(usize),
     Json(Vec<String>),
     Host,
@@ -233,13 +244,30 @@ pub(crate) fn compile_parser_located(
             message: "must not be empty".into(),
         });
     }
+    const DECODERS: &[&str] = &[
+        "syslog",
+        "raw",
+        "json",
+        "postgres",
+        "postgres_csv",
+        "postgres_json",
+    ];
     if let Some(d) = &spec.decode
-        && !["syslog", "raw", "json"].contains(&d.as_str())
+        && !DECODERS.contains(&d.as_str())
     {
         problems.push(SpecProblem {
             rule: None,
             key: vec!["decode".into()],
-            message: format!("unknown decoder {d:?} (allowed: syslog, raw, json)"),
+            message: format!("unknown decoder {d:?} (allowed: {})", DECODERS.join(", ")),
+        });
+    }
+    if let Some(m) = &spec.multiline
+        && !["none", "indented", "csv"].contains(&m.as_str())
+    {
+        problems.push(SpecProblem {
+            rule: None,
+            key: vec!["multiline".into()],
+            message: format!("unknown multiline mode {m:?} (allowed: none, indented, csv)"),
         });
     }
     if spec.rules.is_empty() {
@@ -366,7 +394,7 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(Vec<String>, String)>
         .chain(time_template.iter())
         .any(|t| {
             t.pieces.iter().any(|p| match p {
-                Piece::Vars(vs) => vs.iter().any(|v| matches!(v, Var::Capture(_))),
+                Piece::Vars(vs) => vs.iter().any(uses_capture),
                 Piece::Literal(_) => false,
             })
         });
@@ -378,6 +406,14 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(Vec<String>, String)>
         fields,
         needs_captures,
     })
+}
+
+fn uses_capture(v: &Var) -> bool {
+    match v {
+        Var::Capture(_) => true,
+        Var::Filtered(inner, _) => uses_capture(inner),
+        _ => false,
+    }
 }
 
 pub(crate) fn quote_key(k: &str) -> String {
@@ -487,6 +523,19 @@ fn parse_template(t: &str, captures: Option<&[Option<&str>]>) -> Result<Template
 }
 
 fn parse_var(name: &str, captures: Option<&[Option<&str>]>, t: &str) -> Result<Var, String> {
+    if let Some((inner, filter)) = name.rsplit_once(':') {
+        let filter = match filter.trim() {
+            "unquote" => Filter::Unquote,
+            "upper" => Filter::Upper,
+            other => {
+                return Err(format!(
+                    "template {t:?}: unknown filter {other:?} (allowed: unquote, upper)"
+                ));
+            }
+        };
+        let var = parse_var(inner.trim(), captures, t)?;
+        return Ok(Var::Filtered(Box::new(var), filter));
+    }
     if name.starts_with('$') {
         return parse_json_path(name)
             .map(Var::Json)
@@ -630,7 +679,43 @@ fn var_value<'a>(v: &Var, ctx: &Ctx<'a>) -> Option<Cow<'a, str>> {
         Var::Host => ctx.decoded.host.as_deref().map(Cow::Borrowed),
         Var::Program => ctx.decoded.program.as_deref().map(Cow::Borrowed),
         Var::Pid => ctx.decoded.pid.as_deref().map(Cow::Borrowed),
+        Var::Filtered(inner, filter) => {
+            let v = var_value(inner, ctx)?;
+            Some(Cow::Owned(match filter {
+                Filter::Unquote => unquote(&v),
+                Filter::Upper => v.to_uppercase(),
+            }))
+        }
     }
+}
+
+/// `'a\'b''c\n'` → `a'b'c` + newline; `"a""b"` → `a"b`; anything else unchanged.
+fn unquote(v: &str) -> String {
+    let quote = match v.as_bytes() {
+        [q @ (b'\'' | b'"'), .., last] if last == q && v.len() >= 2 => *q as char,
+        _ => return v.to_owned(),
+    };
+    let body = &v[1..v.len() - 1];
+    let mut out = String::with_capacity(body.len());
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quote == '\'' => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some('t') => out.push('\t'),
+                Some('0') => out.push('\0'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            },
+            c if c == quote && chars.peek() == Some(&quote) => {
+                chars.next();
+                out.push(quote);
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn json_lookup<'a>(
@@ -731,6 +816,48 @@ mod tests {
         assert_eq!(e.fields.get(FieldName::User), Some("bob"));
         assert_eq!(e.fields.get(FieldName::Resource), Some("Patient/1"));
         assert_eq!(e.fields.get(FieldName::Description), Some("{x} bob"));
+    }
+
+    #[test]
+    fn filters_unquote_sql_and_csv_and_upper_case() {
+        let p = compile_parser(&spec(
+            r#"
+            [[parsers]]
+            name = "f"
+            [[parsers.rules]]
+            regex = '^(?P<q>.*?)\|(?P<c>.*?)\|(?P<w>\w+)$'
+            pattern = "database"
+            fields = { statement = "{q:unquote}", description = "{c:unquote}", command = "{w:upper}" }
+            "#,
+        ))
+        .unwrap();
+        let e = p
+            .parse(
+                &raw(r#"'UPDATE p SET f = \'O\'\'Brien, "Jr"\'\nWHERE 1'|"a ""b"", c"|select"#),
+                &TimeZone::UTC,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            e.fields.get(FieldName::Statement),
+            Some("UPDATE p SET f = 'O''Brien, \"Jr\"'\nWHERE 1")
+        );
+        assert_eq!(e.fields.get(FieldName::Description), Some("a \"b\", c"));
+        assert_eq!(e.fields.get(FieldName::Command), Some("SELECT"));
+        assert_eq!(unquote("plain"), "plain");
+        assert_eq!(unquote("'"), "'");
+        let err = compile_parser(&spec(
+            r#"
+            [[parsers]]
+            name = "f"
+            [[parsers.rules]]
+            regex = '(?P<a>x)'
+            pattern = "read"
+            fields = { user = "{a:lower}" }
+            "#,
+        ))
+        .unwrap_err();
+        assert!(err[0].contains("unknown filter \"lower\""), "{err:?}");
     }
 
     #[test]

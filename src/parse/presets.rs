@@ -22,6 +22,12 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../../presets/fhir_access_json.toml"),
     ),
     ("json_app", include_str!("../../presets/json_app.toml")),
+    ("postgres", include_str!("../../presets/postgres.toml")),
+    ("pgaudit", include_str!("../../presets/pgaudit.toml")),
+    (
+        "mariadb_audit",
+        include_str!("../../presets/mariadb_audit.toml"),
+    ),
 ];
 
 /// Every preset, parsed once.
@@ -79,6 +85,13 @@ mod tests {
         match spec.decode.as_deref() {
             Some("syslog") => Decoder::Syslog(SyslogDecoder::new(TimeZone::UTC)),
             Some("json") => Decoder::Json,
+            Some("postgres") => Decoder::Postgres(
+                crate::decode::postgres::PostgresDecoder::stderr(
+                    crate::decode::postgres::DEFAULT_LOG_LINE_PREFIX,
+                    TimeZone::UTC,
+                )
+                .unwrap(),
+            ),
             _ => Decoder::Raw,
         }
     }
@@ -519,5 +532,339 @@ mod tests {
             .filter(|e| e.fields.get(FieldName::User) == Some("dr.smith"))
             .count();
         assert_eq!(users, 9);
+    }
+
+    /// Physical lines of a corpus file joined as `multiline` says, decoded with `dec`, parsed
+    /// with `presets` in the given zone.
+    fn run_joined(
+        presets: &[&str],
+        path: &str,
+        dec: &Decoder,
+        multiline: crate::decode::multiline::Multiline,
+        tz: &TimeZone,
+    ) -> Vec<LineOutcome> {
+        use crate::decode::multiline::Joiner;
+        use crate::source::{LineFlags, LogLine, StreamId};
+        let names: Vec<String> = presets.iter().map(|p| (*p).to_owned()).collect();
+        let set = ParserSet::build(&names, &[]).unwrap();
+        let full = format!("{}/../shared/corpus/{path}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(full).unwrap();
+        let stream = std::sync::Arc::new(StreamId {
+            source: "t".into(),
+            key: "k".into(),
+            path: path.into(),
+        });
+        let mut joiner = Joiner::new(multiline, 1 << 20, 1000);
+        let mut records = Vec::new();
+        let mut off = 0u64;
+        for l in text.split_inclusive('\n') {
+            let end = off + l.len() as u64;
+            records.extend(joiner.push(LogLine {
+                stream: stream.clone(),
+                offset: off,
+                end,
+                text: l.trim_end_matches('\n').to_owned(),
+                flags: LineFlags::default(),
+            }));
+            off = end;
+        }
+        records.extend(joiner.flush());
+        assert_eq!(records.last().unwrap().end, text.len() as u64);
+        records
+            .iter()
+            .map(|r| set.parse(&dec.decode(&r.text, now()), tz))
+            .collect()
+    }
+
+    /// (parser, pattern, outcome, subtype, user) → count.
+    fn db_counts(
+        outcomes: &[LineOutcome],
+    ) -> BTreeMap<(String, String, String, String, String), usize> {
+        let mut m = BTreeMap::new();
+        for e in events(outcomes) {
+            let g = |f| e.fields.get(f).unwrap_or("-").to_owned();
+            let key = (
+                e.parser.to_string(),
+                e.pattern.as_str().to_owned(),
+                g(FieldName::Outcome),
+                g(FieldName::Subtype),
+                g(FieldName::User),
+            );
+            *m.entry(key).or_insert(0) += 1;
+        }
+        m
+    }
+
+    fn k5(
+        p: &str,
+        pat: &str,
+        o: &str,
+        st: &str,
+        u: &str,
+    ) -> (String, String, String, String, String) {
+        (p.into(), pat.into(), o.into(), st.into(), u.into())
+    }
+
+    fn unmatched(outcomes: &[LineOutcome]) -> usize {
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, LineOutcome::Unmatched))
+            .count()
+    }
+
+    /// The three PostgreSQL destinations of the generated corpus, decoded as a source would.
+    fn pg_destinations() -> Vec<(&'static str, Vec<LineOutcome>)> {
+        use crate::decode::multiline::Multiline;
+        use crate::decode::postgres::{DEFAULT_LOG_LINE_PREFIX, PostgresDecoder};
+        let tz = TimeZone::get("Europe/Berlin").unwrap();
+        let dir = "generated/postgresql15-pgaudit";
+        let presets = ["postgres", "pgaudit"];
+        vec![
+            (
+                "stderr",
+                run_joined(
+                    &presets,
+                    &format!("{dir}/postgresql.log"),
+                    &Decoder::Postgres(
+                        PostgresDecoder::stderr(DEFAULT_LOG_LINE_PREFIX, tz.clone()).unwrap(),
+                    ),
+                    Multiline::Indented,
+                    &tz,
+                ),
+            ),
+            (
+                "csvlog",
+                run_joined(
+                    &presets,
+                    &format!("{dir}/postgresql.csv"),
+                    &Decoder::Postgres(PostgresDecoder::csv(tz.clone())),
+                    Multiline::Csv,
+                    &tz,
+                ),
+            ),
+            (
+                "jsonlog",
+                run_joined(
+                    &presets,
+                    &format!("{dir}/postgresql.json"),
+                    &Decoder::Postgres(PostgresDecoder::json(tz.clone())),
+                    Multiline::None,
+                    &tz,
+                ),
+            ),
+        ]
+    }
+
+    #[test]
+    fn postgres_and_pgaudit_counts_on_all_three_destinations() {
+        // grep postgresql.log (the csv/json files hold the same records):
+        // "connection authorized": 10 (postgres 6: pids 19706 19764 19834 19969 20002 20146;
+        //   fhir_app 4: 20012 20086 20108 20134) -> login 0.
+        // "password authentication failed": 4 (fhir_app 20036 20045, mallory 20070 20073:
+        //   libpq's SSL then non-SSL attempt) -> login 4.
+        // "disconnection:": 9 (postgres 6, fhir_app 3; 20086 died with "database does not
+        //   exist" and logged none).
+        // "AUDIT:" lines: 21 = DDL 8 (postgres: CREATE EXTENSION x2, CREATE DATABASE;
+        //   fhir_app: CREATE TABLE x2, CREATE INDEX x2, ALTER TABLE) -> 110129;
+        //   ROLE 3 (postgres: CREATE ROLE, ALTER ROLE, GRANT) -> 110136;
+        //   READ/WRITE 10 (fhir_app) of which 1 PREPARE -> 9 database events.
+        let expect: BTreeMap<_, usize> = [
+            (k5("postgres", "login", "0", "-", "postgres"), 6),
+            (k5("postgres", "login", "0", "-", "fhir_app"), 4),
+            (k5("postgres", "login", "4", "-", "fhir_app"), 2),
+            (k5("postgres", "login", "4", "-", "mallory"), 2),
+            (k5("postgres", "logout", "-", "-", "postgres"), 6),
+            (k5("postgres", "logout", "-", "-", "fhir_app"), 3),
+            (
+                k5("pgaudit", "security-alert", "-", "110129", "postgres"),
+                3,
+            ),
+            (
+                k5("pgaudit", "security-alert", "-", "110129", "fhir_app"),
+                5,
+            ),
+            (
+                k5("pgaudit", "security-alert", "-", "110136", "postgres"),
+                3,
+            ),
+            (k5("pgaudit", "database", "-", "-", "fhir_app"), 9),
+        ]
+        .into();
+        // Unmatched: 6 startup lines, FATAL database "nosuchdb" does not exist, ERROR relation
+        // "patient_missing" does not exist; stderr also has the ERROR's STATEMENT record
+        // (csvlog/jsonlog keep it in a column). DETAIL records of the 4 failures are claimed
+        // (nothing) in stderr; csvlog/jsonlog keep them in the `detail` column.
+        for ((name, out), (records, unmatched_n)) in
+            pg_destinations().iter().zip([(82, 9), (77, 8), (77, 8)])
+        {
+            assert_eq!(out.len(), records, "{name}");
+            assert_eq!(db_counts(out), expect, "{name}");
+            assert_eq!(unmatched(out), unmatched_n, "{name}");
+            let mut commands = BTreeMap::new();
+            for e in events(out)
+                .iter()
+                .filter(|e| e.pattern == crate::parse::Pattern::Database)
+            {
+                *commands
+                    .entry((
+                        e.fields.get(FieldName::Command).unwrap(),
+                        e.fields.get(FieldName::Resource).unwrap(),
+                    ))
+                    .or_insert(0) += 1;
+                assert_eq!(e.fields.get(FieldName::Database), Some("fhir"));
+                assert!(e.fields.get(FieldName::Statement).is_some());
+            }
+            let want: BTreeMap<(&str, &str), usize> = [
+                (("DELETE", "public.observation"), 1),
+                (("INSERT", "public.observation"), 1),
+                (("INSERT", "public.patient"), 1),
+                (("SELECT", "public.observation"), 1),
+                (("SELECT", "public.patient"), 4),
+                (("UPDATE", "public.patient"), 1),
+            ]
+            .into();
+            assert_eq!(commands, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn postgres_destinations_yield_the_same_events() {
+        // Same events, times, users, statements; only the client address differs outside
+        // the logout message (Debian's stderr prefix has no %h; csvlog/jsonlog carry it).
+        let all = pg_destinations();
+        let strip = |out: &[LineOutcome]| -> Vec<Extracted> {
+            events(out)
+                .into_iter()
+                .map(|e| {
+                    let mut e = e.clone();
+                    if e.pattern != crate::parse::Pattern::Logout {
+                        e.fields.set(FieldName::ClientAddress, "");
+                    }
+                    e
+                })
+                .collect()
+        };
+        let stderr = strip(&all[0].1);
+        assert_eq!(stderr.len(), 43);
+        assert_eq!(stderr, strip(&all[1].1), "csvlog");
+        assert_eq!(stderr, strip(&all[2].1), "jsonlog");
+        // The multi-line statement comes out whole, with PostgreSQL's TAB removed in stderr.
+        let joined = "SELECT p.family, o.code, o.value\n  FROM patient p\n  JOIN observation o ON o.patient_id = p.id\n WHERE p.id = '123';";
+        for (name, out) in &all {
+            let n = events(out)
+                .iter()
+                .filter(|e| e.fields.get(FieldName::Statement) == Some(joined))
+                .count();
+            assert_eq!(n, 2, "{name}: one event per relation of the join");
+        }
+        // Times: the CET wall time read in Europe/Berlin.
+        assert_eq!(
+            stderr[0].time.unwrap().to_instant(),
+            "2026-11-25T16:21:12.846+01:00"
+        );
+        // csvlog/jsonlog give the failed login's client; [local] gives none.
+        let csv = events(&all[1].1);
+        let failed: Vec<_> = csv
+            .iter()
+            .filter(|e| e.fields.get(FieldName::Outcome) == Some("4"))
+            .map(|e| e.fields.get(FieldName::ClientAddress).unwrap())
+            .collect();
+        assert_eq!(failed, ["127.0.0.1", "127.0.0.1", "::1", "::1"]);
+        assert!(
+            csv.iter()
+                .filter(|e| e.fields.get(FieldName::User) == Some("postgres"))
+                .all(|e| e.fields.get(FieldName::ClientAddress).is_none())
+        );
+    }
+
+    #[test]
+    fn mariadb_audit_counts_on_file_and_syslog_output() {
+        use crate::decode::multiline::Multiline;
+        let dir = "generated/mariadb10.11-server_audit";
+        // grep server_audit.log (56 lines): CONNECT 4 (root 3 and 8, fhir_app 4 and 7),
+        // FAILED_CONNECT 2 (fhir_app, mallory), DISCONNECT 6 (root 2, fhir_app 3 incl. the
+        // failed connection 5, mallory 1), QUERY 14: root CREATE DATABASE (110129),
+        // CREATE USER x2 + GRANT x2 + ALTER USER + GRANT (110136 x6); fhir_app CREATE TABLE
+        // (110129), INSERT, SELECT x2, UPDATE, DELETE (database, 0) and
+        // 'select * from nosuch' rc 1146 (database, 4); the other 30 lines are TABLE rows.
+        let out = run_joined(
+            &["mariadb_audit"],
+            &format!("{dir}/server_audit.log"),
+            &Decoder::Raw,
+            Multiline::None,
+            &TimeZone::UTC,
+        );
+        let expect: BTreeMap<_, usize> = [
+            (k5("mariadb_audit", "login", "0", "-", "root"), 2),
+            (k5("mariadb_audit", "login", "0", "-", "fhir_app"), 2),
+            (k5("mariadb_audit", "login", "4", "-", "fhir_app"), 1),
+            (k5("mariadb_audit", "login", "4", "-", "mallory"), 1),
+            (k5("mariadb_audit", "logout", "-", "-", "root"), 2),
+            (k5("mariadb_audit", "logout", "-", "-", "fhir_app"), 3),
+            (k5("mariadb_audit", "logout", "-", "-", "mallory"), 1),
+            (
+                k5("mariadb_audit", "security-alert", "0", "110129", "root"),
+                1,
+            ),
+            (
+                k5("mariadb_audit", "security-alert", "0", "110129", "fhir_app"),
+                1,
+            ),
+            (
+                k5("mariadb_audit", "security-alert", "0", "110136", "root"),
+                6,
+            ),
+            (k5("mariadb_audit", "database", "0", "-", "fhir_app"), 5),
+            (k5("mariadb_audit", "database", "4", "-", "fhir_app"), 1),
+        ]
+        .into();
+        assert_eq!(out.len(), 56);
+        assert_eq!(db_counts(&out), expect);
+        assert_eq!(unmatched(&out), 0);
+        let ev = events(&out);
+        let mut commands: Vec<&str> = ev
+            .iter()
+            .filter(|e| e.pattern == crate::parse::Pattern::Database)
+            .map(|e| e.fields.get(FieldName::Command).unwrap())
+            .collect();
+        commands.sort_unstable();
+        assert_eq!(
+            commands,
+            ["DELETE", "INSERT", "SELECT", "SELECT", "SELECT", "UPDATE"]
+        );
+        assert!(ev.iter().any(|e| e.fields.get(FieldName::Statement)
+            == Some("SELECT family,\n       given\n  FROM patient\n WHERE id = '123'")));
+        assert!(
+            ev.iter()
+                .all(|e| e.time.unwrap().to_instant() == "2026-11-25T15:21:39+00:00")
+        );
+        // grep server_audit.syslog.log (8 lines): SET GLOBAL x2 (root, 110129), CONNECT 1
+        // (root), FAILED_CONNECT 2 (fhir_app), DISCONNECT 3 (root 1, fhir_app 2).
+        let out = run_joined(
+            &["mariadb_audit"],
+            &format!("{dir}/server_audit.syslog.log"),
+            &Decoder::Syslog(SyslogDecoder::new(TimeZone::UTC)),
+            Multiline::None,
+            &TimeZone::UTC,
+        );
+        let expect: BTreeMap<_, usize> = [
+            (k5("mariadb_audit", "login", "0", "-", "root"), 1),
+            (k5("mariadb_audit", "login", "4", "-", "fhir_app"), 2),
+            (k5("mariadb_audit", "logout", "-", "-", "root"), 1),
+            (k5("mariadb_audit", "logout", "-", "-", "fhir_app"), 2),
+            (
+                k5("mariadb_audit", "security-alert", "0", "110129", "root"),
+                2,
+            ),
+        ]
+        .into();
+        assert_eq!(db_counts(&out), expect);
+        assert_eq!(unmatched(&out), 0);
+        assert!(events(&out).iter().all(|e| {
+            e.time
+                .unwrap()
+                .to_instant()
+                .starts_with("2026-11-25T15:24:33.")
+        }));
     }
 }

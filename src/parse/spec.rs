@@ -16,7 +16,9 @@
 //! header (a regex capture of the same name takes precedence); anything else is literal text.
 //! `{{` and `}}` write literal braces. `{a|b|$.c}` takes the first alternative that is set
 //! (not empty and not `-`), e.g. `user = "{kv_user|remote_user}"`. A field whose template
-//! renders empty or `-` is left unset.
+//! renders empty or `-` is left unset. A filter may follow a name: `{stmt:unquote}` removes
+//! SQL/CSV quoting (`'…'` with backslash escapes and `''`, or `"…"` with `""`), `{verb:upper}`
+//! upper-cases.
 //!
 //! A rule's conditions are its `regex` (matched against the decoded message) and its
 //! `json_match` entries; all must hold. Conditions on a captured value (e.g. "only when the
@@ -40,10 +42,15 @@ pub struct ParserSpec {
     /// Only lines whose syslog program (tag) is one of these; empty = any line.
     #[serde(default)]
     pub programs: Vec<String>,
-    /// The decoder this parser is written for (`syslog`, `raw` or `json`); `check` reports a
-    /// source that uses it with another decoder. Unset = any.
+    /// The decoder this parser is written for (`syslog`, `raw`, `json`, `postgres`, …);
+    /// `check` reports a source that uses it with another decoder (`postgres` also accepts
+    /// `postgres_csv` and `postgres_json`). Unset = any.
     #[serde(default)]
     pub decode: Option<String>,
+    /// The `multiline` mode this parser expects of its source (`none`, `indented`, `csv`);
+    /// `check` reports a source with another. Unset = any.
+    #[serde(default)]
+    pub multiline: Option<String>,
     /// The rules, tried in order.
     #[serde(default)]
     pub rules: Vec<RuleSpec>,

@@ -333,6 +333,8 @@ mod tests {
             read_from,
             decode: DecodeKind::Raw,
             parsers: Vec::new(),
+            multiline: Default::default(),
+            log_line_prefix: None,
             max_line_bytes: ByteSize(64 * 1024),
             timezone: None,
             fhir_base: None,

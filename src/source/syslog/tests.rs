@@ -21,6 +21,8 @@ fn config(listen: &str) -> SourceConfig {
         read_from: ReadFrom::End,
         decode: DecodeKind::Syslog,
         parsers: Vec::new(),
+        multiline: Default::default(),
+        log_line_prefix: None,
         max_line_bytes: ByteSize(64 * 1024),
         timezone: None,
         fhir_base: None,
