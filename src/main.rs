@@ -373,7 +373,13 @@ fn cmd_spool(path: &std::path::Path, action: &SpoolAction) -> Result<ExitCode> {
                 report.torn_tail_bytes
             );
             for p in &report.problems {
-                println!("{}: offset {} ({} bytes): {}", p.path.display(), p.offset, p.len, p.what);
+                println!(
+                    "{}: offset {} ({} bytes): {}",
+                    p.path.display(),
+                    p.offset,
+                    p.len,
+                    p.what
+                );
             }
             if report.is_clean() {
                 println!("spool ok");
@@ -396,9 +402,12 @@ fn cmd_spool(path: &std::path::Path, action: &SpoolAction) -> Result<ExitCode> {
             }
             println!("{} dead letter(s)", letters.len());
             if *requeue {
-                let n = admin::requeue_dead_letters(state)
-                    .with_context(|| format!("requeueing dead letters under {}", state.display()))?;
-                println!("{n} dead letter(s) requeued: the agent puts them back into the spool (at once if running, else at its next start)");
+                let n = admin::requeue_dead_letters(state).with_context(|| {
+                    format!("requeueing dead letters under {}", state.display())
+                })?;
+                println!(
+                    "{n} dead letter(s) requeued: the agent puts them back into the spool (at once if running, else at its next start)"
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -19,12 +19,15 @@
 //!   and positions of accepted batches are persisted before exit. A batch that could not be
 //!   delivered before the stop leaves its positions untouched, so it is read again at start.
 
+use crate::balp::AppActivity;
 use crate::balp::{self, EventRecord, LineRef, MapContext};
 use crate::batch::{Batch, BatchPolicy};
 use crate::config::{Config, SourceConfig, SourceType};
-use crate::decode::Decoder;
+use crate::decode::multiline::{self, Joiner, Multiline};
+use crate::decode::{Decoder, Stamp};
 use crate::deliver::{DeliverError, Delivery, Output};
 use crate::events;
+use crate::metrics::Health;
 use crate::parse::engine::{LineOutcome, ParserSet};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::source::file::positions::{Positions, PositionsError};
@@ -46,6 +49,8 @@ pub const COMMIT_EVERY: Duration = Duration::from_millis(50);
 pub const COMMIT_BYTES: usize = 1 << 20;
 /// On the stop signal, pending events get this long to be delivered (they stay spooled).
 pub const DRAIN_FOR: Duration = Duration::from_secs(10);
+/// A multi-line record whose stream stayed quiet this long is complete.
+pub const JOIN_IDLE: Duration = Duration::from_secs(1);
 
 /// Errors that stop the agent (it exits non-zero and systemd restarts it).
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +98,8 @@ pub struct ProcStats {
 /// Decode → parse → map for one source: used by `run` and, identically, by `test`.
 pub struct SourceProcessor {
     decoder: Decoder,
+    /// The source's parsers, comma-joined (the label of unmatched-line counts).
+    parser_list: String,
     parsers: ParserSet,
     tz: TimeZone,
     ctx: MapContext,
@@ -124,25 +131,10 @@ impl SourceProcessor {
                 .map(|p| format!("sources.{}.parsers: {p}", source.name))
                 .collect::<Vec<_>>()
         })?;
-        let hostname = config.hostname();
-        let observer_display = config
-            .agent
-            .observer
-            .display
-            .clone()
-            .unwrap_or_else(|| format!("balp-agent@{hostname}"));
-        let ctx = MapContext {
-            hostname,
-            source: source.name.clone(),
-            observer_display,
-            site: config.agent.observer.site.clone(),
-            source_type: config.agent.observer.type_code.clone(),
-            mode: config.agent.mode,
-            fhir_bases: source.fhir_bases(),
-            event_id_extension: config.agent.event_id_extension.clone(),
-        };
+        let ctx = map_context(config, &source.name, source.fhir_bases());
         Ok(SourceProcessor {
             decoder,
+            parser_list: source.parsers.join(","),
             parsers,
             tz,
             ctx,
@@ -165,7 +157,7 @@ impl SourceProcessor {
         match self.parsers.parse(&decoded, &self.tz) {
             LineOutcome::Unmatched => {
                 self.stats.unmatched += 1;
-                events::unmatched(&self.ctx.source);
+                events::unmatched_by(&self.ctx.source, &self.parser_list);
                 Vec::new()
             }
             LineOutcome::Matched { parser, extracted } => {
@@ -188,6 +180,27 @@ impl SourceProcessor {
                     .collect()
             }
         }
+    }
+}
+
+/// The mapping context of one source (or of the agent itself, for self-audit events).
+pub fn map_context(config: &Config, source: &str, fhir_bases: Vec<String>) -> MapContext {
+    let hostname = config.hostname();
+    let observer_display = config
+        .agent
+        .observer
+        .display
+        .clone()
+        .unwrap_or_else(|| format!("balp-agent@{hostname}"));
+    MapContext {
+        hostname,
+        source: source.to_owned(),
+        observer_display,
+        site: config.agent.observer.site.clone(),
+        source_type: config.agent.observer.type_code.clone(),
+        mode: config.agent.mode,
+        fhir_bases,
+        event_id_extension: config.agent.event_id_extension.clone(),
     }
 }
 
@@ -285,7 +298,9 @@ pub async fn run(
         return Err(PipelineError::Config(problems));
     }
 
-    let output = Output::from_config(&config)?;
+    let mut output = Output::from_config(&config)?;
+    let health = Arc::new(Health::from_config(&config));
+    output.set_health(health.clone());
     let (line_tx, mut line_rx) = mpsc::channel::<SourceMsg>(16);
     let mut threads = Vec::new();
     let mut tasks = Vec::new();
@@ -336,6 +351,26 @@ pub async fn run(
         inflight_path: state_dir.join("inflight"),
     }));
 
+    let metrics_task = match &config.metrics {
+        Some(m) => {
+            let (task, addr) = crate::metrics::serve(&m.listen, health.clone(), shutdown.clone())
+                .await
+                .map_err(|error| PipelineError::Source {
+                    source_name: "metrics.listen".into(),
+                    error,
+                })?;
+            tracing::info!(%addr, "metrics and health served");
+            Some(task)
+        }
+        None => None,
+    };
+
+    // The agent audits its own start and stop like any other event.
+    let self_ctx = map_context(&config, "self", Vec::new());
+    let boot_id = Timestamp::now().as_millisecond().to_string();
+    spool_self_audit(&spool, &self_ctx, AppActivity::Start, &boot_id)?;
+
+    let watchdog = crate::systemd::watchdog_interval();
     crate::systemd::notify("READY=1");
     tracing::info!(
         sources = config.sources.len(),
@@ -349,7 +384,21 @@ pub async fn run(
         pending: Vec::new(),
         uncommitted_bytes: 0,
         commit_at: None,
+        multiline: config
+            .sources
+            .iter()
+            .filter(|s| s.multiline != Multiline::None)
+            .map(|s| {
+                (
+                    Arc::from(s.name.as_str()),
+                    (s.multiline, s.max_line_bytes.0 as usize),
+                )
+            })
+            .collect(),
+        joiners: HashMap::new(),
     };
+    let mut joiner_tick = tokio::time::interval(JOIN_IDLE / 2);
+    joiner_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut persist_tick = tokio::time::interval(PERSIST_EVERY);
     persist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut requeue_tick = tokio::time::interval(admin::REQUEUE_EVERY);
@@ -422,19 +471,28 @@ pub async fn run(
                         pending_sources = pending_sources.saturating_sub(1);
                         if options.once && pending_sources == 0 {
                             sources_open = false;
-                            ingest.commit(&mut positions).map(|()| {
-                                let _ = drain_tx.send(true);
-                            })
+                            // Files are complete: a record waiting for a continuation is done.
+                            ingest
+                                .flush_joiners(None, &mut processors, Timestamp::now())
+                                .and_then(|()| spool_self_audit(&spool, &self_ctx, AppActivity::Stop, &boot_id))
+                                .and_then(|()| ingest.force_commit(&mut positions))
+                                .map(|()| {
+                                    let _ = drain_tx.send(true);
+                                })
                         } else {
                             Ok(())
                         }
                     }
                     None => {
                         // Every source has ended (stop signal): spool the rest, then drain.
+                        // A multi-line record still open is not flushed: its position was not
+                        // advanced, so the next start reads it whole.
                         sources_open = false;
-                        ingest.commit(&mut positions).map(|()| {
-                            let _ = drain_tx.send(true);
-                        })
+                        spool_self_audit(&spool, &self_ctx, AppActivity::Stop, &boot_id)
+                            .and_then(|()| ingest.force_commit(&mut positions))
+                            .map(|()| {
+                                let _ = drain_tx.send(true);
+                            })
                     }
                 };
                 if let Err(e) = step {
@@ -448,11 +506,23 @@ pub async fn run(
             }
             _ = persist_tick.tick() => {
                 if positions.is_dirty() {
-                    persist(&mut positions);
+                    health.positions_write_failed(!persist(&mut positions));
                 }
                 if let Ok(s) = spool.lock() {
+                    let st = s.status();
+                    health.set_spool(st.pending_events, st.bytes_on_disk, config.spool.max_bytes.0, st.oldest_pending_age);
                     let dead = admin::dead_letters(&state_dir).len();
-                    admin::write_status(&state_dir, &admin::StatusReport::from_status("running agent", &s.status(), max_events, dead));
+                    admin::write_status(&state_dir, &admin::StatusReport::from_status("running agent", &st, max_events, dead));
+                }
+                // The main loop turns: tell systemd we are alive (WatchdogSec).
+                if watchdog.is_some() {
+                    crate::systemd::watchdog_ping();
+                }
+            }
+            _ = joiner_tick.tick(), if !ingest.joiners.is_empty() => {
+                let now = Instant::now();
+                if let Err(e) = ingest.flush_joiners(Some(now), &mut processors, Timestamp::now()) {
+                    break Err(e);
                 }
             }
             _ = requeue_tick.tick(), if has_room => {
@@ -477,6 +547,9 @@ pub async fn run(
             tracing::error!("a source task panicked");
         }
     }
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     positions.persist()?;
     if result.is_ok() {
         tracing::info!("balp-agent stopped cleanly");
@@ -498,25 +571,80 @@ struct Ingest {
     pending: Vec<PendingPosition>,
     uncommitted_bytes: usize,
     commit_at: Option<tokio::time::Instant>,
+    /// Sources whose records span several lines: mode and record size limit.
+    multiline: HashMap<Arc<str>, (Multiline, usize)>,
+    /// Open multi-line records per stream, with the time of their last line.
+    joiners: HashMap<Arc<StreamId>, (Joiner, Instant)>,
 }
 
 impl Ingest {
     /// Process lines: spool their events, remember their positions for the next commit.
+    /// Lines of multi-line sources are first joined into records; a position only ever
+    /// advances to the end of a complete record.
     fn lines(
         &mut self,
         lines: &[LogLine],
         processors: &mut HashMap<Arc<str>, SourceProcessor>,
         now: Timestamp,
     ) -> Result<(), PipelineError> {
-        let mut guard = self.spool.lock()?;
+        let mut records = Vec::new();
         for line in lines {
+            match self.multiline.get(&line.stream.source) {
+                Some(&(mode, max_bytes)) => {
+                    let (joiner, last) =
+                        self.joiners.entry(line.stream.clone()).or_insert_with(|| {
+                            (
+                                Joiner::new(mode, max_bytes, multiline::DEFAULT_MAX_LINES),
+                                Instant::now(),
+                            )
+                        });
+                    *last = Instant::now();
+                    records.extend(joiner.push(line.clone()));
+                }
+                None => records.push(line.clone()),
+            }
+        }
+        self.records(&records, processors, now)
+    }
+
+    /// Emit open multi-line records: all of them (`idle_since = None`, at the end of the
+    /// files with `--once`), or those whose stream was quiet for [`JOIN_IDLE`].
+    fn flush_joiners(
+        &mut self,
+        idle_since: Option<Instant>,
+        processors: &mut HashMap<Arc<str>, SourceProcessor>,
+        now: Timestamp,
+    ) -> Result<(), PipelineError> {
+        let mut records = Vec::new();
+        for (joiner, last) in self.joiners.values_mut() {
+            let due = idle_since.is_none_or(|t| t.duration_since(*last) >= JOIN_IDLE);
+            if due && let Some(r) = joiner.flush() {
+                records.push(r);
+            }
+        }
+        self.joiners.retain(|_, (j, _)| j.has_pending());
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.records(&records, processors, now)
+    }
+
+    /// Spool the events of complete records and queue their positions.
+    fn records(
+        &mut self,
+        records: &[LogLine],
+        processors: &mut HashMap<Arc<str>, SourceProcessor>,
+        now: Timestamp,
+    ) -> Result<(), PipelineError> {
+        let mut guard = self.spool.lock()?;
+        for line in records {
             let Some(proc_) = processors.get_mut(&line.stream.source) else {
                 continue;
             };
-            let records = proc_.process(line, now);
-            if !records.is_empty() {
+            let made = proc_.process(line, now);
+            if !made.is_empty() {
                 let origin = Origin::of_line(line);
-                for record in &records {
+                for record in &made {
                     self.uncommitted_bytes += record.json.len();
                     guard.append(record, &origin)?;
                 }
@@ -542,13 +670,16 @@ impl Ingest {
     }
 
     /// Put requeued dead letters back into the spool; their files go after the commit.
-    fn requeue(&mut self, state_dir: &Path, positions: &mut Positions) -> Result<(), PipelineError> {
+    fn requeue(
+        &mut self,
+        state_dir: &Path,
+        positions: &mut Positions,
+    ) -> Result<(), PipelineError> {
         let taken = self.spool.with(|s| admin::take_requeued(state_dir, s))?;
         if taken.is_empty() {
             return Ok(());
         }
-        self.uncommitted_bytes += 1;
-        self.commit(positions)?;
+        self.force_commit(positions)?;
         for path in &taken {
             if let Err(e) = std::fs::remove_file(path) {
                 tracing::error!(path = %path.display(), error = %e, "requeued dead letter could not be removed; it may be sent twice");
@@ -556,6 +687,12 @@ impl Ingest {
         }
         tracing::info!(files = taken.len(), "dead letters requeued into the spool");
         Ok(())
+    }
+
+    /// Commit now, whatever was appended outside this struct (self-audit events) included.
+    fn force_commit(&mut self, positions: &mut Positions) -> Result<(), PipelineError> {
+        self.uncommitted_bytes += 1;
+        self.commit(positions)
     }
 
     /// Group commit: fsync the spool, then let the covered positions advance.
@@ -576,10 +713,44 @@ impl Ingest {
     }
 }
 
-fn persist(positions: &mut Positions) {
-    if let Err(e) = positions.persist() {
-        events::position_write_failed("positions", &e.to_string());
+/// Save positions; false (logged and counted) if that failed.
+fn persist(positions: &mut Positions) -> bool {
+    match positions.persist() {
+        Ok(()) => true,
+        Err(e) => {
+            events::position_write_failed("positions", &e.to_string());
+            false
+        }
     }
+}
+
+/// Append and commit the agent's own start or stop event.
+fn spool_self_audit(
+    spool: &SharedSpool,
+    ctx: &MapContext,
+    kind: AppActivity,
+    boot_id: &str,
+) -> Result<(), PipelineError> {
+    let event = balp::self_audit(ctx, kind, Stamp::now_utc(), boot_id);
+    let json = serde_json::to_string(&event)
+        .map_err(|e| PipelineError::Internal(format!("self-audit event: {e}")))?;
+    let record = EventRecord {
+        id: event.uuid(),
+        pattern: "application-activity",
+        json,
+    };
+    let origin = Origin {
+        source: "self".into(),
+        stream_key: "self".into(),
+        path: PathBuf::new(),
+        start: 0,
+        end: 0,
+    };
+    events::event("application-activity");
+    spool.with(|s| {
+        s.append(&record, &origin)?;
+        s.commit().map(|_| ())
+    })
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

@@ -56,10 +56,15 @@ fn delivered_by_request_id(arr: &Arr) -> BTreeMap<String, serde_json::Value> {
             let rid = r["entity"]
                 .as_array()
                 .and_then(|es| {
-                    es.iter().find(|x| x["type"]["code"] == "XrequestId").and_then(|x| x["what"]["identifier"]["value"].as_str())
+                    es.iter()
+                        .find(|x| x["type"]["code"] == "XrequestId")
+                        .and_then(|x| x["what"]["identifier"]["value"].as_str())
                 })
                 .unwrap_or_default()
                 .to_owned();
+            if rid.is_empty() {
+                continue; // the agent's own start/stop events
+            }
             if let Some(prev) = out.insert(rid.clone(), r.clone()) {
                 assert_eq!(prev, r, "duplicate of {rid} differs");
             }
@@ -83,7 +88,10 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 #[test]
 fn sigkill_at_random_moments_with_a_flaky_arr_loses_nothing() {
-    let cycles: usize = std::env::var("BALP_SOAK_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(25);
+    let cycles: usize = std::env::var("BALP_SOAK_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25);
     let dir = tempfile::tempdir().unwrap();
     let arr = Arr::start();
     arr.fail_ratio(0.3);
@@ -94,7 +102,10 @@ fn sigkill_at_random_moments_with_a_flaky_arr_loses_nothing() {
         // The log grows while the agent runs and while it is dead.
         append(&log, &fhir_lines(written, 60));
         written += 60;
-        arr.script([Reply::CloseConnection, Reply::StatusWithRetryAfter(429, "0".into())]);
+        arr.script([
+            Reply::CloseConnection,
+            Reply::StatusWithRetryAfter(429, "0".into()),
+        ]);
         let agent = Agent::start(&cfg, &[]);
         std::thread::sleep(Duration::from_millis(50 + fastrand_ms(cycle) % 400));
         append(&log, &fhir_lines(written, 40));
@@ -126,7 +137,10 @@ fn fastrand_ms(seed: usize) -> u64 {
 
 #[test]
 fn arr_down_while_events_pile_up_then_up_delivers_all_with_flat_memory() {
-    let n: usize = std::env::var("BALP_BACKLOG_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000);
+    let n: usize = std::env::var("BALP_BACKLOG_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30_000);
     let dir = tempfile::tempdir().unwrap();
     let arr = Arr::start();
     arr.set_default(Reply::Status(503));
@@ -136,7 +150,12 @@ fn arr_down_while_events_pile_up_then_up_delivers_all_with_flat_memory() {
     let mut agent = Agent::start(&cfg, &[]);
     // Let the first tenth be spooled, take the memory baseline, then add the rest.
     let state = dir.path().join("state");
-    assert!(wait_until(Duration::from_secs(60), || spool_pending(&state) >= (n / 10) as u64), "{}", agent.log());
+    assert!(
+        wait_until(Duration::from_secs(60), || spool_pending(&state)
+            >= (n / 10) as u64),
+        "{}",
+        agent.log()
+    );
     let pid = agent.child.id();
     let rss_early = rss_kib(pid).unwrap_or(0);
     append(&log, &fhir_lines(n / 10, n - n / 10));
@@ -146,11 +165,21 @@ fn arr_down_while_events_pile_up_then_up_delivers_all_with_flat_memory() {
         spool_pending(&state) >= n as u64
     });
     assert!(ok, "not all events were spooled:\n{}", agent.log());
-    eprintln!("backlog {n}: RSS after {} events {rss_early} KiB, peak while spooling {rss_peak} KiB", n / 10);
+    eprintln!(
+        "backlog {n}: RSS after {} events {rss_early} KiB, peak while spooling {rss_peak} KiB",
+        n / 10
+    );
     // Memory does not grow with the backlog: the events are on disk, not in memory.
-    assert!(rss_peak < rss_early + 16 * 1024, "RSS grew from {rss_early} to {rss_peak} KiB");
+    assert!(
+        rss_peak < rss_early + 16 * 1024,
+        "RSS grew from {rss_early} to {rss_peak} KiB"
+    );
     arr.set_default(Reply::Ok);
-    assert!(arr.wait_for_events(n, Duration::from_secs(180)), "{}", agent.log());
+    assert!(
+        arr.wait_for_events(n, Duration::from_secs(180)),
+        "{}",
+        agent.log()
+    );
     assert!(agent.stop().success());
     let got = delivered_by_request_id(&arr);
     assert_eq!(got.len(), n);
@@ -176,7 +205,11 @@ fn flipped_bits_and_a_truncated_segment_are_quarantined_and_the_rest_delivered()
     append(&log, &fhir_lines(0, 200));
     let agent = Agent::start(&cfg, &[]);
     let state = dir.path().join("state");
-    assert!(wait_until(Duration::from_secs(30), || spool_pending(&state) >= 200), "{}", agent.log());
+    assert!(
+        wait_until(Duration::from_secs(30), || spool_pending(&state) >= 200),
+        "{}",
+        agent.log()
+    );
     agent.signal("KILL");
     drop(agent);
     // Damage the spool: flip bits in the middle of the segment, and cut its last record.
@@ -193,7 +226,12 @@ fn flipped_bits_and_a_truncated_segment_are_quarantined_and_the_rest_delivered()
     bytes.truncate(bytes.len() - 100);
     std::fs::write(&seg, &bytes).unwrap();
     let out = common::agent::run(&["spool", "verify", "-c", cfg.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "verify reports the corruption: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "verify reports the corruption: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     arr.set_default(Reply::Ok);
     let started = Instant::now();
@@ -201,17 +239,27 @@ fn flipped_bits_and_a_truncated_segment_are_quarantined_and_the_rest_delivered()
     // Everything not damaged arrives; the damaged records are in quarantine, and because the
     // positions only cover what was durable, the cut tail is read again from the log.
     assert!(
-        wait_until(Duration::from_secs(30), || delivered_by_request_id(&arr).len() >= 198),
+        wait_until(Duration::from_secs(30), || delivered_by_request_id(&arr)
+            .len()
+            >= 198),
         "{}",
         agent.log()
     );
     assert!(agent.stop().success(), "no crash loop: {}", agent.log());
     assert!(started.elapsed() < Duration::from_secs(30));
     let quarantine = state.join("spool").join("quarantine");
-    assert!(std::fs::read_dir(&quarantine).map(|d| d.count() > 0).unwrap_or(false));
+    assert!(
+        std::fs::read_dir(&quarantine)
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)
+    );
     assert!(agent.log().contains("quarantine"), "{}", agent.log());
     let out = common::agent::run(&["spool", "verify", "-c", cfg.to_str().unwrap()]);
-    assert!(out.status.success(), "clean after recovery: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "clean after recovery: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -224,16 +272,25 @@ fn a_full_spool_blocks_reading_then_resumes_and_loses_nothing() {
     append(&log, &fhir_lines(0, 1500));
     let mut agent = Agent::start(&cfg, &[]);
     assert!(
-        wait_until(Duration::from_secs(30), || agent.log().contains("spool full")),
+        wait_until(Duration::from_secs(30), || agent
+            .log()
+            .contains("spool full")),
         "{}",
         agent.log()
     );
     let state = dir.path().join("state");
     std::thread::sleep(Duration::from_millis(500));
     let pending = spool_pending(&state);
-    assert!(pending > 0 && pending < 1500, "reading stopped at the quota: {pending}");
+    assert!(
+        pending > 0 && pending < 1500,
+        "reading stopped at the quota: {pending}"
+    );
     arr.set_default(Reply::Ok);
-    assert!(arr.wait_for_events(1500, Duration::from_secs(60)), "{}", agent.log());
+    assert!(
+        arr.wait_for_events(1500, Duration::from_secs(60)),
+        "{}",
+        agent.log()
+    );
     assert!(agent.log().contains("sources resumed"), "{}", agent.log());
     assert!(agent.stop().success());
     assert_eq!(delivered_by_request_id(&arr).len(), 1500);
@@ -248,35 +305,81 @@ fn retry_after_is_a_floor_between_attempts() {
     let cfg = config(dir.path(), &log, &arr, "1GiB", 50);
     append(&log, &fhir_lines(0, 3));
     let mut agent = Agent::start(&cfg, &[]);
-    assert!(arr.wait_for_events(3, Duration::from_secs(20)), "{}", agent.log());
+    assert!(
+        arr.wait_for_events(3, Duration::from_secs(20)),
+        "{}",
+        agent.log()
+    );
     assert!(agent.stop().success());
     let reqs = arr.requests();
     let gap = reqs[1].time.duration_since(reqs[0].time);
-    assert!(gap >= Duration::from_secs(2), "second attempt after {gap:?}");
-    assert_eq!(reqs[0].header("x-request-id"), reqs[1].header("x-request-id"));
+    assert!(
+        gap >= Duration::from_secs(2),
+        "second attempt after {gap:?}"
+    );
+    assert_eq!(
+        reqs[0].header("x-request-id"),
+        reqs[1].header("x-request-id")
+    );
 }
 
 #[test]
 fn spool_status_and_dead_letter_requeue_work_on_a_running_agent() {
     let dir = tempfile::tempdir().unwrap();
     let arr = Arr::start();
-    arr.script([Reply::Status(400)]);
+    // The ARR refuses one event's content: it is isolated and dead-lettered, the rest go on.
+    arr.set_default(Reply::RejectEntries(400, "req00000002".into()));
     let log = dir.path().join("access.log");
     let cfg = config(dir.path(), &log, &arr, "1GiB", 50);
     append(&log, &fhir_lines(0, 4));
     let mut agent = Agent::start(&cfg, &[]);
     let state = dir.path().join("state");
-    assert!(wait_until(Duration::from_secs(20), || std::fs::read_dir(state.join("dead-letter")).map(|d| d.count() == 1).unwrap_or(false)));
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::read_dir(
+            state.join("dead-letter")
+        )
+        .map(|d| d.count() == 1)
+        .unwrap_or(false)),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        arr.wait_for_events(3, Duration::from_secs(20)),
+        "{}",
+        agent.log()
+    );
     std::thread::sleep(Duration::from_millis(1200));
     let out = common::agent::run(&["spool", "status", "-c", cfg.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("running agent") && text.contains("dead letters:      1"), "{text}");
-    let out = common::agent::run(&["spool", "dead-letters", "--requeue", "-c", cfg.to_str().unwrap()]);
+    assert!(
+        text.contains("running agent") && text.contains("dead letters:      1"),
+        "{text}"
+    );
+    // The operator fixed the ARR; the dead letter goes back in and arrives.
+    arr.set_default(Reply::Ok);
+    let out = common::agent::run(&[
+        "spool",
+        "dead-letters",
+        "--requeue",
+        "-c",
+        cfg.to_str().unwrap(),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("status 400") && text.contains("4 event(s)"), "{text}");
-    // The agent puts them back and the ARR (now accepting) receives them.
-    assert!(arr.wait_for_events(4, Duration::from_secs(20)), "{}", agent.log());
+    assert!(
+        text.contains("status 400") && text.contains("1 event(s)"),
+        "{text}"
+    );
+    assert!(
+        arr.wait_for_events(4, Duration::from_secs(20)),
+        "{}",
+        agent.log()
+    );
     assert!(agent.stop().success());
     assert_eq!(delivered_by_request_id(&arr).len(), 4);
+    assert!(
+        std::fs::read_dir(state.join("dead-letter"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
+    );
 }

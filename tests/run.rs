@@ -83,6 +83,15 @@ fn run_once_on_example_config_writes_bundles_to_directory() {
     assert_eq!(events.len(), 18, "{}", agent.log());
     assert_conformant(&events);
     assert!(dir.path().join("state/positions.json").exists());
+    // The agent audited its own start and stop (DCM 110100 / 110120, 110121).
+    let own: Vec<_> = common::agent::all_events_in_dir(&dir.path().join("out"))
+        .into_iter()
+        .filter(|e| e["type"]["code"] == "110100")
+        .collect();
+    assert_eq!(own.len(), 2, "start and stop");
+    assert_eq!(own[0]["subtype"][0]["code"], "110120");
+    assert_eq!(own[1]["subtype"][0]["code"], "110121");
+    assert_conformant(&own);
     // A second run finds nothing new: positions were saved.
     let mut again = Agent::start(&cfg, &["--once"]);
     assert!(again.wait(Duration::from_secs(30)).expect("ends").success());
@@ -278,6 +287,9 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
     let mut seen = std::collections::BTreeMap::new();
     for b in arr.accepted_bundles() {
         for e in b["entry"].as_array().cloned().unwrap_or_default() {
+            if common::arr::is_self_audit(&e["resource"]) {
+                continue;
+            }
             let id = e["resource"]["id"].as_str().unwrap_or_default().to_owned();
             if let Some(prev) = seen.insert(id.clone(), e["resource"].clone()) {
                 assert_eq!(prev, e["resource"], "duplicate {id} differs");

@@ -43,7 +43,12 @@ pub struct StatusReport {
 
 impl StatusReport {
     /// Build from a spool status.
-    pub fn from_status(from: &str, s: &SpoolStatus, max_events: usize, dead_letters: usize) -> Self {
+    pub fn from_status(
+        from: &str,
+        s: &SpoolStatus,
+        max_events: usize,
+        dead_letters: usize,
+    ) -> Self {
         StatusReport {
             from: from.to_owned(),
             pending_events: s.pending_events,
@@ -78,17 +83,29 @@ pub fn write_status(state_dir: &Path, report: &StatusReport) {
 }
 
 /// The spool status, whether or not an agent is running.
-pub fn status(state_dir: &Path, config: &SpoolConfig, max_events: usize) -> Result<StatusReport, SpoolError> {
+pub fn status(
+    state_dir: &Path,
+    config: &SpoolConfig,
+    max_events: usize,
+) -> Result<StatusReport, SpoolError> {
     let dead = dead_letters(state_dir).len();
     match Spool::open(state_dir, config) {
-        Ok((spool, _)) => Ok(StatusReport::from_status("spool", &spool.status(), max_events, dead)),
+        Ok((spool, _)) => Ok(StatusReport::from_status(
+            "spool",
+            &spool.status(),
+            max_events,
+            dead,
+        )),
         Err(SpoolError::Locked { path }) => {
             let snap = std::fs::read(state_dir.join(STATUS_FILE))
                 .ok()
                 .and_then(|b| serde_json::from_slice::<StatusReport>(&b).ok());
             match snap {
                 Some(mut s) => {
-                    s.from = format!("running agent (snapshot {} s old)", unix_now().saturating_sub(s.taken_at));
+                    s.from = format!(
+                        "running agent (snapshot {} s old)",
+                        unix_now().saturating_sub(s.taken_at)
+                    );
                     s.dead_letters = dead;
                     Ok(s)
                 }
@@ -168,7 +185,10 @@ pub fn take_requeued(state_dir: &Path, spool: &mut Spool) -> Result<Vec<PathBuf>
             tracing::error!(path = %path.display(), "requeued dead letter is not JSON; left in place");
             continue;
         };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let origin = Origin {
             source: REQUEUE_DIR.to_owned(),
             stream_key: name,
@@ -178,7 +198,10 @@ pub fn take_requeued(state_dir: &Path, spool: &mut Spool) -> Result<Vec<PathBuf>
         };
         for entry in v["bundle"]["entry"].as_array().cloned().unwrap_or_default() {
             let resource = &entry["resource"];
-            let Some(id) = resource["id"].as_str().and_then(|s| uuid::Uuid::parse_str(s).ok()) else {
+            let Some(id) = resource["id"]
+                .as_str()
+                .and_then(|s| uuid::Uuid::parse_str(s).ok())
+            else {
                 continue;
             };
             let record = EventRecord {

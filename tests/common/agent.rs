@@ -153,8 +153,17 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-/// Every AuditEvent in the Bundle files of a directory output, in file order.
+/// Every AuditEvent made from log lines in the Bundle files of a directory output, in file
+/// order (the agent's own start/stop events are left out).
 pub fn events_in_dir(dir: &Path) -> Vec<serde_json::Value> {
+    all_events_in_dir(dir)
+        .into_iter()
+        .filter(|e| e["type"]["code"] != "110100")
+        .collect()
+}
+
+/// Every AuditEvent in the Bundle files of a directory output, in file order.
+pub fn all_events_in_dir(dir: &Path) -> Vec<serde_json::Value> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
