@@ -2,8 +2,29 @@
 //! psql workload, `balp-agent test` on the stderr and csvlog files, exact event counts.
 //! Skipped (with a note) when Debian's postgresql-15 is not installed, unless `CI` is set.
 
+mod common;
+
+use common::agent::{Agent, write_config};
+use common::arr::Arr;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
+
+/// `type/subtype/outcome` → count.
+fn kinds<'a>(events: impl Iterator<Item = &'a serde_json::Value>) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for e in events {
+        let k = format!(
+            "{}/{}/{}",
+            e["type"]["code"].as_str().unwrap_or("-"),
+            e["subtype"][0]["code"].as_str().unwrap_or("-"),
+            e["outcome"].as_str().unwrap_or("-")
+        );
+        *m.entry(k).or_default() += 1;
+    }
+    m
+}
 
 #[test]
 fn real_postgres_with_pgaudit_gives_exact_events() {
@@ -32,4 +53,56 @@ fn real_postgres_with_pgaudit_gives_exact_events() {
         "postgres_e2e.sh failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     assert!(stdout.contains("postgres_e2e: ok"), "{stdout}");
+
+    // The same log, tailed by `balp-agent run` and delivered over HTTP to a local ARR: the ARR
+    // receives exactly the events `balp-agent test` showed (checked above against the workload).
+    let expected: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("pg.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(expected.len() > 20, "{} events", expected.len());
+    let arr = Arr::start();
+    let run_dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("pg/log/postgresql");
+    let cfg = write_config(
+        run_dir.path(),
+        &format!(
+            r#"
+[agent]
+state_dir = "state"
+hostname = "db01"
+[[sources]]
+name = "pg"
+type = "file"
+include = ["{log}"]
+read_from = "beginning"
+decode = "postgres"
+multiline = "indented"
+log_line_prefix = "%m [%p] %q%u@%d "
+timezone = "Europe/Berlin"
+parsers = ["postgres", "pgaudit"]
+[output]
+type = "http"
+url = "{url}"
+flush_interval = "100ms"
+"#,
+            log = log.display(),
+            url = arr.url()
+        ),
+    );
+    let mut agent = Agent::start(&cfg, &["--once"]);
+    let status = agent
+        .wait(Duration::from_secs(60))
+        .expect("run --once ends");
+    assert!(status.success(), "{}", agent.log());
+    let got: Vec<serde_json::Value> = arr
+        .accepted_bundles()
+        .iter()
+        .flat_map(|b| b["entry"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["resource"].clone())
+        .filter(|r| !common::arr::is_self_audit(r))
+        .collect();
+    assert_eq!(kinds(got.iter()), kinds(expected.iter()));
+    common::agent::assert_conformant(&got);
 }
