@@ -163,19 +163,86 @@ fn cmd_run(path: &std::path::Path, once: bool) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let path = path.to_path_buf();
     runtime.block_on(async move {
-        let (trigger, _) = shutdown::channel();
-        let trigger = Arc::new(trigger);
-        let signals = tokio::spawn(watch_signals(trigger.clone()));
-        let result = pipeline::run(cfg, RunOptions { once }, &trigger).await;
+        let control = Arc::new(Control::default());
+        let signals = tokio::spawn(watch_signals(control.clone(), path, cfg.agent.state_dir.clone()));
+        let mut cfg = cfg;
+        let mut resumed = false;
+        let result = loop {
+            let (trigger, _) = shutdown::channel();
+            let trigger = Arc::new(trigger);
+            control.set_trigger(trigger.clone());
+            let options = RunOptions {
+                once,
+                resumed,
+                reloading: control.reloading.clone(),
+            };
+            if let Err(e) = pipeline::run(cfg.clone(), options, &trigger).await {
+                break Err(anyhow::Error::from(e));
+            }
+            match control.take_next_config() {
+                Some(next) if !control.stopping() => {
+                    tracing::info!(sources = next.sources.len(), "configuration reloaded; pipeline restarted from the spool and saved positions");
+                    cfg = next;
+                    resumed = true;
+                }
+                _ => break Ok(ExitCode::SUCCESS),
+            }
+        };
         signals.abort();
         result
-            .map(|()| ExitCode::SUCCESS)
-            .map_err(anyhow::Error::from)
     })
 }
 
-async fn watch_signals(trigger: Arc<shutdown::ShutdownTrigger>) {
+/// What the signal handler shares with the run loop: how to stop the current pipeline, and
+/// the validated config a SIGHUP asked for.
+#[derive(Default)]
+struct Control {
+    trigger: std::sync::Mutex<Option<Arc<shutdown::ShutdownTrigger>>>,
+    next: std::sync::Mutex<Option<Config>>,
+    stopping: std::sync::atomic::AtomicBool,
+    /// Set while a reload stops the pipeline (it then records no Application Stop).
+    reloading: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Control {
+    fn set_trigger(&self, t: Arc<shutdown::ShutdownTrigger>) {
+        self.reloading
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut slot) = self.trigger.lock() {
+            *slot = Some(t);
+        }
+    }
+    fn trigger(&self) {
+        if let Ok(slot) = self.trigger.lock()
+            && let Some(t) = slot.as_ref()
+        {
+            t.trigger();
+        }
+    }
+    fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.trigger();
+    }
+    fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn reload(&self, cfg: Config) {
+        if let Ok(mut next) = self.next.lock() {
+            *next = Some(cfg);
+        }
+        self.reloading
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.trigger();
+    }
+    fn take_next_config(&self) -> Option<Config> {
+        self.next.lock().ok().and_then(|mut n| n.take())
+    }
+}
+
+async fn watch_signals(control: Arc<Control>, path: PathBuf, state_dir: PathBuf) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -187,10 +254,26 @@ async fn watch_signals(trigger: Arc<shutdown::ShutdownTrigger>) {
     };
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: draining and stopping"); trigger.trigger(); }
-            _ = int.recv() => { tracing::info!("SIGINT: draining and stopping"); trigger.trigger(); }
+            _ = term.recv() => { tracing::info!("SIGTERM: draining and stopping"); control.stop(); }
+            _ = int.recv() => { tracing::info!("SIGINT: draining and stopping"); control.stop(); }
             _ = hup.recv() => {
-                tracing::warn!("SIGHUP: configuration reload is not supported yet; restart the service to apply changes");
+                // Validate first: an invalid config leaves the running one in place.
+                match Config::load(&path) {
+                    Err(e) => {
+                        for p in &e.problems {
+                            tracing::error!(problem = %p, "SIGHUP: new configuration rejected; keeping the running one");
+                        }
+                    }
+                    Ok(next) if next.agent.state_dir != state_dir => {
+                        tracing::error!(
+                            "SIGHUP: agent.state_dir cannot change while running (spool and positions live there); keeping the running configuration, restart to apply"
+                        );
+                    }
+                    Ok(next) => {
+                        tracing::info!("SIGHUP: configuration valid; reloading");
+                        control.reload(next);
+                    }
+                }
             }
         }
     }

@@ -205,10 +205,20 @@ pub fn map_context(config: &Config, source: &str, fhir_bases: Vec<String>) -> Ma
 }
 
 /// How `run` behaves.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Read what exists, deliver it, save positions, and exit (instead of following).
     pub once: bool,
+    /// The pipeline restarts after a configuration reload: no Application Start is recorded.
+    pub resumed: bool,
+    /// Set when the stop is a reload: no Application Stop is recorded.
+    pub reloading: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RunOptions {
+    fn reloading(&self) -> bool {
+        self.reloading.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// The spool, shared by the ingest loop (append, commit) and the delivery task (read, ack).
@@ -368,7 +378,9 @@ pub async fn run(
     // The agent audits its own start and stop like any other event.
     let self_ctx = map_context(&config, "self", Vec::new());
     let boot_id = Timestamp::now().as_millisecond().to_string();
-    spool_self_audit(&spool, &self_ctx, AppActivity::Start, &boot_id)?;
+    if !options.resumed {
+        spool_self_audit(&spool, &self_ctx, AppActivity::Start, &boot_id)?;
+    }
 
     let watchdog = crate::systemd::watchdog_interval();
     crate::systemd::notify("READY=1");
@@ -488,7 +500,12 @@ pub async fn run(
                         // A multi-line record still open is not flushed: its position was not
                         // advanced, so the next start reads it whole.
                         sources_open = false;
-                        spool_self_audit(&spool, &self_ctx, AppActivity::Stop, &boot_id)
+                        let stop_event = if options.reloading() {
+                            Ok(())
+                        } else {
+                            spool_self_audit(&spool, &self_ctx, AppActivity::Stop, &boot_id)
+                        };
+                        stop_event
                             .and_then(|()| ingest.force_commit(&mut positions))
                             .map(|()| {
                                 let _ = drain_tx.send(true);

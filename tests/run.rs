@@ -298,3 +298,67 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
     }
     assert_eq!(seen.len(), all);
 }
+
+#[test]
+fn sighup_reload_adds_a_source_and_an_invalid_config_keeps_the_running_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let arr = Arr::start();
+    let a = dir.path().join("a.log");
+    let b = dir.path().join("b.log");
+    append(&a, &fhir_lines(0, 20));
+    append(&b, &fhir_lines(1000, 10));
+    let base = http_config(dir.path(), a.to_str().unwrap(), &arr, 50, "100ms");
+    let original = std::fs::read_to_string(&base).unwrap();
+    let mut agent = Agent::start(&base, &[]);
+    assert!(
+        arr.wait_for_events(20, Duration::from_secs(20)),
+        "{}",
+        agent.log()
+    );
+
+    // Add a second source and reload.
+    let with_b = format!(
+        "{original}\n[[sources]]\nname = \"second\"\ntype = \"file\"\ninclude = [\"{}\"]\nread_from = \"beginning\"\ndecode = \"raw\"\nparsers = [\"fhir_access\"]\npoll_interval = \"50ms\"\n",
+        b.display()
+    );
+    std::fs::write(&base, &with_b).unwrap();
+    agent.signal("HUP");
+    append(&a, &fhir_lines(20, 5));
+    assert!(
+        arr.wait_for_events(35, Duration::from_secs(20)),
+        "{}",
+        agent.log()
+    );
+
+    // A broken config is refused with every problem logged; the running one goes on.
+    std::fs::write(
+        &base,
+        with_b.replace("flush_interval = \"100ms\"", "flush_interval = \"soon\""),
+    )
+    .unwrap();
+    agent.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .log()
+            .contains("new configuration rejected")),
+        "{}",
+        agent.log()
+    );
+    append(&b, &fhir_lines(1010, 5));
+    assert!(
+        arr.wait_for_events(40, Duration::from_secs(20)),
+        "{}",
+        agent.log()
+    );
+    assert!(agent.stop().success(), "{}", agent.log());
+    assert!(
+        agent.log().contains("output.flush_interval"),
+        "the problem is named: {}",
+        agent.log()
+    );
+
+    // Nothing lost, nothing twice, and one start/stop pair for the whole run.
+    assert_no_loss_no_dup(&arr, 40);
+    let own = arr.accepted_self_events();
+    assert_eq!(own.len(), 2, "reload is not a stop: {own:?}");
+}
