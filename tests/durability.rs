@@ -65,6 +65,8 @@ fn delivered_by_request_id(arr: &Arr) -> BTreeMap<String, serde_json::Value> {
             if rid.is_empty() {
                 continue; // the agent's own start/stop events
             }
+            let problems = balp_agent::balp::conformance::check(&r);
+            assert!(problems.is_empty(), "non-conformant event {r}: {problems:?}");
             if let Some(prev) = out.insert(rid.clone(), r.clone()) {
                 assert_eq!(prev, r, "duplicate of {rid} differs");
             }
