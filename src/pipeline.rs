@@ -49,6 +49,8 @@ pub const COMMIT_EVERY: Duration = Duration::from_millis(50);
 pub const COMMIT_BYTES: usize = 1 << 20;
 /// On the stop signal, pending events get this long to be delivered (they stay spooled).
 pub const DRAIN_FOR: Duration = Duration::from_secs(10);
+/// Settled Bundles are acknowledged in the spool at most this often (and when idle).
+pub const ACK_EVERY: Duration = Duration::from_millis(200);
 /// A multi-line record whose stream stayed quiet this long is complete.
 pub const JOIN_IDLE: Duration = Duration::from_secs(1);
 
@@ -100,6 +102,8 @@ pub struct SourceProcessor {
     decoder: Decoder,
     /// The source's parsers, comma-joined (the label of unmatched-line counts).
     parser_list: String,
+    /// Whether a captured X-Forwarded-For may name the client (`trust_forwarded_for`).
+    trust_forwarded_for: bool,
     parsers: ParserSet,
     tz: TimeZone,
     ctx: MapContext,
@@ -135,6 +139,7 @@ impl SourceProcessor {
         Ok(SourceProcessor {
             decoder,
             parser_list: source.parsers.join(","),
+            trust_forwarded_for: source.trust_forwarded_for,
             parsers,
             tz,
             ctx,
@@ -162,9 +167,15 @@ impl SourceProcessor {
             }
             LineOutcome::Matched { parser, extracted } => {
                 *self.stats.matched.entry(parser).or_default() += 1;
-                let Some(extracted) = extracted else {
+                let Some(mut extracted) = extracted else {
                     return Vec::new();
                 };
+                if !self.trust_forwarded_for {
+                    // Spoofable unless a trusted proxy sets it: only the peer address counts.
+                    extracted
+                        .fields
+                        .set(crate::parse::FieldName::ForwardedFor, "");
+                }
                 let position = line.position();
                 let lref = LineRef {
                     position: &position,
@@ -799,6 +810,9 @@ async fn delivery_task(mut cx: DeliveryCtx) -> Result<(), PipelineError> {
     // A Bundle that was in flight when the agent stopped is resent with exactly its range.
     let mut forced = read_inflight(&cx.inflight_path).filter(|(first, _)| *first == next);
     let mut waiting_since: Option<(u64, Instant)> = None;
+    // Settled but not yet acknowledged in the spool: acks (two fsyncs each) are coalesced.
+    let mut to_ack: Option<u64> = None;
+    let mut last_ack = Instant::now();
     let mut send_now = cx.spool.lock()?.durable_seq() >= next;
     let mut drain_deadline: Option<Instant> = None;
     loop {
@@ -812,6 +826,14 @@ async fn delivery_task(mut cx: DeliveryCtx) -> Result<(), PipelineError> {
         } else {
             0
         };
+        if let Some(seq) = to_ack
+            && (pending == 0 || last_ack.elapsed() >= ACK_EVERY || !cx.spool.lock()?.has_room())
+        {
+            cx.spool.with(|s| s.ack(seq))?;
+            cx.room.notify_one();
+            to_ack = None;
+            last_ack = Instant::now();
+        }
         if pending == 0 {
             if draining {
                 return Ok(());
@@ -823,6 +845,9 @@ async fn delivery_task(mut cx: DeliveryCtx) -> Result<(), PipelineError> {
             continue;
         }
         if drain_deadline.is_some_and(|d| Instant::now() >= d) {
+            if let Some(seq) = to_ack {
+                cx.spool.with(|s| s.ack(seq))?;
+            }
             tracing::warn!(
                 pending,
                 "stop: undelivered events stay in the spool for the next start"
@@ -867,13 +892,15 @@ async fn delivery_task(mut cx: DeliveryCtx) -> Result<(), PipelineError> {
         write_inflight(&cx.inflight_path, first, last);
         match cx.output.deliver(&batch, &cx.shutdown).await? {
             Delivery::Accepted | Delivery::DeadLettered { .. } => {
-                cx.spool.with(|s| s.ack(last))?;
-                cx.room.notify_one();
+                to_ack = Some(last);
                 next = last + 1;
                 waiting_since = None;
                 send_now = false;
             }
             Delivery::Interrupted => {
+                if let Some(seq) = to_ack {
+                    cx.spool.with(|s| s.ack(seq))?;
+                }
                 tracing::warn!(
                     pending,
                     "stopped before the output accepted every event; they stay in the spool for the next start"
@@ -892,17 +919,13 @@ fn read_inflight(path: &Path) -> Option<(u64, u64)> {
     (first <= last).then_some((first, last))
 }
 
-/// Record the range in flight (tmp → fsync → rename). Best effort: losing it only means a
-/// restart may cut the range differently (same events, different Bundle id).
+/// Record the range in flight (tmp → rename; no fsync: one per Bundle would cost more than
+/// it protects). Best effort: losing it only means a restart may cut the range differently
+/// (the same events, so the same event ids, in a Bundle with another id).
 fn write_inflight(path: &Path, first: u64, last: u64) {
-    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        write!(f, "{first}-{last}")?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, path)
-    })();
+    let result =
+        std::fs::write(&tmp, format!("{first}-{last}")).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = result {
         tracing::warn!(path = %path.display(), error = %e, "could not record the Bundle in flight");
     }

@@ -66,7 +66,10 @@ fn delivered_by_request_id(arr: &Arr) -> BTreeMap<String, serde_json::Value> {
                 continue; // the agent's own start/stop events
             }
             let problems = balp_agent::balp::conformance::check(&r);
-            assert!(problems.is_empty(), "non-conformant event {r}: {problems:?}");
+            assert!(
+                problems.is_empty(),
+                "non-conformant event {r}: {problems:?}"
+            );
             if let Some(prev) = out.insert(rid.clone(), r.clone()) {
                 assert_eq!(prev, r, "duplicate of {rid} differs");
             }

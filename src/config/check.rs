@@ -183,6 +183,7 @@ const SOURCE: &[Field] = &[
     opt("max_line_bytes", Ty::Size),
     opt("timezone", Ty::Str),
     opt("fhir_base", Ty::StrOrList),
+    opt("trust_forwarded_for", Ty::Bool),
     opt("poll_interval", Ty::Duration),
     opt("listen", Ty::Str),
     opt("match", Ty::StrList),

@@ -227,6 +227,10 @@ pub struct SourceConfig {
     /// How physical lines join into records (`none`, `indented`, `csv`).
     #[serde(default)]
     pub multiline: crate::decode::multiline::Multiline,
+    /// Take the client from the first X-Forwarded-For hop a parser captured. Off by default:
+    /// the header is set by the client unless a trusted proxy overwrites it.
+    #[serde(default)]
+    pub trust_forwarded_for: bool,
     /// `decode = "postgres"`: PostgreSQL's `log_line_prefix` (default `%m [%p] %q%u@%d `).
     #[serde(default)]
     pub log_line_prefix: Option<String>,

@@ -334,6 +334,7 @@ mod tests {
             decode: DecodeKind::Raw,
             parsers: Vec::new(),
             multiline: Default::default(),
+            trust_forwarded_for: false,
             log_line_prefix: None,
             max_line_bytes: ByteSize(64 * 1024),
             timezone: None,

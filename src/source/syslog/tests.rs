@@ -22,6 +22,7 @@ fn config(listen: &str) -> SourceConfig {
         decode: DecodeKind::Syslog,
         parsers: Vec::new(),
         multiline: Default::default(),
+        trust_forwarded_for: false,
         log_line_prefix: None,
         max_line_bytes: ByteSize(64 * 1024),
         timezone: None,
