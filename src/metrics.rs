@@ -152,6 +152,13 @@ impl Health {
         }
     }
 
+    /// Is the ARR failing right now (a failed attempt since the last success, or a pause)?
+    /// The pipeline opens no new Bundle slot while it is: the Bundles in flight are the probes.
+    pub fn delivery_failing(&self) -> bool {
+        let d = lock(&self.delivery);
+        d.failing.is_some() || d.paused.is_some()
+    }
+
     /// Whether the last attempt to persist read positions failed.
     pub fn positions_write_failed(&self, failed: bool) {
         self.positions_failed.store(failed, Ordering::Relaxed);

@@ -361,10 +361,17 @@ pub async fn run(
         max_bytes: config.output.max_bytes.0 as usize,
         flush_interval: config.output.flush_interval.0,
     };
+    let mut outputs = vec![output];
+    for _ in 1..config.output.max_in_flight.max(1) {
+        let mut more = Output::from_config(&config)?;
+        more.set_health(health.clone());
+        outputs.push(more);
+    }
     let mut delivery = tokio::spawn(delivery_task(DeliveryCtx {
         spool: spool.clone(),
-        output,
+        outputs,
         policy,
+        health: health.clone(),
         committed: committed.clone(),
         room: room.clone(),
         drain: drain_rx,
@@ -791,8 +798,10 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 /// What the delivery task works with.
 struct DeliveryCtx {
     spool: SharedSpool,
-    output: Output,
+    /// One output per slot (`output.max_in_flight`); a slot's Bundle retries in place.
+    outputs: Vec<Output>,
     policy: BatchPolicy,
+    health: Arc<Health>,
     /// Signalled after each group commit.
     committed: Arc<Notify>,
     /// Signalled after each ack (space may have been freed).
@@ -800,43 +809,64 @@ struct DeliveryCtx {
     /// Set when no more events will come (stop signal or `--once` caught up).
     drain: watch::Receiver<bool>,
     shutdown: Shutdown,
-    /// Records the range of the Bundle in flight, so a restart resends exactly that Bundle.
+    /// Records the ranges of the Bundles in flight, so a restart resends exactly those.
     inflight_path: PathBuf,
 }
 
-/// Deliver spooled events in order, one Bundle in flight, acking each settled range.
+/// A Bundle being delivered in its own task; the task hands its output back.
+struct InFlight {
+    first: u64,
+    last: u64,
+    task: tokio::task::JoinHandle<(Output, Result<Delivery, DeliverError>)>,
+}
+
+/// Deliver spooled events as Bundles of contiguous ranges, up to `max_in_flight` at once,
+/// and acknowledge them in order. While the ARR fails, no new slot is opened: the Bundles in
+/// flight retry and act as the circuit breaker's probes.
 async fn delivery_task(mut cx: DeliveryCtx) -> Result<(), PipelineError> {
+    let slots = cx.outputs.len().max(1);
     let mut next = cx.spool.lock()?.first_unacked();
-    // A Bundle that was in flight when the agent stopped is resent with exactly its range.
-    let mut forced = read_inflight(&cx.inflight_path).filter(|(first, _)| *first == next);
+    // Bundles that were in flight when the agent stopped are resent with exactly their ranges.
+    let mut forced: std::collections::VecDeque<(u64, u64)> = read_inflight(&cx.inflight_path)
+        .into_iter()
+        .scan(next, |expect, (first, last)| {
+            (first == *expect).then(|| {
+                *expect = last + 1;
+                (first, last)
+            })
+        })
+        .collect();
+    let mut window: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
     let mut waiting_since: Option<(u64, Instant)> = None;
     // Settled but not yet acknowledged in the spool: acks (two fsyncs each) are coalesced.
     let mut to_ack: Option<u64> = None;
     let mut last_ack = Instant::now();
     let mut send_now = cx.spool.lock()?.durable_seq() >= next;
     let mut drain_deadline: Option<Instant> = None;
-    loop {
+    let result = loop {
         let draining = *cx.drain.borrow();
         if draining && cx.shutdown.is_triggered() && drain_deadline.is_none() {
             drain_deadline = Some(Instant::now() + DRAIN_FOR);
         }
         let durable = cx.spool.lock()?.durable_seq();
-        let pending = if durable >= next {
+        let unsent = if durable >= next {
             durable - next + 1
         } else {
             0
         };
         if let Some(seq) = to_ack
-            && (pending == 0 || last_ack.elapsed() >= ACK_EVERY || !cx.spool.lock()?.has_room())
+            && ((window.is_empty() && unsent == 0)
+                || last_ack.elapsed() >= ACK_EVERY
+                || !cx.spool.lock()?.has_room())
         {
             cx.spool.with(|s| s.ack(seq))?;
             cx.room.notify_one();
             to_ack = None;
             last_ack = Instant::now();
         }
-        if pending == 0 {
+        if window.is_empty() && unsent == 0 {
             if draining {
-                return Ok(());
+                break Ok(());
             }
             tokio::select! {
                 _ = cx.committed.notified() => {}
@@ -845,89 +875,149 @@ async fn delivery_task(mut cx: DeliveryCtx) -> Result<(), PipelineError> {
             continue;
         }
         if drain_deadline.is_some_and(|d| Instant::now() >= d) {
-            if let Some(seq) = to_ack {
-                cx.spool.with(|s| s.ack(seq))?;
-            }
             tracing::warn!(
-                pending,
+                unsent,
+                in_flight = window.len(),
                 "stop: undelivered events stay in the spool for the next start"
             );
-            return Ok(());
+            break Ok(());
         }
-        // Age of the oldest unsent event as seen by this task; a backlog found at start-up,
-        // and a Bundle that was in flight, go out at once.
-        let since = match waiting_since {
-            Some((seq, t)) if seq == next => t,
-            _ => {
-                let t = Instant::now();
-                waiting_since = Some((next, t));
-                t
+        // Open slots while there is something ready and the ARR is not failing.
+        let mut opened = false;
+        let mut wake = None;
+        let mut unsent = unsent;
+        while window.len() < slots
+            && unsent > 0
+            && (window.is_empty() || !cx.health.delivery_failing())
+        {
+            let Some(output) = cx.outputs.pop() else {
+                break;
+            };
+            // Age of the oldest unsent event as seen by this task; a backlog found at
+            // start-up, and Bundles that were in flight, go out at once.
+            let since = match waiting_since {
+                Some((seq, t)) if seq == next => t,
+                _ => {
+                    let t = Instant::now();
+                    waiting_since = Some((next, t));
+                    t
+                }
+            };
+            let ready = send_now
+                || !forced.is_empty()
+                || cx.policy.ready(unsent, since.elapsed(), draining);
+            if !ready {
+                cx.outputs.push(output);
+                wake = Some(since + cx.policy.flush_interval);
+                break;
             }
-        };
-        let ready =
-            send_now || forced.is_some() || cx.policy.ready(pending, since.elapsed(), draining);
-        if !ready {
-            let wake = since + cx.policy.flush_interval;
+            let (max_events, max_bytes) = match forced.pop_front() {
+                Some((first, last)) => ((last - first + 1) as usize, usize::MAX),
+                None => (cx.policy.max_events, cx.policy.max_bytes),
+            };
+            let spooled = cx
+                .spool
+                .with(|s| s.read_range(next, max_events, max_bytes))?;
+            let batch = Batch::from_spooled(spooled);
+            let Some((first, last)) = batch.seqs else {
+                // Nothing readable (quarantined on the way): look again from the top.
+                cx.outputs.push(output);
+                waiting_since = None;
+                break;
+            };
+            let shutdown = cx.shutdown.clone();
+            let mut output = output;
+            let task = tokio::spawn(async move {
+                let result = output.deliver(&batch, &shutdown).await;
+                (output, result)
+            });
+            window.push_back(InFlight { first, last, task });
+            next = last + 1;
+            unsent = if durable >= next {
+                durable - next + 1
+            } else {
+                0
+            };
+            waiting_since = None;
+            opened = true;
+        }
+        if unsent == 0 {
+            send_now = false;
+        }
+        if opened {
+            let ranges: Vec<(u64, u64)> = window.iter().map(|f| (f.first, f.last)).collect();
+            write_inflight(&cx.inflight_path, &ranges);
+        }
+        let can_open = window.len() < slots;
+        let Some(front) = window.front_mut() else {
+            let wake = wake.unwrap_or_else(|| Instant::now() + cx.policy.flush_interval);
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 _ = cx.committed.notified() => {}
                 _ = cx.drain.changed() => {}
             }
             continue;
-        }
-        let (max_events, max_bytes) = match forced {
-            Some((first, last)) => ((last - first + 1) as usize, usize::MAX),
-            None => (cx.policy.max_events, cx.policy.max_bytes),
         };
-        forced = None;
-        let spooled = cx
-            .spool
-            .with(|s| s.read_range(next, max_events, max_bytes))?;
-        let batch = Batch::from_spooled(spooled);
-        let Some((first, last)) = batch.seqs else {
-            // Nothing readable (e.g. quarantined on the way): skip past what was asked.
-            waiting_since = None;
+        let sleep_to = wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let joined = tokio::select! {
+            joined = &mut front.task => Some(joined),
+            _ = cx.committed.notified(), if can_open => None,
+            _ = tokio::time::sleep_until(sleep_to.into()), if can_open && wake.is_some() => None,
+            _ = cx.drain.changed() => None,
+        };
+        let Some(joined) = joined else {
             continue;
         };
-        write_inflight(&cx.inflight_path, first, last);
-        match cx.output.deliver(&batch, &cx.shutdown).await? {
+        let done = window.pop_front();
+        let (output, delivered) =
+            joined.map_err(|e| PipelineError::Internal(format!("delivery task: {e}")))?;
+        cx.outputs.push(output);
+        match delivered? {
             Delivery::Accepted | Delivery::DeadLettered { .. } => {
-                to_ack = Some(last);
-                next = last + 1;
-                waiting_since = None;
-                send_now = false;
+                if let Some(f) = done {
+                    to_ack = Some(f.last);
+                }
             }
             Delivery::Interrupted => {
-                if let Some(seq) = to_ack {
-                    cx.spool.with(|s| s.ack(seq))?;
-                }
                 tracing::warn!(
-                    pending,
+                    unsent,
                     "stopped before the output accepted every event; they stay in the spool for the next start"
                 );
-                return Ok(());
+                break Ok(());
             }
         }
+    };
+    // Bundles after an unsettled one are not acknowledged (they are sent again, same ids).
+    for f in window {
+        f.task.abort();
     }
+    if let Some(seq) = to_ack {
+        cx.spool.with(|s| s.ack(seq))?;
+    }
+    result
 }
 
-/// The in-flight range `first..=last`, if recorded.
-fn read_inflight(path: &Path) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let (a, b) = text.trim().split_once('-')?;
-    let (first, last) = (a.parse().ok()?, b.parse().ok()?);
-    (first <= last).then_some((first, last))
+/// The in-flight ranges `first-last`, one per line, if recorded.
+fn read_inflight(path: &Path) -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (a, b) = l.trim().split_once('-')?;
+            let (first, last): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+            (first <= last).then_some((first, last))
+        })
+        .collect()
 }
 
-/// Record the range in flight (tmp → rename; no fsync: one per Bundle would cost more than
-/// it protects). Best effort: losing it only means a restart may cut the range differently
-/// (the same events, so the same event ids, in a Bundle with another id).
-fn write_inflight(path: &Path, first: u64, last: u64) {
+/// Record the ranges in flight (tmp → rename; no fsync: one per Bundle would cost more than
+/// it protects). Best effort: losing it only means a restart may cut the ranges differently
+/// (the same events, so the same event ids, in Bundles with other ids).
+fn write_inflight(path: &Path, ranges: &[(u64, u64)]) {
     let tmp = path.with_extension("tmp");
-    let result =
-        std::fs::write(&tmp, format!("{first}-{last}")).and_then(|()| std::fs::rename(&tmp, path));
+    let text: String = ranges.iter().map(|(a, b)| format!("{a}-{b}\n")).collect();
+    let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = result {
-        tracing::warn!(path = %path.display(), error = %e, "could not record the Bundle in flight");
+        tracing::warn!(path = %path.display(), error = %e, "could not record the Bundles in flight");
     }
 }
 

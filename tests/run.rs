@@ -362,3 +362,38 @@ fn sighup_reload_adds_a_source_and_an_invalid_config_keeps_the_running_one() {
     let own = arr.accepted_self_events();
     assert_eq!(own.len(), 2, "reload is not a stop: {own:?}");
 }
+
+#[test]
+fn max_in_flight_delivers_bundles_concurrently_and_acknowledges_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let arr = Arr::start();
+    // The first Bundle hangs until the client's timeout; the two others go through meanwhile.
+    arr.script([Reply::Hang]);
+    let log = dir.path().join("access.log");
+    append(&log, &fhir_lines(0, 150));
+    let cfg = http_config(dir.path(), log.to_str().unwrap(), &arr, 50, "100ms");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("max_events = 50", "max_events = 50\nmax_in_flight = 3");
+    std::fs::write(&cfg, text).unwrap();
+    let mut agent = Agent::start(&cfg, &["--once"]);
+    let status = agent
+        .wait(Duration::from_secs(30))
+        .expect("run --once ends");
+    assert!(status.success(), "{}", agent.log());
+    let reqs = arr.requests();
+    let hung = reqs[0].header("x-request-id").map(str::to_owned);
+    // Other Bundles were accepted while the first one was still waiting for its answer.
+    let retry_at = reqs
+        .iter()
+        .skip(1)
+        .position(|r| r.header("x-request-id").map(str::to_owned) == hung);
+    assert!(
+        retry_at.is_some_and(|i| i >= 1),
+        "requests: {:?}",
+        reqs.iter()
+            .map(|r| r.header("x-request-id"))
+            .collect::<Vec<_>>()
+    );
+    assert_no_loss_no_dup(&arr, 150);
+}

@@ -223,6 +223,7 @@ const OUTPUT: &[Field] = &[
         Ty::Enum(&["collection", "batch", "transaction"]),
     ),
     opt("max_events", Ty::PositiveInt),
+    opt("max_in_flight", Ty::PositiveInt),
     opt("max_bytes", Ty::Size),
     opt("flush_interval", Ty::Duration),
     opt("compression", Ty::Enum(&["gzip", "none"])),

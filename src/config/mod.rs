@@ -380,6 +380,9 @@ pub struct OutputConfig {
     /// Events per Bundle at most.
     #[serde(default = "default_max_events")]
     pub max_events: usize,
+    /// Bundles in flight at once (each retries in its own slot; acknowledged in order).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
     /// Uncompressed JSON bytes per Bundle at most.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: ByteSize,
@@ -414,6 +417,7 @@ impl Default for OutputConfig {
             path: None,
             bundle_type: BundleType::default(),
             max_events: default_max_events(),
+            max_in_flight: default_max_in_flight(),
             max_bytes: default_max_bytes(),
             flush_interval: default_flush_interval(),
             compression: Compression::default(),
@@ -428,6 +432,9 @@ impl Default for OutputConfig {
 
 fn default_max_events() -> usize {
     500
+}
+fn default_max_in_flight() -> usize {
+    1
 }
 fn default_max_bytes() -> ByteSize {
     ByteSize(4 << 20)
