@@ -247,6 +247,7 @@ impl Follower {
         sink.message(SourceMsg::Position(Checkpoint {
             stream: stream.clone(),
             offset: self.reader.committed(),
+            cursor: None,
         }))?;
         self.stream = Some(stream);
         self.last_report = Instant::now();
@@ -261,6 +262,7 @@ impl Follower {
             sink.message(SourceMsg::Position(Checkpoint {
                 stream: stream.clone(),
                 offset: 0,
+                cursor: None,
             }))?;
             self.previous = Some(stream);
         }
@@ -319,6 +321,7 @@ impl Follower {
             sink.message(SourceMsg::Position(Checkpoint {
                 stream: stream.clone(),
                 offset: self.reader.committed(),
+                cursor: None,
             }))?;
             self.last_report = Instant::now();
         }
