@@ -323,7 +323,10 @@ pub async fn run(
             continue;
         }
         if source.source_type == SourceType::Journald {
-            let cursor = positions.cursor(&source.name, &crate::source::journald::stream_key(&source.name));
+            let cursor = positions.cursor(
+                &source.name,
+                &crate::source::journald::stream_key(&source.name),
+            );
             let handle = crate::source::journald::spawn(
                 source,
                 cursor,

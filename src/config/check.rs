@@ -747,7 +747,9 @@ impl Checker {
                 self.report(
                     &span,
                     format!("{p}.match[{k}]"),
-                    format!("journal match {m:?} must be FIELD=value (or \"+\" between alternatives)"),
+                    format!(
+                        "journal match {m:?} must be FIELD=value (or \"+\" between alternatives)"
+                    ),
                 );
             }
         }
@@ -1082,7 +1084,10 @@ path = "{out}"
             );
         }
         assert!(!got.iter().any(|g| g.contains("sources[1]")), "{got:?}");
-        assert!(!got.iter().any(|g| g.contains("not implemented")), "{got:?}");
+        assert!(
+            !got.iter().any(|g| g.contains("not implemented")),
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -329,12 +329,7 @@ impl Follower {
         shutdown: &Shutdown,
         once: bool,
     ) -> Result<RunEnd, Stopped> {
-        let args = journalctl_args(
-            &self.matches,
-            self.read_from,
-            self.cursor.as_deref(),
-            once,
-        );
+        let args = journalctl_args(&self.matches, self.read_from, self.cursor.as_deref(), once);
         let mut child = match Command::new(JOURNALCTL)
             .args(&args)
             .stdin(Stdio::null())
@@ -493,7 +488,10 @@ mod tests {
         let a = journalctl_args(&[], ReadFrom::End, None, false);
         assert!(a.contains(&"--lines=0".to_owned()));
         let a = journalctl_args(&[], ReadFrom::Beginning, None, true);
-        assert!(!a.iter().any(|x| x.starts_with("--follow") || x.starts_with("--lines")));
+        assert!(
+            !a.iter()
+                .any(|x| x.starts_with("--follow") || x.starts_with("--lines"))
+        );
     }
 
     #[test]

@@ -412,7 +412,10 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
         assert_eq!(text.matches("cursor").count(), 1, "{text}");
         let again = Positions::load(dir.path()).unwrap();
-        assert_eq!(again.cursor("j", "journald:j").as_deref(), Some("s=abc;i=2"));
+        assert_eq!(
+            again.cursor("j", "journald:j").as_deref(),
+            Some("s=abc;i=2")
+        );
         assert_eq!(again.cursor("a", "k"), None);
     }
 
