@@ -615,6 +615,14 @@ impl Checker {
                             format!("{p}.{key}[{k}]"),
                             format!("invalid glob {g:?}: {e}"),
                         );
+                    } else if key == "include"
+                        && crate::source::file::watcher::is_compressed_name(Path::new(g))
+                    {
+                        self.report(
+                            &span,
+                            format!("{p}.{key}[{k}]"),
+                            format!("{g:?} names compressed files, which are never read (their lines were read from the live file before rotation); include the live file only"),
+                        );
                     }
                 }
             }
@@ -1040,6 +1048,33 @@ delivery_failure_threshold = "5m"
         let cfg = load(&path).unwrap();
         assert_eq!(cfg.sources.len(), 2);
         assert_eq!(cfg.parsers[0].name, "billing-app");
+    }
+
+    #[test]
+    fn compressed_include_globs_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"[agent]
+state_dir = "{state}"
+[[sources]]
+name = "fhir"
+type = "file"
+include = ["/var/log/nginx/access.log", "/var/log/nginx/access.log.*.gz"]
+decode = "raw"
+parsers = ["fhir_access"]
+[output]
+type = "directory"
+path = "{out}"
+"#,
+            state = dir.path().join("state").display(),
+            out = dir.path().join("out").display()
+        );
+        let got = check_text("g.toml", &text);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].contains("sources[0].include[1]") && got[0].contains("compressed"),
+            "{got:?}"
+        );
     }
 
     #[test]
