@@ -65,7 +65,7 @@ fn write_conf(path: &Path, log: &Path, mode: &str) {
     std::fs::write(
         path,
         format!(
-            "{log} {{\n    rotate 20\n    {mode}\n    missingok\n    nocompress\n}}\n",
+            "{log} {{\n    rotate 20\n    {mode}\n    missingok\n}}\n",
             log = log.display()
         ),
     )
@@ -182,13 +182,13 @@ flush_interval = "100ms"
     let conf = dir.path().join("logrotate.conf");
 
     // Rename + create, while the writer keeps writing.
-    write_conf(&conf, &log, "create");
+    write_conf(&conf, &log, "create\n    nocompress");
     for _ in 0..4 {
         std::thread::sleep(Duration::from_millis(250));
         logrotate(&conf, &state);
     }
     // copytruncate: pause the writer, let the agent catch up, rotate, resume.
-    write_conf(&conf, &log, "copytruncate");
+    write_conf(&conf, &log, "copytruncate\n    nocompress");
     for _ in 0..4 {
         std::thread::sleep(Duration::from_millis(250));
         let _paused = writer.gate.lock().unwrap();
@@ -205,26 +205,111 @@ flush_interval = "100ms"
     let total = writer.finish();
     assert!(total > 500, "the writer wrote {total} lines");
     eprintln!("writer wrote {total} lines over 8 rotations");
-    let ok = wait_until(Duration::from_secs(60), || rids(&out).len() >= total);
-    let got = rids(&out);
+    assert_all_once(&out, total, &agent.log());
+    let rotated = std::fs::read_dir(&logs).unwrap().count();
+    assert!(rotated >= 9, "logrotate made {rotated} files");
+    assert!(agent.stop().success(), "{}", agent.log());
+}
+
+/// Every line has exactly one event (by request id), none is missing.
+fn assert_all_once(out: &Path, total: usize, log: &str) {
+    let ok = wait_until(Duration::from_secs(60), || rids(out).len() >= total);
+    let got = rids(out);
     let missing: Vec<usize> = (0..total)
         .filter(|i| !got.contains_key(&format!("req{i:08}")))
         .collect();
     assert!(
         ok && missing.is_empty(),
-        "{} of {total} lines lost: {:?}…\n{}",
+        "{} of {total} lines lost: {:?}…\n{log}",
         missing.len(),
         &missing[..missing.len().min(20)],
-        agent.log()
     );
-    // A line read twice must give the same event (same id), never a second distinct one.
     let doubled: Vec<_> = got.iter().filter(|(_, ids)| ids.len() > 1).collect();
     assert!(
         doubled.is_empty(),
         "lines with distinct events: {doubled:?}"
     );
     assert_eq!(got.len(), total);
-    let rotated = std::fs::read_dir(&logs).unwrap().count();
-    assert!(rotated >= 9, "logrotate made {rotated} files");
+}
+
+/// With rename rotation the rotated file may be included (`access.log*`): it keeps its
+/// identity, so it is continued rather than read again, and a file rotated while the agent
+/// was stopped is still read to its end at the next start. `delaycompress` keeps the first
+/// rotated file plain; compressed ones are skipped. (Two rotations while stopped would
+/// compress unread lines: not covered, see README "Rotation".)
+#[test]
+fn rotated_files_included_with_delaycompress_survive_a_stopped_agent() {
+    if !Path::new(LOGROTATE).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "logrotate missing but CI is set (.ci/run installs it)"
+        );
+        eprintln!("note: logrotate not installed; rotation test skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = logs.join("access.log");
+    let out = dir.path().join("out");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[agent]
+state_dir = "state"
+hostname = "test-host"
+[[sources]]
+name = "fhir"
+type = "file"
+include = ["{logs}/access.log*"]
+read_from = "beginning"
+decode = "raw"
+parsers = ["fhir_access"]
+poll_interval = "50ms"
+[output]
+type = "directory"
+path = "out"
+max_events = 500
+flush_interval = "100ms"
+"#,
+            logs = logs.display()
+        ),
+    );
+    let state = dir.path().join("logrotate.state");
+    let conf = dir.path().join("logrotate.conf");
+    write_conf(&conf, &log, "create\n    compress\n    delaycompress");
+    let mut agent = Agent::start(&config, &[]);
+    let mut writer = Writer::start(log.clone());
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(250));
+        logrotate(&conf, &state);
+    }
+    // Stopped across one rotation, while the writer goes on.
+    assert!(agent.stop().success(), "{}", agent.log());
+    let mut logs_so_far = agent.log();
+    std::thread::sleep(Duration::from_millis(200));
+    logrotate(&conf, &state);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut agent = Agent::start(&config, &[]);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(250));
+        logrotate(&conf, &state);
+    }
+    std::thread::sleep(Duration::from_millis(250));
+    let total = writer.finish();
+    logs_so_far.push_str(&agent.log());
+    assert_all_once(&out, total, &logs_so_far);
+    let gz = std::fs::read_dir(&logs)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .to_string_lossy()
+                .ends_with(".gz")
+        })
+        .count();
+    assert!(gz >= 4, "logrotate compressed {gz} files");
     assert!(agent.stop().success(), "{}", agent.log());
 }
