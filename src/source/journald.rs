@@ -17,6 +17,8 @@
 //! * `journalctl` is found through `PATH`. If it exits while following, it is started again
 //!   after the last cursor read, with a growing pause (0.5 s … 30 s), and the gap is logged.
 //!   With `run --once` it runs without `--follow` and its end of output is "caught up".
+//!   Restarted before any entry arrived (`read_from = "end"`, no cursor), it resumes
+//!   `--since` its first start, so that gap is covered too.
 //! * A `MESSAGE` that is not UTF-8 (the journal gives it as an array of bytes) is converted
 //!   lossily and flagged; newlines inside a message become `#012` as rsyslog writes them, so
 //!   one entry stays one line.
@@ -44,6 +46,8 @@ const POSITION_EVERY: usize = 1000;
 const IDLE: Duration = Duration::from_millis(100);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// An idle journal still reports its cursor this often, so the saved position never expires.
+const HEARTBEAT: Duration = Duration::from_secs(3600);
 
 /// The stream key of a journald source.
 pub fn stream_key(source: &str) -> String {
@@ -55,12 +59,14 @@ pub fn is_journald_key(key: &str) -> bool {
     key.starts_with(KEY_PREFIX)
 }
 
-/// The arguments for `journalctl`: JSON, whole fields, resume after `cursor` (else from the
-/// start or the end per `read_from`), following unless `once`, then the matches.
+/// The arguments for `journalctl`: JSON, whole fields, resume after `cursor` (else from
+/// `since`, seconds since the epoch, else from the start or the end per `read_from`),
+/// following unless `once`, then the matches.
 pub fn journalctl_args(
     matches: &[String],
     read_from: ReadFrom,
     cursor: Option<&str>,
+    since: Option<i64>,
     once: bool,
 ) -> Vec<String> {
     let mut args = vec![
@@ -72,20 +78,23 @@ pub fn journalctl_args(
     if !once {
         args.push("--follow".to_owned());
     }
-    match (cursor, read_from) {
+    let from_end = match (cursor, since) {
         (Some(c), _) => {
             args.push(format!("--after-cursor={c}"));
-            if !once {
-                // --follow alone shows only the last 10 entries first.
-                args.push("--no-tail".to_owned());
-            }
+            false
         }
-        (None, ReadFrom::Beginning) => {
-            if !once {
-                args.push("--no-tail".to_owned());
-            }
+        // Restarted before any entry arrived: entries of that second may repeat (same ids).
+        (None, Some(secs)) => {
+            args.push(format!("--since=@{secs}"));
+            false
         }
-        (None, ReadFrom::End) => args.push("--lines=0".to_owned()),
+        (None, None) => read_from == ReadFrom::End,
+    };
+    if from_end {
+        args.push("--lines=0".to_owned());
+    } else if !once {
+        // --follow alone shows only the last 10 entries first.
+        args.push("--no-tail".to_owned());
     }
     args.extend(matches.iter().cloned());
     args
@@ -231,9 +240,13 @@ struct Follower {
     max_line_bytes: usize,
     /// The cursor of the last entry sent (in memory; saved only via the pipeline).
     cursor: Option<String>,
-    /// The cursor last reported in a `Position`.
+    /// The cursor last reported in a `Position`, and when.
     reported: Option<String>,
+    reported_at: Instant,
     since_report: usize,
+    /// With `read_from = "end"` and no cursor yet: when the first `journalctl` started, so a
+    /// restart before any entry arrived resumes there (`--since`) instead of at the new end.
+    started_secs: Option<i64>,
 }
 
 /// What a `journalctl` run ended with.
@@ -256,8 +269,10 @@ impl Follower {
             read_from: cfg.read_from,
             max_line_bytes: (cfg.max_line_bytes.0 as usize).max(1),
             reported: cursor.clone(),
+            reported_at: Instant::now(),
             cursor,
             since_report: 0,
+            started_secs: None,
         }
     }
 
@@ -305,9 +320,8 @@ impl Follower {
 
     /// Send the cursor of the last line sent, once it moved.
     fn report(&mut self, sink: &mut Sink) -> Result<(), Stopped> {
-        if self.cursor != self.reported
-            && let Some(c) = &self.cursor
-        {
+        let due = self.cursor != self.reported || self.reported_at.elapsed() >= HEARTBEAT;
+        if due && let Some(c) = &self.cursor {
             let offset = fnv1a64(c.as_bytes());
             sink.message(SourceMsg::Position(Checkpoint {
                 stream: self.stream.clone(),
@@ -315,6 +329,7 @@ impl Follower {
                 cursor: Some(c.clone()),
             }))?;
             self.reported = self.cursor.clone();
+            self.reported_at = Instant::now();
         } else {
             sink.flush()?;
         }
@@ -329,7 +344,21 @@ impl Follower {
         shutdown: &Shutdown,
         once: bool,
     ) -> Result<RunEnd, Stopped> {
-        let args = journalctl_args(&self.matches, self.read_from, self.cursor.as_deref(), once);
+        let since = match (self.cursor.is_some(), self.read_from, self.started_secs) {
+            (false, ReadFrom::End, None) => {
+                self.started_secs = Some(jiff::Timestamp::now().as_second());
+                None
+            }
+            (false, ReadFrom::End, Some(secs)) => Some(secs),
+            _ => None,
+        };
+        let args = journalctl_args(
+            &self.matches,
+            self.read_from,
+            self.cursor.as_deref(),
+            since,
+            once,
+        );
         let mut child = match Command::new(JOURNALCTL)
             .args(&args)
             .stdin(Stdio::null())
@@ -480,14 +509,17 @@ mod tests {
     #[test]
     fn arguments_resume_after_the_cursor() {
         let m = vec!["_SYSTEMD_UNIT=ssh.service".to_owned()];
-        let a = journalctl_args(&m, ReadFrom::End, Some("c9"), false);
+        let a = journalctl_args(&m, ReadFrom::End, Some("c9"), None, false);
         assert!(a.contains(&"--follow".to_owned()));
         assert!(a.contains(&"--after-cursor=c9".to_owned()));
         assert!(a.contains(&"--no-tail".to_owned()));
         assert_eq!(a.last().unwrap(), "_SYSTEMD_UNIT=ssh.service");
-        let a = journalctl_args(&[], ReadFrom::End, None, false);
+        let a = journalctl_args(&[], ReadFrom::End, None, None, false);
         assert!(a.contains(&"--lines=0".to_owned()));
-        let a = journalctl_args(&[], ReadFrom::Beginning, None, true);
+        let a = journalctl_args(&[], ReadFrom::End, None, Some(1_764_000_000), false);
+        assert!(a.contains(&"--since=@1764000000".to_owned()), "{a:?}");
+        assert!(a.contains(&"--no-tail".to_owned()) && !a.contains(&"--lines=0".to_owned()));
+        let a = journalctl_args(&[], ReadFrom::Beginning, None, None, true);
         assert!(
             !a.iter()
                 .any(|x| x.starts_with("--follow") || x.starts_with("--lines"))
