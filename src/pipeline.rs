@@ -13,6 +13,9 @@
 //!   was filling).
 //! * Syslog sources (async tasks beside the file threads) cannot be replayed: their lines
 //!   never produce positions (see [`crate::source::syslog`]).
+//! * Journald sources (threads running `journalctl`) resume by cursor: the source sends a
+//!   `Position` carrying the cursor after the lines it covers, so it is queued behind their
+//!   events and applied only after the spool commit, like a file offset.
 //! * Backpressure: the delivery queue is bounded; when it is full the process loop stops
 //!   taking lines and the file threads block, so the log files are the overflow buffer.
 //! * On the stop signal the sources stop, what was read is batched and handed to the output,
@@ -286,6 +289,12 @@ pub async fn run(
         if config.source(source).is_none() {
             continue; // requeued dead letters, or a source removed from the config
         }
+        if crate::source::journald::is_journald_key(key) {
+            // A journal line's offset is a hash of its cursor, not an ordered position; the
+            // cursor itself lives only in the positions file (which never runs ahead of the
+            // spool, so lagging just re-reads entries into id-identical events).
+            continue;
+        }
         let known = positions.known(source).get(key).copied();
         if known.is_none_or(|k| k < *end) {
             positions.apply(&Checkpoint {
@@ -295,6 +304,7 @@ pub async fn run(
                     path: path.clone(),
                 }),
                 offset: *end,
+                cursor: None,
             });
         }
     }
@@ -307,12 +317,6 @@ pub async fn run(
                 processors.insert(Arc::from(source.name.as_str()), p);
             }
             Err(mut e) => problems.append(&mut e),
-        }
-        if source.source_type == SourceType::Journald {
-            problems.push(format!(
-                "sources.{}.type: {:?} sources are not implemented yet",
-                source.name, source.source_type
-            ));
         }
     }
     if !problems.is_empty() {
@@ -337,6 +341,22 @@ pub async fn run(
                     .map_err(source_error)?;
             tracing::info!(source = %source.name, %addr, "syslog source listening");
             tasks.push(task);
+            continue;
+        }
+        if source.source_type == SourceType::Journald {
+            let cursor = positions.cursor(
+                &source.name,
+                &crate::source::journald::stream_key(&source.name),
+            );
+            let handle = crate::source::journald::spawn(
+                source,
+                cursor,
+                line_tx.clone(),
+                shutdown.clone(),
+                options.once,
+            )
+            .map_err(source_error)?;
+            threads.push(handle);
             continue;
         }
         let known = positions.known(&source.name);
@@ -434,7 +454,7 @@ pub async fn run(
     let mut requeue_tick = tokio::time::interval(admin::REQUEUE_EVERY);
     requeue_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let max_events = config.output.max_events;
-    // Only file sources ever catch up; network sources have no "everything present".
+    // Only file and journal sources ever catch up; network sources have no "everything present".
     let mut pending_sources = threads.len();
     let mut sources_open = !(options.once && pending_sources == 0);
     if !sources_open {
@@ -684,11 +704,15 @@ impl Ingest {
                     guard.append(record, &origin)?;
                 }
             }
-            // Network streams have no read position to keep.
-            if !crate::source::syslog::is_syslog_stream(&line.stream) {
+            // Network streams have no read position to keep; journal streams send their
+            // cursor as a `SourceMsg::Position` after their lines.
+            if !crate::source::syslog::is_syslog_stream(&line.stream)
+                && !crate::source::journald::is_journald_key(&line.stream.key)
+            {
                 self.pending.push(PendingPosition::At(Checkpoint {
                     stream: line.stream.clone(),
                     offset: line.end,
+                    cursor: None,
                 }));
             }
         }

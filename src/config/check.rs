@@ -594,15 +594,9 @@ impl Checker {
                 }
                 seen.push(name);
             }
-            if let Some((ty, span)) = get_str(t, "type") {
+            if let Some((ty, _)) = get_str(t, "type") {
                 if ty == "journald" {
-                    self.report(
-                        &span,
-                        format!("{p}.type"),
-                        format!(
-                            "source type {ty:?} is not implemented yet (only \"file\" and \"syslog\")"
-                        ),
-                    );
+                    self.check_journald_source(t, &p);
                 }
                 if ty == "syslog" {
                     self.check_syslog_source(t, &tspan, &p);
@@ -622,6 +616,14 @@ impl Checker {
                             &span,
                             format!("{p}.{key}[{k}]"),
                             format!("invalid glob {g:?}: {e}"),
+                        );
+                    } else if key == "include"
+                        && crate::source::file::watcher::is_compressed_name(Path::new(g))
+                    {
+                        self.report(
+                            &span,
+                            format!("{p}.{key}[{k}]"),
+                            format!("{g:?} names compressed files, which are never read (their lines were read from the live file before rotation); include the live file only"),
                         );
                     }
                 }
@@ -718,6 +720,48 @@ impl Checker {
                 format!("{p}.multiline"),
                 format!("decode = {decode:?} needs multiline = {want:?} (PostgreSQL continues records over several lines); this source has multiline = {multiline:?}"),
             );
+        }
+    }
+
+    /// Journal entries are rewritten as syslog file lines, one entry per line.
+    fn check_journald_source(&mut self, t: &Table<'_>, p: &str) {
+        if let Some((decode, span)) = get_str(t, "decode")
+            && decode != "syslog"
+        {
+            self.report(
+                &span,
+                format!("{p}.decode"),
+                format!("a journald source always uses decode = \"syslog\" (entries are rewritten as syslog lines); this source has decode = {decode:?}"),
+            );
+        }
+        if let Some((m, span)) = get_str(t, "multiline")
+            && m != "none"
+        {
+            self.report(
+                &span,
+                format!("{p}.multiline"),
+                format!("a journald source reads one entry per record; multiline = {m:?} is not supported"),
+            );
+        }
+        for key in ["include", "exclude", "listen"] {
+            if let Some(span) = get(t, key).map(|v| v.span()) {
+                self.report(
+                    &span,
+                    format!("{p}.{key}"),
+                    format!("`{key}` is not used by a journald source (use `match`)"),
+                );
+            }
+        }
+        for (k, (m, span)) in str_list(t, "match").into_iter().enumerate() {
+            if m != "+" && !m.contains('=') {
+                self.report(
+                    &span,
+                    format!("{p}.match[{k}]"),
+                    format!(
+                        "journal match {m:?} must be FIELD=value (or \"+\" between alternatives)"
+                    ),
+                );
+            }
         }
     }
 
@@ -1009,6 +1053,81 @@ delivery_failure_threshold = "5m"
     }
 
     #[test]
+    fn compressed_include_globs_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"[agent]
+state_dir = "{state}"
+[[sources]]
+name = "fhir"
+type = "file"
+include = ["/var/log/nginx/access.log", "/var/log/nginx/access.log.*.gz"]
+decode = "raw"
+parsers = ["fhir_access"]
+[output]
+type = "directory"
+path = "{out}"
+"#,
+            state = dir.path().join("state").display(),
+            out = dir.path().join("out").display()
+        );
+        let got = check_text("g.toml", &text);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].contains("sources[0].include[1]") && got[0].contains("compressed"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn journald_source_needs_syslog_decode_and_field_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"[agent]
+state_dir = "{state}"
+
+[[sources]]
+name = "journal"
+type = "journald"
+match = ["_SYSTEMD_UNIT=ssh.service", "+", "sshd"]
+decode = "raw"
+include = ["/var/log/x"]
+parsers = ["sshd"]
+
+[[sources]]
+name = "ok"
+type = "journald"
+match = ["SYSLOG_IDENTIFIER=sshd"]
+parsers = ["sshd"]
+
+[output]
+type = "directory"
+path = "{out}"
+"#,
+            state = dir.path().join("state").display(),
+            out = dir.path().join("out").display()
+        );
+        let got = check_text("j.toml", &text);
+        let expect = [
+            "j.toml:7:44: sources[0].match[2]: journal match \"sshd\" must be FIELD=value",
+            "j.toml:8:10: sources[0].decode: a journald source always uses decode = \"syslog\"",
+            "j.toml:9:11: sources[0].include: `include` is not used by a journald source",
+        ];
+        for e in expect {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in\n{}",
+                got.join("\n")
+            );
+        }
+        assert!(!got.iter().any(|g| g.contains("sources[1]")), "{got:?}");
+        assert!(
+            !got.iter().any(|g| g.contains("not implemented")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
     fn every_mistake_is_reported_with_position_and_key_path() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
@@ -1063,7 +1182,6 @@ ca_file = "/nonexistent/ca.pem"
             "c.toml:11:12: sources[0].timezone: unknown time zone \"Mars/Olympus\"",
             "c.toml:12:17: sources[0].poll_interval: invalid duration \"5 parsecs\"",
             "c.toml:15:8: sources[1].name: duplicate source name \"auth\"",
-            "c.toml:16:8: sources[1].type: source type \"journald\" is not implemented yet",
             "c.toml:17:12: sources[1].parsers[0]: parser \"fhir_access\" is written for decode = \"raw\" but this source uses decode = \"syslog\"",
             "c.toml:19:1: sources[2]: missing required key `name`",
             "c.toml:30:19: parsers[0].rules[0].fields.user: template \"{b}\": the regex has no capture named \"b\" (captures: a)",

@@ -206,7 +206,7 @@ impl OneOrMany {
 pub struct SourceConfig {
     /// Unique name; part of every event's identity.
     pub name: String,
-    /// `file` or `syslog` (journald is planned).
+    /// `file`, `syslog` or `journald`.
     #[serde(rename = "type")]
     pub source_type: SourceType,
     /// Globs of files to follow.

@@ -7,13 +7,14 @@
 //! everything up to it.
 
 pub mod file;
+pub mod journald;
 pub mod syslog;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The identity of one stream of lines: a file generation today, a journald cursor stream or a
-/// syslog listener later. Shared (`Arc`) by all lines of the stream.
+/// The identity of one stream of lines: a file generation, a journald source, or a syslog
+/// listener and peer. Shared (`Arc`) by all lines of the stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamId {
     /// The configured source name (`[[sources]] name`).
@@ -63,6 +64,9 @@ pub struct Checkpoint {
     pub stream: Arc<StreamId>,
     /// The read position (the `end` of the last line read).
     pub offset: u64,
+    /// For streams that resume by an opaque cursor instead of an offset (journald): the
+    /// cursor of the last entry read. `None` for files.
+    pub cursor: Option<String>,
 }
 
 /// What a source sends to the pipeline.

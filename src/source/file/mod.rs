@@ -114,7 +114,8 @@ pub struct Sink {
 }
 
 impl Sink {
-    fn new(tx: Sender<SourceMsg>, shutdown: Shutdown) -> Sink {
+    /// A sink sending to `tx` that gives up when `shutdown` is triggered.
+    pub fn new(tx: Sender<SourceMsg>, shutdown: Shutdown) -> Sink {
         Sink {
             tx,
             shutdown,

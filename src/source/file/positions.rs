@@ -1,7 +1,8 @@
 //! Persisted read positions of all file streams: `<state_dir>/positions.json`.
 //!
 //! In: [`Checkpoint`]s from the pipeline (sent only once everything before them is safe) and
-//! forgotten streams. Out: per source, stream key → offset to resume at.
+//! forgotten streams. Out: per source, stream key → offset to resume at (and, for journald,
+//! the cursor to resume after).
 //!
 //! Guarantees:
 //! * writes are atomic: tmp file → fsync → the previous file is kept as `positions.json.bak`
@@ -67,6 +68,10 @@ pub struct Entry {
     pub offset: u64,
     /// Seconds since the Unix epoch when the position last changed or was confirmed.
     pub last_seen: u64,
+    /// Resume after this opaque cursor (journald); absent for files and in files written
+    /// before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 /// The on-disk format, one variant per version (`{"version": 1, "positions": [...]}`).
@@ -217,6 +222,13 @@ impl Positions {
             .collect()
     }
 
+    /// The saved cursor of one stream (journald), if any.
+    pub fn cursor(&self, source: &str, key: &str) -> Option<String> {
+        self.entries
+            .get(&(source.to_owned(), key.to_owned()))
+            .and_then(|e| e.cursor.clone())
+    }
+
     /// Record a checkpoint as it is (the pipeline sends them in order, so a smaller offset
     /// means the stream really restarted).
     pub fn apply(&mut self, cp: &Checkpoint) {
@@ -227,6 +239,7 @@ impl Positions {
             path: s.path.clone(),
             offset: cp.offset,
             last_seen: now_secs(),
+            cursor: cp.cursor.clone(),
         };
         self.entries
             .insert((entry.source.clone(), entry.key.clone()), entry);
@@ -323,6 +336,7 @@ mod tests {
                 path: PathBuf::from("/var/log/x.log"),
             }),
             offset,
+            cursor: None,
         }
     }
 
@@ -381,6 +395,31 @@ mod tests {
     }
 
     #[test]
+    fn cursor_round_trips_and_old_files_without_it_load() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            br#"{"version":1,"positions":[{"source":"a","key":"k","path":"/x","offset":1,"last_seen":1}]}"#,
+        )
+        .unwrap();
+        let mut p = Positions::load(dir.path()).unwrap();
+        assert_eq!(p.known("a"), BTreeMap::from([("k".to_owned(), 1)]));
+        assert_eq!(p.cursor("a", "k"), None);
+        let mut c = cp("j", "journald:j", 7);
+        c.cursor = Some("s=abc;i=2".into());
+        p.apply(&c);
+        p.persist().unwrap();
+        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert_eq!(text.matches("cursor").count(), 1, "{text}");
+        let again = Positions::load(dir.path()).unwrap();
+        assert_eq!(
+            again.cursor("j", "journald:j").as_deref(),
+            Some("s=abc;i=2")
+        );
+        assert_eq!(again.cursor("a", "k"), None);
+    }
+
+    #[test]
     fn unknown_version_is_not_reinterpreted() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -404,6 +443,7 @@ mod tests {
                     path: "/x".into(),
                     offset: 1,
                     last_seen: newest,
+                    cursor: None,
                 },
                 Entry {
                     source: "a".into(),
@@ -411,6 +451,7 @@ mod tests {
                     path: "/y".into(),
                     offset: 2,
                     last_seen: newest - EXPIRE_AFTER.as_secs() - 1,
+                    cursor: None,
                 },
             ],
         };

@@ -91,6 +91,12 @@ impl Discovery {
                 if self.excluded(&path) {
                     continue;
                 }
+                if is_compressed_name(&path) {
+                    if self.reported.insert(path.display().to_string()) {
+                        tracing::info!(path = %path.display(), "compressed file matched by the include globs; not read (rotated copies are read through the live file)");
+                    }
+                    continue;
+                }
                 match std::fs::metadata(&path) {
                     Ok(m) if m.is_file() => {
                         found.entry(FileId::of(&m)).or_insert(path);
@@ -103,6 +109,18 @@ impl Discovery {
         }
         found
     }
+}
+
+/// File name endings of compressed files, which are never read.
+pub const COMPRESSED_SUFFIXES: &[&str] = &[".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z", ".zip"];
+
+/// Whether the name says the file is compressed. Such files are skipped even when a glob
+/// matches them: a compressed rotated file holds lines already read through the live file,
+/// and reading it again would repeat them under a new stream (new inode, so new event ids).
+pub fn is_compressed_name(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| COMPRESSED_SUFFIXES.iter().any(|s| n.ends_with(s)))
 }
 
 /// Where a newly found file starts.
@@ -247,6 +265,7 @@ impl Follower {
         sink.message(SourceMsg::Position(Checkpoint {
             stream: stream.clone(),
             offset: self.reader.committed(),
+            cursor: None,
         }))?;
         self.stream = Some(stream);
         self.last_report = Instant::now();
@@ -261,6 +280,7 @@ impl Follower {
             sink.message(SourceMsg::Position(Checkpoint {
                 stream: stream.clone(),
                 offset: 0,
+                cursor: None,
             }))?;
             self.previous = Some(stream);
         }
@@ -319,6 +339,7 @@ impl Follower {
             sink.message(SourceMsg::Position(Checkpoint {
                 stream: stream.clone(),
                 offset: self.reader.committed(),
+                cursor: None,
             }))?;
             self.last_report = Instant::now();
         }
@@ -463,4 +484,33 @@ fn tail_start(file: &File, size: u64) -> std::io::Result<u64> {
         None if from == 0 => 0,
         None => size,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressed_rotated_files_are_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "access.log",
+            "access.log.1",
+            "access.log.2.gz",
+            "access.log.3.zst",
+        ] {
+            std::fs::write(dir.path().join(name), format!("{name}\n")).unwrap();
+        }
+        let glob = format!("{}/access.log*", dir.path().display());
+        let mut d = Discovery::new("t", &[glob], &[]);
+        let mut names: Vec<String> = d
+            .scan()
+            .values()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["access.log", "access.log.1"]);
+        assert!(is_compressed_name(Path::new("/var/log/auth.log.4.gz")));
+        assert!(!is_compressed_name(Path::new("/var/log/gz/auth.log")));
+    }
 }
