@@ -140,6 +140,9 @@ fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
 fn cmd_check(path: &std::path::Path) -> Result<ExitCode> {
     match load_config(path) {
         Ok(cfg) => {
+            for w in cfg.secret_file_warnings() {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{}: ok ({} source(s), {} parser(s), output {:?})",
                 path.display(),

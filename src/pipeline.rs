@@ -265,6 +265,9 @@ pub async fn run(
     trigger: &ShutdownTrigger,
 ) -> Result<(), PipelineError> {
     let shutdown = trigger.subscribe();
+    for w in config.secret_file_warnings() {
+        tracing::warn!("{w}");
+    }
     let state_dir = config.agent.state_dir.clone();
     create_private_dir(&state_dir)?;
     let mut positions = Positions::load(&state_dir)?;

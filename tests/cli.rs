@@ -217,3 +217,44 @@ fn presets_are_listed_and_shown_as_toml() {
     let out = run(&["presets", "show", "nope"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn check_warns_about_secret_files_others_can_read_without_showing_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cr3t-token-value").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[agent]
+state_dir = "state"
+[[sources]]
+name = "auth"
+type = "file"
+include = ["/var/log/auth.log"]
+parsers = ["sshd"]
+[output]
+type = "http"
+url = "https://arr.example.org/fhir"
+[output.auth]
+type = "bearer"
+token_file = "{}"
+"#,
+            token.display()
+        ),
+    );
+    let out = run(&["check", "-c", cfg.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "a warning is not an error: {stderr}");
+    assert!(
+        stderr.contains("output.auth.token_file") && stderr.contains("mode 0644"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cr3t"), "{stderr}");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run(&["check", "-c", cfg.to_str().unwrap()]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+}

@@ -675,6 +675,45 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Secret files (tokens, passwords, client secrets, private keys) that group or others
+    /// can read: one warning each, naming the key, the file and its mode. Never the content.
+    pub fn secret_file_warnings(&self) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let auth = &self.output.auth;
+        let mut files: Vec<(String, &PathBuf)> = [
+            ("output.auth.token_file", &auth.token_file),
+            ("output.auth.password_file", &auth.password_file),
+            ("output.auth.client_secret_file", &auth.client_secret_file),
+            (
+                "output.tls.client_key_file",
+                &self.output.tls.client_key_file,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, p)| p.as_ref().map(|p| (k.to_owned(), p)))
+        .collect();
+        for (i, s) in self.sources.iter().enumerate() {
+            if let Some(tls) = &s.tls {
+                files.push((format!("sources[{i}].tls.key_file"), &tls.key_file));
+            }
+        }
+        files
+            .into_iter()
+            .filter_map(|(key, path)| {
+                let mode = std::fs::metadata(path).ok()?.permissions().mode();
+                (mode & 0o077 != 0).then(|| {
+                    format!(
+                        "{key}: {} is readable by group or others (mode {:04o}); chmod 600 it",
+                        path.display(),
+                        mode & 0o7777
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
 /// The system host name (`/proc/sys/kernel/hostname`, then `$HOSTNAME`, then `localhost`).
 pub fn system_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
