@@ -21,6 +21,8 @@ pub struct Counters {
     pub bundles_sent: AtomicU64,
     /// Delivery attempts that failed and will be retried.
     pub retries: AtomicU64,
+    /// Bundles whose delivery failed at least once (each is kept and retried).
+    pub bundles_failed: AtomicU64,
     /// Bundles (or entries) put in the dead-letter area.
     pub dead_lettered: AtomicU64,
     /// Failed writes of the positions file.
@@ -191,6 +193,11 @@ pub fn profile_downgraded(profile: &str, reason: &str) {
 pub fn bundle_sent(bundle_id: &str, events: usize, target: &str) {
     counters().bundles_sent.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(bundle_id, events, target, "bundle delivered");
+}
+
+/// A Bundle's delivery failed for the first time (it is kept and retried; see `retry`).
+pub fn bundle_failed() {
+    counters().bundles_failed.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A delivery attempt failed and will be retried.

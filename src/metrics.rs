@@ -335,6 +335,12 @@ pub fn render(health: &Health, now: Instant) -> String {
         get(&c.bundles_sent),
     );
     e.single(
+        "balp_agent_bundles_failed_total",
+        "counter",
+        "Bundles whose delivery failed at least once (kept and retried, never dropped).",
+        get(&c.bundles_failed),
+    );
+    e.single(
         "balp_agent_delivery_retries_total",
         "counter",
         "Delivery attempts that failed and will be retried (the Bundle is kept).",

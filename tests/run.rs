@@ -397,3 +397,102 @@ fn max_in_flight_delivers_bundles_concurrently_and_acknowledges_in_order() {
     );
     assert_no_loss_no_dup(&arr, 150);
 }
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect metrics");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+#[test]
+fn running_agent_serves_metrics_and_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let arr = Arr::start();
+    let log = dir.path().join("access.log");
+    append(&log, &fhir_lines(0, 12));
+    append(&log, &["not an access log line".to_owned()]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let cfg = http_config(dir.path(), log.to_str().unwrap(), &arr, 50, "100ms");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{text}\n[metrics]\nlisten = \"{addr}\"\ndelivery_failure_threshold = \"1s\"\n"),
+    )
+    .unwrap();
+    let mut agent = Agent::start(&cfg, &[]);
+    assert!(
+        arr.wait_for_events(12, Duration::from_secs(20)),
+        "{}",
+        agent.log()
+    );
+    // Counters are read live; wait until the scrape shows the delivered Bundle.
+    let mut body = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            body = http_get(&addr, "/metrics").1;
+            body.contains("balp_agent_bundles_sent_total 1")
+                || body.contains("balp_agent_bundles_sent_total 2")
+        }),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE balp_agent_lines_read_total counter"),
+        "{body}"
+    );
+    assert!(body.contains("balp_agent_lines_read_total 13"), "{body}");
+    assert!(
+        body.contains("balp_agent_events_total{pattern=\"rest\"} 12"),
+        "{body}"
+    );
+    assert!(
+        body.contains(
+            "balp_agent_unmatched_lines_total{source=\"fhir\",parsers=\"fhir_access\"} 1"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("balp_agent_delivery_latency_seconds_bucket"),
+        "{body}"
+    );
+    let (status, health) = http_get(&addr, "/health");
+    assert_eq!(status, 200, "{health}");
+    // The ARR starts failing: past the threshold (1 s here) /health turns 503 with the reason.
+    arr.set_default(Reply::Status(503));
+    append(&log, &fhir_lines(100, 3));
+    assert!(
+        wait_until(Duration::from_secs(10), || http_get(&addr, "/metrics")
+            .1
+            .contains("balp_agent_bundles_failed_total 1")),
+        "{}",
+        agent.log()
+    );
+    let mut health = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let (status, body) = http_get(&addr, "/health");
+            health = body;
+            status == 503
+        }),
+        "{health}"
+    );
+    assert!(health.contains("deliver"), "the reason is given: {health}");
+    assert!(agent.stop().success());
+}

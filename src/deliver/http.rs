@@ -681,6 +681,7 @@ impl HttpOutput {
         };
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
         let mut refreshed_after_401 = false;
+        let mut failed_once = false;
         loop {
             let attempt = match self.auth.ensure(&self.client, self.timeout).await {
                 Ok(()) => self.attempt(&id, &body).await,
@@ -764,6 +765,10 @@ impl HttpOutput {
             };
             let wait = floor.map_or(wait, |f| wait.max(f));
             self.report(|h| h.delivery_failed(&reason));
+            if !failed_once {
+                failed_once = true;
+                events::bundle_failed();
+            }
             events::retry(
                 &id,
                 &self.target,
