@@ -37,14 +37,6 @@ const NOT_PRODUCIBLE: &[(&str, &str)] = &[
         "ex-auditAuthZconsent-deny",
         "needs an authorization decision log (consent, authorizer, user organization) that no parser reads",
     ),
-    (
-        "ex-auditPrivacyDisclosure-recipient",
-        "disclosures are recorded at the disclosing side only; no import log is parsed",
-    ),
-    (
-        "ex-auditPrivacyDisclosure-recipient-minCodes",
-        "disclosures are recorded at the disclosing side only; no import log is parsed",
-    ),
 ];
 
 const USER_ROLE: &[Diff] = &[
@@ -75,6 +67,18 @@ const DISCLOSE: &[Diff] = &[
         "subtype",
         "the example adds restful-interaction#read, which a disclosure log does not state",
     ),
+    (
+        "agents",
+        "the authorizer (patient advocate) is not in a log; no requesting user here",
+    ),
+    ("user", "as agents"),
+    (
+        "entities",
+        "the data's object role (Report) is not in a log: Domain Resource (4)",
+    ),
+];
+
+const DISCLOSE_RECEIVED: &[Diff] = &[
     (
         "agents",
         "the authorizer (patient advocate) is not in a log; no requesting user here",
@@ -577,6 +581,22 @@ fn cases() -> Vec<Case> {
                 PurposeOfUse = "PATRQT"
             ),
         ),
+        disclose_received(
+            "ex-auditPrivacyDisclosure-recipient",
+            fields!(
+                Resource = "DocumentReference/ex-documentreference",
+                Patient = "ex-patient",
+                PurposeOfUse = "PATRQT"
+            ),
+        ),
+        disclose_received(
+            "ex-auditPrivacyDisclosure-recipient-minCodes",
+            fields!(
+                Resource = "DocumentReference/ex-documentreference",
+                Patient = "ex-patient",
+                PurposeOfUse = "PATRQT"
+            ),
+        ),
         disclose(
             "ex-auditPrivacyDisclosure-source2",
             fields!(
@@ -606,6 +626,16 @@ fn disclose(name: &'static str, fields: &'static [(F, &'static str)]) -> Case {
         mode: Mode::Minimal,
         fields,
         differs: DISCLOSE,
+    }
+}
+
+fn disclose_received(name: &'static str, fields: &'static [(F, &'static str)]) -> Case {
+    Case {
+        name,
+        pattern: Pattern::DisclosureReceived,
+        mode: Mode::Minimal,
+        fields,
+        differs: DISCLOSE_RECEIVED,
     }
 }
 

@@ -117,7 +117,8 @@ pub fn map_extracted(ctx: &MapContext, ex: &Extracted, line: LineRef<'_>) -> Vec
         }
         Pattern::Login | Pattern::Logout => Some(auth_event(ctx, f, ex.pattern)),
         Pattern::SecurityAlert => Some(security_alert(ctx, f)),
-        Pattern::Disclosure => Some(disclosure(ctx, f)),
+        Pattern::Disclosure => Some(disclosure(ctx, f, false)),
+        Pattern::DisclosureReceived => Some(disclosure(ctx, f, true)),
         Pattern::Database => Some(super::database::database_event(ctx, f)),
     };
     let Some(mut built) = built else {
@@ -1068,23 +1069,40 @@ fn security_alert(ctx: &MapContext, f: &Fields) -> Built {
 
 // ---- disclosure -------------------------------------------------------------------------
 
-fn disclosure(ctx: &MapContext, f: &Fields) -> Built {
+fn disclosure(ctx: &MapContext, f: &Fields, received: bool) -> Built {
     let mut ev = AuditEvent {
-        type_: codes::DCM_EXPORT.coding(),
+        type_: if received {
+            codes::DCM_IMPORT.coding()
+        } else {
+            codes::DCM_EXPORT.coding()
+        },
         subtype: vec![codes::LIFECYCLE_DISCLOSE.coding()],
-        action: Some(Action::R),
+        action: Some(if received { Action::C } else { Action::R }),
         outcome: Some(outcome(f)),
         outcome_desc: f.get(F::OutcomeDesc).map(str::to_owned),
         ..AuditEvent::default()
     };
     ev.purpose_of_event = purposes(f);
-    // val-audit-source: the source agent is the observer, with an identical Reference.
-    let mut source = server_agent(ctx, f, codes::DCM_SOURCE_ROLE_ID);
-    source.who = Some(Reference::display(&ctx.observer_display));
-    ev.agent.push(source);
-    let recipient = client_agent(f, codes::DCM_DESTINATION_ROLE_ID);
-    let recipient_ok = recipient.who.is_some() && recipient.network.is_some();
-    ev.agent.push(recipient);
+    // val-audit-source: the agent on this host's side (the source when disclosing, the
+    // recipient when receiving) is the observer, with an identical Reference.
+    let (own_type, peer_type) = if received {
+        (codes::DCM_DESTINATION_ROLE_ID, codes::DCM_SOURCE_ROLE_ID)
+    } else {
+        (codes::DCM_SOURCE_ROLE_ID, codes::DCM_DESTINATION_ROLE_ID)
+    };
+    let mut own = server_agent(ctx, f, own_type);
+    own.who = Some(Reference::display(&ctx.observer_display));
+    let peer = client_agent(f, peer_type);
+    let peer_ok = peer.who.is_some() && peer.network.is_some();
+    let peer_idx = if received {
+        ev.agent.push(peer);
+        ev.agent.push(own);
+        0
+    } else {
+        ev.agent.push(own);
+        ev.agent.push(peer);
+        1
+    };
     if let Some(u) = user_agent(ctx, f, codes::ROLE_HUMANUSER) {
         ev.agent.push(u);
     }
@@ -1113,18 +1131,30 @@ fn disclosure(ctx: &MapContext, f: &Fields) -> Built {
     field_patients(f, &mut patients);
     let patients = dedup(patients);
     let has_data = !ev.entity.is_empty();
+    let profile = if received {
+        codes::profile::DISCLOSURE_RECIPIENT
+    } else {
+        codes::profile::DISCLOSURE_SOURCE
+    };
     let claim = Claim {
-        plain: Some(codes::profile::DISCLOSURE_SOURCE),
-        with_patient: Some(codes::profile::DISCLOSURE_SOURCE),
+        plain: Some(profile),
+        with_patient: Some(profile),
         success_only: false,
         missing: None,
     }
     .unless_missing(!patients.is_empty(), "no patient")
-    .unless_missing(recipient_ok, "recipient network address unknown")
+    .unless_missing(
+        peer_ok,
+        if received {
+            "sender network address unknown"
+        } else {
+            "recipient network address unknown"
+        },
+    )
     // The profile needs a second entity (the data) beside the patient.
     .unless_missing(has_data, "no data entity");
     let mut b = Built::new(ev, claim, patients);
-    b.client_idx = Some(1);
+    b.client_idx = Some(peer_idx);
     b
 }
 
@@ -1848,6 +1878,34 @@ mod tests {
             assert!(!back.contains_key("identifier"));
             assert_eq!(back["resourceType"], "AuditEvent");
         }
+    }
+
+    #[test]
+    fn received_disclosure_is_recorded_at_the_recipient() {
+        let fields = [
+            (F::User, "clerk"),
+            (F::ClientAddress, "lab.example.com"),
+            (F::Resource, "DiagnosticReport/r1"),
+            (F::Patient, "p1"),
+        ];
+        let vs = map(Mode::Minimal, Pattern::DisclosureReceived, &fields);
+        assert_eq!(vs.len(), 1);
+        let v = &vs[0];
+        assert_eq!(
+            profile(v),
+            Some("IHE.BasicAudit.PrivacyDisclosure.Recipient")
+        );
+        assert_eq!(
+            (v["type"]["code"].as_str(), subtype(v), v["action"].as_str()),
+            (Some("110107"), "disclose", Some("C"))
+        );
+        // The sender is the peer; the recipient is this agent (val-audit-source).
+        assert_eq!(v["agent"][0]["type"]["coding"][0]["code"], "110153");
+        assert_eq!(v["agent"][0]["network"]["address"], "lab.example.com");
+        assert_eq!(v["agent"][1]["type"]["coding"][0]["code"], "110152");
+        assert_eq!(v["agent"][1]["who"], v["source"]["observer"]);
+        let v = &map(Mode::Minimal, Pattern::DisclosureReceived, &fields[2..])[0];
+        assert_eq!(profile(v), None, "no sender address, no claim");
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub const PATTERN_NAMES: &[&str] = &[
     "logout",
     "security-alert",
     "disclosure",
+    "disclosure-received",
     "database",
     "none",
 ];
@@ -58,6 +59,7 @@ pub fn parse_pattern(name: &str) -> Option<Option<Pattern>> {
         "logout" => Pattern::Logout,
         "security-alert" => Pattern::SecurityAlert,
         "disclosure" => Pattern::Disclosure,
+        "disclosure-received" => Pattern::DisclosureReceived,
         "database" => Pattern::Database,
         "none" => return Some(None),
         _ => return None,

@@ -34,8 +34,10 @@ pub enum Pattern {
     Logout,
     /// A security-relevant action (DCM 110113 with a DCM subtype).
     SecurityAlert,
-    /// A disclosure of patient data to a recipient.
+    /// A disclosure of patient data to a recipient (recorded by the disclosing side).
     Disclosure,
+    /// Patient data received from another party (recorded by the recipient side).
+    DisclosureReceived,
     /// A database access (no BALP profile exists): `command` holds the SQL verb (SELECT,
     /// INSERT, UPDATE, DELETE, …), `resource` the table as logged.
     Database,
@@ -55,6 +57,7 @@ impl Pattern {
             Pattern::Logout => "logout",
             Pattern::SecurityAlert => "security-alert",
             Pattern::Disclosure => "disclosure",
+            Pattern::DisclosureReceived => "disclosure-received",
             Pattern::Database => "database",
         }
     }
