@@ -1042,7 +1042,8 @@ fn read_inflight(path: &Path) -> Vec<(u64, u64)> {
 fn write_inflight(path: &Path, ranges: &[(u64, u64)]) {
     let tmp = path.with_extension("tmp");
     let text: String = ranges.iter().map(|(a, b)| format!("{a}-{b}\n")).collect();
-    let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    let result =
+        admin::write_private(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = result {
         tracing::warn!(path = %path.display(), error = %e, "could not record the Bundles in flight");
     }

@@ -83,6 +83,23 @@ fn run_once_on_example_config_writes_bundles_to_directory() {
     assert_eq!(events.len(), 18, "{}", agent.log());
     assert_conformant(&events);
     assert!(dir.path().join("state/positions.json").exists());
+    // SPEC §1: state files 0600, directories 0700.
+    fn walk(p: &Path, out: &mut Vec<(std::path::PathBuf, u32)>) {
+        use std::os::unix::fs::PermissionsExt;
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            out.push((e.path(), mode));
+            if e.path().is_dir() {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    let mut modes = Vec::new();
+    walk(&dir.path().join("state"), &mut modes);
+    for (path, mode) in &modes {
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{}", path.display());
+    }
     // The agent audited its own start and stop (DCM 110100 / 110120, 110121).
     let own: Vec<_> = common::agent::all_events_in_dir(&dir.path().join("out"))
         .into_iter()
