@@ -32,7 +32,7 @@ use tokio::sync::mpsc::Sender;
 use tokio::sync::mpsc::error::TrySendError;
 use watcher::{Discovery, Follower, Start};
 
-pub use positions::{Positions, PositionsError};
+pub use positions::{Positions, PositionsError, Saved};
 
 /// A batch is sent once it holds this many lines…
 const BATCH_LINES: usize = 1000;
@@ -72,7 +72,7 @@ impl Tuning {
 /// been read (then `SourceMsg::CaughtUp(source_name)` is the last message).
 pub fn spawn(
     cfg: &SourceConfig,
-    known: BTreeMap<String, u64>,
+    known: BTreeMap<String, Saved>,
     tx: Sender<SourceMsg>,
     shutdown: Shutdown,
     once: bool,
@@ -83,7 +83,7 @@ pub fn spawn(
 fn spawn_tuned(
     cfg: &SourceConfig,
     tuning: Tuning,
-    known: BTreeMap<String, u64>,
+    known: BTreeMap<String, Saved>,
     tx: Sender<SourceMsg>,
     shutdown: Shutdown,
     once: bool,
@@ -178,7 +178,7 @@ struct Driver {
     read_from: ReadFrom,
     max_line_bytes: u64,
     tuning: Tuning,
-    known: BTreeMap<String, u64>,
+    known: BTreeMap<String, Saved>,
     followers: BTreeMap<identity::FileId, Follower>,
     /// Paths that could not be opened, so each is logged once until it opens again.
     unreadable: HashSet<PathBuf>,
@@ -186,7 +186,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(cfg: &SourceConfig, tuning: Tuning, known: BTreeMap<String, u64>) -> Driver {
+    fn new(cfg: &SourceConfig, tuning: Tuning, known: BTreeMap<String, Saved>) -> Driver {
         Driver {
             source: Arc::from(cfg.name.as_str()),
             discovery: Discovery::new(&cfg.name, &cfg.include, &cfg.exclude),
@@ -368,6 +368,19 @@ mod tests {
         once: bool,
         capacity: usize,
     ) -> Harness {
+        let known = known
+            .into_iter()
+            .map(|(k, o)| (k, Saved::from(o)))
+            .collect();
+        start_saved(cfg, known, once, capacity)
+    }
+
+    fn start_saved(
+        cfg: &SourceConfig,
+        known: BTreeMap<String, Saved>,
+        once: bool,
+        capacity: usize,
+    ) -> Harness {
         let (tx, rx) = mpsc::channel(capacity);
         let (trigger, shutdown) = shutdown::channel();
         let tuning = Tuning {
@@ -527,6 +540,56 @@ mod tests {
         assert_eq!(lines[0].stream.key, key);
         assert!(second.quiet(Duration::from_millis(50)).is_empty());
         second.stop();
+    }
+
+    /// Saved position of `path` at `offset`, with the marker the positions file would hold.
+    fn saved_at(path: &Path, offset: u64) -> (String, Saved) {
+        let f = File::open(path).unwrap();
+        let marker = identity::marker_at(&f, offset).unwrap();
+        assert!(marker.is_some());
+        (key_of(path), Saved { offset, marker })
+    }
+
+    #[test]
+    fn unchanged_file_resumes_exactly_at_a_marked_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        std::fs::write(&log, b"one\ntwo\n").unwrap();
+        let (key, saved) = saved_at(&log, 4);
+        append(&log, b"three\n");
+        let cfg = config(&[&log], ReadFrom::Beginning);
+        let mut h = start_saved(&cfg, BTreeMap::from([(key, saved)]), false, 64);
+        let lines = h.lines(2);
+        assert_eq!(texts(&lines), ["two", "three"]);
+        assert_eq!(lines[0].offset, 4);
+        assert!(h.quiet(Duration::from_millis(50)).is_empty());
+        h.stop();
+    }
+
+    #[test]
+    fn copytruncate_while_stopped_and_regrown_is_read_from_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        std::fs::write(&log, b"header\nold a\nold b\n").unwrap();
+        let (key, saved) = saved_at(&log, 19);
+        // Stopped: copytruncate, then the writer (same first line) regrows the file past 19.
+        std::fs::copy(&log, dir.path().join("a.log.1")).unwrap();
+        let f = OpenOptions::new().write(true).open(&log).unwrap();
+        f.set_len(0).unwrap();
+        drop(f);
+        append(&log, b"header\nnew line 1\nnew line 2\n");
+        assert_eq!(key_of(&log), key, "same inode and first line: same key");
+        let cfg = config(&[&log], ReadFrom::Beginning);
+        let mut h = start_saved(&cfg, BTreeMap::from([(key.clone(), saved)]), false, 64);
+        let lines = h.lines(3);
+        assert_eq!(texts(&lines), ["header", "new line 1", "new line 2"]);
+        assert_eq!(lines[0].offset, 0);
+        let positions = h.positions();
+        assert_eq!(
+            (positions[0].stream.key.as_str(), positions[0].offset),
+            (key.as_str(), 0)
+        );
+        h.stop();
     }
 
     #[test]

@@ -175,7 +175,7 @@ impl Follower {
         path: PathBuf,
         file: File,
         start: Start,
-        known: &mut BTreeMap<String, u64>,
+        known: &mut BTreeMap<String, super::Saved>,
         max_line_bytes: u64,
         sink: &mut Sink,
     ) -> std::io::Result<Result<Follower, Stopped>> {
@@ -185,11 +185,18 @@ impl Follower {
         let key = identity::file_key(&file, id, false)?;
         let saved = key.as_ref().and_then(|k| known.remove(k));
         let offset = match saved {
-            Some(off) if off <= size => {
+            Some(super::Saved {
+                offset: off,
+                marker: Some(m),
+            }) if off <= size && identity::marker_at(&file, off)? != Some(m) => {
+                tracing::warn!(path = %path.display(), saved = off, "bytes before the saved position changed (file rewritten or truncated and regrown while stopped); reading it from the start");
+                0
+            }
+            Some(super::Saved { offset: off, .. }) if off <= size => {
                 tracing::info!(path = %path.display(), offset = off, "resuming file at its saved position");
                 off
             }
-            Some(off) => {
+            Some(super::Saved { offset: off, .. }) => {
                 tracing::warn!(path = %path.display(), saved = off, size, "file is shorter than its saved position (truncated while stopped); reading it from the start");
                 0
             }
