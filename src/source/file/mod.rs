@@ -822,8 +822,18 @@ mod tests {
             (0..5).map(|i| format!("c {i}")).collect::<Vec<_>>()
         );
         assert_eq!(new[0].offset, 0);
-        // The copy matches the globs but is never read as a stream of its own.
+        // The copy matches the globs but is never read as a stream of its own, and its end
+        // is saved under its own key for the next start.
         assert!(h.quiet(Duration::from_millis(700)).is_empty());
+        let copy = dir.path().join("app.log.1");
+        let copy_len = std::fs::metadata(&copy).unwrap().len();
+        let saved_copy = h
+            .positions()
+            .into_iter()
+            .find(|cp| cp.stream.path == copy)
+            .unwrap();
+        assert_eq!(saved_copy.stream.key, key_of(&copy));
+        assert_eq!(saved_copy.offset, copy_len);
 
         // A copy seen by discovery before the truncation (copy in progress or done) is not
         // followed either, and the lines after the truncation still arrive.
@@ -833,6 +843,18 @@ mod tests {
         assert_eq!(texts(&h.lines(1)), ["d 0"]);
         assert!(h.quiet(Duration::from_millis(700)).is_empty());
         h.stop();
+
+        // Restarted with what the positions hold: the copies are not read again.
+        // (The pipeline would also checkpoint the end of every line read.)
+        let mut known: BTreeMap<String, u64> = h
+            .positions()
+            .into_iter()
+            .map(|cp| (cp.stream.key.clone(), cp.offset))
+            .collect();
+        known.insert(key_of(&log), std::fs::metadata(&log).unwrap().len());
+        let mut again = start(&cfg, known, false);
+        assert!(texts(&again.quiet(Duration::from_millis(700))).is_empty());
+        again.stop();
     }
 
     #[test]

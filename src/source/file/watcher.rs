@@ -346,6 +346,19 @@ impl Follower {
             // The copy is complete (logrotate truncates only after copying).
             reader.finish(&mut emit)?;
             tracing::info!(path = %self.path.display(), copy = %path.display(), from = at, to = reader.position(), "file truncated after being copied (copytruncate); read the copy's unread tail");
+            // Saved under the copy's own key at its end, so that after a restart a glob that
+            // matches the copy resumes it there instead of reading it again from 0.
+            if let Ok(Some(copy_key)) = identity::file_key(&file, cand, true) {
+                sink.message(SourceMsg::Position(Checkpoint {
+                    stream: Arc::new(StreamId {
+                        source: self.source.clone(),
+                        key: copy_key,
+                        path: path.clone(),
+                    }),
+                    offset: reader.position(),
+                    cursor: None,
+                }))?;
+            }
             self.absorbed.push(cand);
             return Ok(());
         }
