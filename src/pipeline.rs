@@ -362,7 +362,7 @@ pub async fn run(
             threads.push(handle);
             continue;
         }
-        let known = positions.known(&source.name);
+        let known = positions.resume(&source.name);
         let handle = crate::source::file::spawn(
             source,
             known,

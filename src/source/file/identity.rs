@@ -17,6 +17,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 /// How many bytes of the first line go into the key.
 pub const HEAD_BYTES: usize = 1024;
 
+/// How many bytes just before a saved offset go into its marker.
+pub const MARKER_BYTES: u64 = 64;
+
 /// Device and inode: how the file is recognised while it is open and across renames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileId {
@@ -76,6 +79,35 @@ pub fn file_key(file: &File, id: FileId, settled: bool) -> io::Result<Option<Str
     Ok(head_crc(&head[..filled], settled).map(|crc| key(id, crc)))
 }
 
+/// The parts of a stream key made by [`key`]: id and head checksum; `None` for other keys.
+pub fn parse_key(key: &str) -> Option<(FileId, u32)> {
+    let mut parts = key.strip_prefix("file:")?.split(':');
+    let dev = parts.next()?.parse().ok()?;
+    let ino = parts.next()?.parse().ok()?;
+    let crc = u32::from_str_radix(parts.next()?, 16).ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((FileId { dev, ino }, crc))
+}
+
+/// The offset marker: crc32c of the (up to) [`MARKER_BYTES`] bytes just before `offset`, so a
+/// resume can check that the bytes it skips are still the ones that were read. `None` at
+/// offset 0 (nothing to check) and when the file is shorter than `offset`.
+pub fn marker_at(file: &File, offset: u64) -> io::Result<Option<u32>> {
+    if offset == 0 {
+        return Ok(None);
+    }
+    let from = offset.saturating_sub(MARKER_BYTES);
+    let mut bytes = [0u8; MARKER_BYTES as usize];
+    let want = &mut bytes[..usize::try_from(offset - from).unwrap_or(0)];
+    match file.read_exact_at(want, from) {
+        Ok(()) => Ok(Some(crc32c::crc32c(want))),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +152,27 @@ mod tests {
             file_key(&reopened, id2, false).unwrap()
         );
         assert!(before.starts_with(&format!("file:{}:{}:", id.dev, id.ino)));
+    }
+
+    #[test]
+    fn key_parses_back_and_marker_covers_the_bytes_before_the_offset() {
+        let id = FileId { dev: 7, ino: 42 };
+        assert_eq!(parse_key(&key(id, 0xab)), Some((id, 0xab)));
+        assert_eq!(parse_key("journald:x"), None);
+        assert_eq!(parse_key("file:1:2:zz"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        let mut data = b"head\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', 100));
+        std::fs::write(&p, &data).unwrap();
+        let f = File::open(&p).unwrap();
+        assert_eq!(marker_at(&f, 0).unwrap(), None);
+        assert_eq!(marker_at(&f, 5).unwrap(), Some(crc32c::crc32c(b"head\n")));
+        assert_eq!(
+            marker_at(&f, 105).unwrap(),
+            Some(crc32c::crc32c(&data[41..105]))
+        );
+        assert_eq!(marker_at(&f, 200).unwrap(), None);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use tokio::sync::mpsc::Sender;
 use tokio::sync::mpsc::error::TrySendError;
 use watcher::{Discovery, Follower, Start};
 
-pub use positions::{Positions, PositionsError};
+pub use positions::{Positions, PositionsError, Saved};
 
 /// A batch is sent once it holds this many lines…
 const BATCH_LINES: usize = 1000;
@@ -72,7 +72,7 @@ impl Tuning {
 /// been read (then `SourceMsg::CaughtUp(source_name)` is the last message).
 pub fn spawn(
     cfg: &SourceConfig,
-    known: BTreeMap<String, u64>,
+    known: BTreeMap<String, Saved>,
     tx: Sender<SourceMsg>,
     shutdown: Shutdown,
     once: bool,
@@ -83,7 +83,7 @@ pub fn spawn(
 fn spawn_tuned(
     cfg: &SourceConfig,
     tuning: Tuning,
-    known: BTreeMap<String, u64>,
+    known: BTreeMap<String, Saved>,
     tx: Sender<SourceMsg>,
     shutdown: Shutdown,
     once: bool,
@@ -178,15 +178,20 @@ struct Driver {
     read_from: ReadFrom,
     max_line_bytes: u64,
     tuning: Tuning,
-    known: BTreeMap<String, u64>,
+    known: BTreeMap<String, Saved>,
     followers: BTreeMap<identity::FileId, Follower>,
     /// Paths that could not be opened, so each is logged once until it opens again.
     unreadable: HashSet<PathBuf>,
+    /// copytruncate copies whose tail was read through the file they copy: never followed.
+    absorbed: HashSet<identity::FileId>,
+    /// Files not followed (yet) because they look like a copy of a followed file, so each is
+    /// logged once.
+    deferred: HashSet<identity::FileId>,
     buf: Vec<u8>,
 }
 
 impl Driver {
-    fn new(cfg: &SourceConfig, tuning: Tuning, known: BTreeMap<String, u64>) -> Driver {
+    fn new(cfg: &SourceConfig, tuning: Tuning, known: BTreeMap<String, Saved>) -> Driver {
         Driver {
             source: Arc::from(cfg.name.as_str()),
             discovery: Discovery::new(&cfg.name, &cfg.include, &cfg.exclude),
@@ -196,6 +201,8 @@ impl Driver {
             known,
             followers: BTreeMap::new(),
             unreadable: HashSet::new(),
+            absorbed: HashSet::new(),
+            deferred: HashSet::new(),
             buf: vec![0u8; READ_BUFFER],
         }
     }
@@ -230,6 +237,9 @@ impl Driver {
     /// Re-evaluate the globs: follow new files, notice files that left the watched names.
     fn discover(&mut self, startup: bool, sink: &mut Sink) -> Result<(), Stopped> {
         let found = self.discovery.scan();
+        // Forget absorbed copies once they are gone, so a reused inode is followed again.
+        self.absorbed.retain(|id| found.contains_key(id));
+        self.deferred.retain(|id| found.contains_key(id));
         for (id, f) in self.followers.iter_mut() {
             match found.get(id) {
                 Some(path) => f.seen_at(path),
@@ -237,7 +247,7 @@ impl Driver {
             }
         }
         for (id, path) in found {
-            if self.followers.contains_key(&id) {
+            if self.followers.contains_key(&id) || self.absorbed.contains(&id) {
                 continue;
             }
             let file = match std::fs::File::open(&path) {
@@ -249,6 +259,12 @@ impl Driver {
                     continue;
                 }
             };
+            if self.followers.values().any(|f| f.is_copy(&file, id, &path)) {
+                if self.deferred.insert(id) {
+                    tracing::info!(source = %self.source, path = %path.display(), "file looks like a copy of a followed file (copytruncate); not read as a stream of its own");
+                }
+                continue;
+            }
             let start = if startup && self.read_from == ReadFrom::End {
                 Start::End
             } else {
@@ -288,6 +304,7 @@ impl Driver {
                 return Err(Stopped);
             }
             let polled = f.poll(&mut self.buf, READ_BUDGET, self.tuning.release_after, sink)?;
+            self.absorbed.extend(f.take_absorbed());
             more |= polled.more;
             if polled.released {
                 released.push(*id);
@@ -365,6 +382,19 @@ mod tests {
     fn start_with_capacity(
         cfg: &SourceConfig,
         known: BTreeMap<String, u64>,
+        once: bool,
+        capacity: usize,
+    ) -> Harness {
+        let known = known
+            .into_iter()
+            .map(|(k, o)| (k, Saved::from(o)))
+            .collect();
+        start_saved(cfg, known, once, capacity)
+    }
+
+    fn start_saved(
+        cfg: &SourceConfig,
+        known: BTreeMap<String, Saved>,
         once: bool,
         capacity: usize,
     ) -> Harness {
@@ -529,6 +559,56 @@ mod tests {
         second.stop();
     }
 
+    /// Saved position of `path` at `offset`, with the marker the positions file would hold.
+    fn saved_at(path: &Path, offset: u64) -> (String, Saved) {
+        let f = File::open(path).unwrap();
+        let marker = identity::marker_at(&f, offset).unwrap();
+        assert!(marker.is_some());
+        (key_of(path), Saved { offset, marker })
+    }
+
+    #[test]
+    fn unchanged_file_resumes_exactly_at_a_marked_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        std::fs::write(&log, b"one\ntwo\n").unwrap();
+        let (key, saved) = saved_at(&log, 4);
+        append(&log, b"three\n");
+        let cfg = config(&[&log], ReadFrom::Beginning);
+        let mut h = start_saved(&cfg, BTreeMap::from([(key, saved)]), false, 64);
+        let lines = h.lines(2);
+        assert_eq!(texts(&lines), ["two", "three"]);
+        assert_eq!(lines[0].offset, 4);
+        assert!(h.quiet(Duration::from_millis(50)).is_empty());
+        h.stop();
+    }
+
+    #[test]
+    fn copytruncate_while_stopped_and_regrown_is_read_from_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        std::fs::write(&log, b"header\nold a\nold b\n").unwrap();
+        let (key, saved) = saved_at(&log, 19);
+        // Stopped: copytruncate, then the writer (same first line) regrows the file past 19.
+        std::fs::copy(&log, dir.path().join("a.log.1")).unwrap();
+        let f = OpenOptions::new().write(true).open(&log).unwrap();
+        f.set_len(0).unwrap();
+        drop(f);
+        append(&log, b"header\nnew line 1\nnew line 2\n");
+        assert_eq!(key_of(&log), key, "same inode and first line: same key");
+        let cfg = config(&[&log], ReadFrom::Beginning);
+        let mut h = start_saved(&cfg, BTreeMap::from([(key.clone(), saved)]), false, 64);
+        let lines = h.lines(3);
+        assert_eq!(texts(&lines), ["header", "new line 1", "new line 2"]);
+        assert_eq!(lines[0].offset, 0);
+        let positions = h.positions();
+        assert_eq!(
+            (positions[0].stream.key.as_str(), positions[0].offset),
+            (key.as_str(), 0)
+        );
+        h.stop();
+    }
+
     #[test]
     fn saved_offset_past_the_end_means_truncated_while_stopped() {
         let dir = tempfile::tempdir().unwrap();
@@ -686,6 +766,114 @@ mod tests {
                 .iter()
                 .any(|cp| cp.stream == old && cp.offset == 0)
         );
+        h.stop();
+    }
+
+    fn copytruncate(log: &Path, copy: &Path) {
+        std::fs::copy(log, copy).unwrap();
+        let f = OpenOptions::new().write(true).open(log).unwrap();
+        f.set_len(0).unwrap();
+    }
+
+    #[test]
+    fn copytruncate_while_following_reads_every_line_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        let mut cfg = config(&[&dir.path().join("app.log*")], ReadFrom::Beginning);
+        // Slow polls, so the lines appended just before the copy are not read from the
+        // original before it is truncated.
+        cfg.poll_interval = ConfigDuration(Duration::from_millis(300));
+        let a: String = (0..10).map(|i| format!("a {i}\n")).collect();
+        std::fs::write(&log, &a).unwrap();
+        let mut h = start(&cfg, BTreeMap::new(), false);
+        let mut lines = h.lines(10);
+        let key = lines[0].stream.key.clone();
+        // Between our last read and logrotate's copy: only the copy will hold these.
+        append(
+            &log,
+            (0..5)
+                .map(|i| format!("b {i}\n"))
+                .collect::<String>()
+                .as_bytes(),
+        );
+        copytruncate(&log, &dir.path().join("app.log.1"));
+        append(
+            &log,
+            (0..5)
+                .map(|i| format!("c {i}\n"))
+                .collect::<String>()
+                .as_bytes(),
+        );
+        lines.extend(h.lines(10));
+        let (old, new): (Vec<_>, Vec<_>) = lines.iter().partition(|l| l.stream.key == key);
+        let expect_old: Vec<String> = (0..10)
+            .map(|i| format!("a {i}"))
+            .chain((0..5).map(|i| format!("b {i}")))
+            .collect();
+        assert_eq!(
+            old.iter().map(|l| l.text.clone()).collect::<Vec<_>>(),
+            expect_old
+        );
+        for w in old.windows(2) {
+            assert_eq!(w[0].end, w[1].offset);
+        }
+        assert_eq!(
+            new.iter().map(|l| l.text.clone()).collect::<Vec<_>>(),
+            (0..5).map(|i| format!("c {i}")).collect::<Vec<_>>()
+        );
+        assert_eq!(new[0].offset, 0);
+        // The copy matches the globs but is never read as a stream of its own, and its end
+        // is saved under its own key for the next start.
+        assert!(h.quiet(Duration::from_millis(700)).is_empty());
+        let copy = dir.path().join("app.log.1");
+        let copy_len = std::fs::metadata(&copy).unwrap().len();
+        let saved_copy = h
+            .positions()
+            .into_iter()
+            .find(|cp| cp.stream.path == copy)
+            .unwrap();
+        assert_eq!(saved_copy.stream.key, key_of(&copy));
+        assert_eq!(saved_copy.offset, copy_len);
+
+        // A copy seen by discovery before the truncation (copy in progress or done) is not
+        // followed either, and the lines after the truncation still arrive.
+        copytruncate(&log, &dir.path().join("app.log.2"));
+        std::thread::sleep(Duration::from_millis(700));
+        append(&log, b"d 0\n");
+        assert_eq!(texts(&h.lines(1)), ["d 0"]);
+        assert!(h.quiet(Duration::from_millis(700)).is_empty());
+        h.stop();
+
+        // Restarted with what the positions hold: the copies are not read again.
+        // (The pipeline would also checkpoint the end of every line read.)
+        let mut known: BTreeMap<String, u64> = h
+            .positions()
+            .into_iter()
+            .map(|cp| (cp.stream.key.clone(), cp.offset))
+            .collect();
+        known.insert(key_of(&log), std::fs::metadata(&log).unwrap().len());
+        let mut again = start(&cfg, known, false);
+        assert!(texts(&again.quiet(Duration::from_millis(700))).is_empty());
+        again.stop();
+    }
+
+    #[test]
+    fn copy_seen_before_the_truncation_is_not_read_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        let cfg = config(&[&dir.path().join("app.log*")], ReadFrom::Beginning);
+        std::fs::write(&log, b"x 0\nx 1\n").unwrap();
+        let mut h = start(&cfg, BTreeMap::new(), false);
+        h.lines(2);
+        // logrotate copies, the agent polls a few times, then logrotate truncates.
+        std::fs::copy(&log, dir.path().join("app.log.1")).unwrap();
+        assert!(h.quiet(Duration::from_millis(200)).is_empty());
+        let f = OpenOptions::new().write(true).open(&log).unwrap();
+        f.set_len(0).unwrap();
+        drop(f);
+        append(&log, b"y 0\n");
+        assert_eq!(texts(&h.lines(1)), ["y 0"]);
+        assert!(h.quiet(Duration::from_millis(300)).is_empty());
         h.stop();
     }
 

@@ -16,9 +16,10 @@
 //!   long downtime does not wipe every position). Streams the source still follows are
 //!   refreshed at least hourly (it reports their position even when idle).
 
+use super::identity::{self, FileId};
 use crate::source::{Checkpoint, StreamId};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -72,6 +73,29 @@ pub struct Entry {
     /// before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// Offset marker of file streams: crc32c of the ≤ 64 bytes before `offset`
+    /// (`identity::marker_at`), checked on resume. Absent when it could not be computed
+    /// (offset 0, the file already moved or gone) and in files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marker: Option<u32>,
+}
+
+/// Where a file stream resumes: the saved offset and, if known, its marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Saved {
+    /// Resume here.
+    pub offset: u64,
+    /// The marker the bytes before `offset` must still have.
+    pub marker: Option<u32>,
+}
+
+impl From<u64> for Saved {
+    fn from(offset: u64) -> Saved {
+        Saved {
+            offset,
+            marker: None,
+        }
+    }
 }
 
 /// The on-disk format, one variant per version (`{"version": 1, "positions": [...]}`).
@@ -124,6 +148,8 @@ impl StateFile {
 pub struct Positions {
     dir: PathBuf,
     entries: BTreeMap<(String, String), Entry>,
+    /// File entries whose offset changed since their marker was last computed.
+    unmarked: BTreeSet<(String, String)>,
     dirty: bool,
 }
 
@@ -209,6 +235,7 @@ impl Positions {
         Ok(Positions {
             dir: state_dir.to_path_buf(),
             entries,
+            unmarked: BTreeSet::new(),
             dirty: false,
         })
     }
@@ -219,6 +246,23 @@ impl Positions {
             .values()
             .filter(|e| e.source == source)
             .map(|e| (e.key.clone(), e.offset))
+            .collect()
+    }
+
+    /// Stream key → saved offset and marker, for one file source.
+    pub fn resume(&self, source: &str) -> BTreeMap<String, Saved> {
+        self.entries
+            .values()
+            .filter(|e| e.source == source)
+            .map(|e| {
+                (
+                    e.key.clone(),
+                    Saved {
+                        offset: e.offset,
+                        marker: e.marker,
+                    },
+                )
+            })
             .collect()
     }
 
@@ -233,6 +277,18 @@ impl Positions {
     /// means the stream really restarted).
     pub fn apply(&mut self, cp: &Checkpoint) {
         let s = &cp.stream;
+        let id = (s.source.to_string(), s.key.clone());
+        // An unchanged offset keeps its marker (idle heartbeats); a moved one gets a new one
+        // at the next persist.
+        let marker = match self.entries.get(&id) {
+            Some(e) if e.offset == cp.offset => e.marker,
+            _ => {
+                if cp.offset > 0 && identity::parse_key(&s.key).is_some() {
+                    self.unmarked.insert(id);
+                }
+                None
+            }
+        };
         let entry = Entry {
             source: s.source.to_string(),
             key: s.key.clone(),
@@ -240,6 +296,7 @@ impl Positions {
             offset: cp.offset,
             last_seen: now_secs(),
             cursor: cp.cursor.clone(),
+            marker,
         };
         self.entries
             .insert((entry.source.clone(), entry.key.clone()), entry);
@@ -265,6 +322,7 @@ impl Positions {
     /// Write atomically (see the module doc). A failure is counted and logged, and the
     /// positions stay dirty so the next call tries again.
     pub fn persist(&mut self) -> Result<(), PositionsError> {
+        self.fill_markers();
         match self.write() {
             Ok(()) => {
                 self.dirty = false;
@@ -277,6 +335,22 @@ impl Positions {
                 );
                 Err(e)
             }
+        }
+    }
+
+    /// Compute the markers of moved file entries from the file at the entry's path, but only
+    /// if that is still the stream's file (same device, inode and first line): after a
+    /// rename the path holds another file, and the entry then goes without a marker (resume
+    /// unchecked, as before markers existed). The marker is read up to a second after the
+    /// checkpoint; a rewrite within that second gives a marker of the new bytes, so the next
+    /// start reads the file again from 0 (repeats, never skips).
+    fn fill_markers(&mut self) {
+        for id in std::mem::take(&mut self.unmarked) {
+            let Some(entry) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            entry.marker = stream_file(&entry.key, &entry.path)
+                .and_then(|f| identity::marker_at(&f, entry.offset).ok().flatten());
         }
     }
 
@@ -320,6 +394,18 @@ impl Positions {
             .map_err(io_err("fsync directory", &self.dir))?;
         Ok(())
     }
+}
+
+/// The file at `path` if it is the stream with this key.
+fn stream_file(key: &str, path: &Path) -> Option<File> {
+    let (want, crc) = identity::parse_key(key)?;
+    let file = File::open(path).ok()?;
+    let id = FileId::of(&file.metadata().ok()?);
+    if id != want {
+        return None;
+    }
+    let now = identity::file_key(&file, id, true).ok()??;
+    (identity::parse_key(&now)?.1 == crc).then_some(file)
 }
 
 #[cfg(test)]
@@ -420,6 +506,60 @@ mod tests {
     }
 
     #[test]
+    fn marker_is_computed_at_persist_from_the_stream_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        std::fs::write(&log, b"first\nsecond\nthird\n").unwrap();
+        let f = File::open(&log).unwrap();
+        let id = FileId::of(&f.metadata().unwrap());
+        let key = identity::file_key(&f, id, false).unwrap().unwrap();
+        let state = dir.path().join("state");
+        let mut p = Positions::load(&state).unwrap();
+        let mut c = cp("a", &key, 13);
+        Arc::make_mut(&mut c.stream).path = log.clone();
+        p.apply(&c);
+        // Not a file stream, or not the file at the path: no marker.
+        p.apply(&cp("a", "file:1:2:0000aaaa", 5));
+        p.persist().unwrap();
+        let again = Positions::load(&state).unwrap();
+        let saved = again.resume("a");
+        assert_eq!(
+            saved[&key],
+            Saved {
+                offset: 13,
+                marker: Some(crc32c::crc32c(b"first\nsecond\n"))
+            }
+        );
+        assert_eq!(saved["file:1:2:0000aaaa"].marker, None);
+        // Renamed away and replaced: the moved offset goes without a marker.
+        std::fs::rename(&log, dir.path().join("a.log.1")).unwrap();
+        std::fs::write(&log, b"first\nother\n").unwrap();
+        let mut p = again;
+        c.offset = 19;
+        p.apply(&c);
+        p.persist().unwrap();
+        assert_eq!(
+            Positions::load(&state).unwrap().resume("a")[&key].marker,
+            None
+        );
+    }
+
+    #[test]
+    fn positions_without_markers_load() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            br#"{"version":1,"positions":[{"source":"a","key":"file:1:2:0000000a","path":"/x","offset":9,"last_seen":1}]}"#,
+        )
+        .unwrap();
+        let mut p = Positions::load(dir.path()).unwrap();
+        assert_eq!(p.resume("a")["file:1:2:0000000a"], Saved::from(9));
+        p.persist().unwrap();
+        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert!(!text.contains("marker"), "{text}");
+    }
+
+    #[test]
     fn unknown_version_is_not_reinterpreted() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -444,6 +584,7 @@ mod tests {
                     offset: 1,
                     last_seen: newest,
                     cursor: None,
+                    marker: None,
                 },
                 Entry {
                     source: "a".into(),
@@ -452,6 +593,7 @@ mod tests {
                     offset: 2,
                     last_seen: newest - EXPIRE_AFTER.as_secs() - 1,
                     cursor: None,
+                    marker: None,
                 },
             ],
         };

@@ -164,6 +164,12 @@ pub struct Follower {
     gone: Option<Gone>,
     last_report: Instant,
     read_error_reported: bool,
+    /// The offset marker at `reader.committed()`, as (offset, marker), refreshed after reads:
+    /// what a copy of this file must have before that offset.
+    marker: Option<(u64, u32)>,
+    /// Copies (copytruncate) whose tail was read as this stream's continuation; the driver
+    /// must never follow them as streams of their own.
+    absorbed: Vec<FileId>,
 }
 
 impl Follower {
@@ -175,7 +181,7 @@ impl Follower {
         path: PathBuf,
         file: File,
         start: Start,
-        known: &mut BTreeMap<String, u64>,
+        known: &mut BTreeMap<String, super::Saved>,
         max_line_bytes: u64,
         sink: &mut Sink,
     ) -> std::io::Result<Result<Follower, Stopped>> {
@@ -185,11 +191,18 @@ impl Follower {
         let key = identity::file_key(&file, id, false)?;
         let saved = key.as_ref().and_then(|k| known.remove(k));
         let offset = match saved {
-            Some(off) if off <= size => {
+            Some(super::Saved {
+                offset: off,
+                marker: Some(m),
+            }) if off <= size && identity::marker_at(&file, off)? != Some(m) => {
+                tracing::warn!(path = %path.display(), saved = off, "bytes before the saved position changed (file rewritten or truncated and regrown while stopped); reading it from the start");
+                0
+            }
+            Some(super::Saved { offset: off, .. }) if off <= size => {
                 tracing::info!(path = %path.display(), offset = off, "resuming file at its saved position");
                 off
             }
-            Some(off) => {
+            Some(super::Saved { offset: off, .. }) => {
                 tracing::warn!(path = %path.display(), saved = off, size, "file is shorter than its saved position (truncated while stopped); reading it from the start");
                 0
             }
@@ -212,7 +225,10 @@ impl Follower {
             gone: None,
             last_report: Instant::now(),
             read_error_reported: false,
+            marker: None,
+            absorbed: Vec::new(),
         };
+        follower.refresh_marker();
         if let Some(k) = key
             && let Err(stop) = follower.establish(k, sink)
         {
@@ -224,6 +240,129 @@ impl Follower {
     /// The device and inode followed.
     pub fn id(&self) -> FileId {
         self.id
+    }
+
+    /// Copies absorbed since the last call (see [`Follower::follow_copy`]).
+    pub fn take_absorbed(&mut self) -> Vec<FileId> {
+        std::mem::take(&mut self.absorbed)
+    }
+
+    /// Whether `file` (id `cand`, at `path`) looks like a copy of this stream made by
+    /// copytruncate: same directory and device, another inode, the same first line, and
+    /// either still shorter than what was read (a copy in progress) or holding the same bytes
+    /// just before the read position. Such a file is not followed as a stream of its own: its
+    /// lines up to the read position were read from this file, and the rest is read through
+    /// this follower once the truncation is seen.
+    pub fn is_copy(&self, file: &File, cand: FileId, path: &Path) -> bool {
+        let Some((want, size)) = self.copy_probe(cand, path, file) else {
+            return false;
+        };
+        size < want || self.copy_marker_matches(file)
+    }
+
+    /// Same directory, device and first line; returns (committed offset, candidate size).
+    fn copy_probe(&self, cand: FileId, path: &Path, file: &File) -> Option<(u64, u64)> {
+        let stream = self.stream.as_ref()?;
+        if cand.dev != self.id.dev || cand.ino == self.id.ino || path.parent() != self.path.parent()
+        {
+            return None;
+        }
+        let (_, crc) = identity::parse_key(&stream.key)?;
+        let head = identity::file_key(file, cand, true).ok()??;
+        if identity::parse_key(&head)?.1 != crc {
+            return None;
+        }
+        let size = file.metadata().ok()?.len();
+        Some((self.reader.committed(), size))
+    }
+
+    fn copy_marker_matches(&self, file: &File) -> bool {
+        let at = self.reader.committed();
+        match self.marker {
+            Some((off, m)) if off == at => identity::marker_at(file, at).ok().flatten() == Some(m),
+            _ => false,
+        }
+    }
+
+    /// Remember the marker at the committed offset, if it moved.
+    fn refresh_marker(&mut self) {
+        let at = self.reader.committed();
+        if self.marker.is_some_and(|(off, _)| off == at) {
+            return;
+        }
+        self.marker = identity::marker_at(&self.file, at)
+            .ok()
+            .flatten()
+            .map(|m| (at, m));
+    }
+
+    /// copytruncate while followed: the lines appended between our last read and logrotate's
+    /// copy are only in the copy. Find it (same directory, first line and bytes before the
+    /// read position, at least that long) and read its tail as the continuation of this
+    /// stream: same key, offsets continuing from the read position, so the ids of lines
+    /// already read do not change and the copy's new lines get the ids they would have had
+    /// in the original. The copy is then absorbed: never followed as a stream of its own.
+    fn follow_copy(&mut self, buf: &mut [u8], sink: &mut Sink) -> Result<(), Stopped> {
+        let Some(stream) = self.stream.clone() else {
+            return Ok(());
+        };
+        let at = self.reader.committed();
+        if at == 0 || self.marker.is_none_or(|(off, _)| off != at) {
+            return Ok(());
+        }
+        let Some(dir) = self.path.parent() else {
+            return Ok(());
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            let Ok(meta) = file.metadata() else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let cand = FileId::of(&meta);
+            match self.copy_probe(cand, &path, &file) {
+                Some((want, size)) if size >= want && self.copy_marker_matches(&file) => {}
+                _ => continue,
+            }
+            let max = usize::try_from(self.max_line_bytes).unwrap_or(usize::MAX);
+            let mut reader = LineReader::new(at, max);
+            let limit = self.max_line_bytes;
+            let mut emit = |raw: RawLine<'_>| emit_line(&stream, raw, limit, sink);
+            match reader.read(&file, buf, meta.len(), u64::MAX, &mut emit) {
+                Ok(_) => {}
+                Err(ReadError::Emit(stop)) => return Err(stop),
+                Err(ReadError::Io(e)) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read the copy left by copytruncate; its last lines may be missing");
+                }
+            }
+            // The copy is complete (logrotate truncates only after copying).
+            reader.finish(&mut emit)?;
+            tracing::info!(path = %self.path.display(), copy = %path.display(), from = at, to = reader.position(), "file truncated after being copied (copytruncate); read the copy's unread tail");
+            // Saved under the copy's own key at its end, so that after a restart a glob that
+            // matches the copy resumes it there instead of reading it again from 0.
+            if let Ok(Some(copy_key)) = identity::file_key(&file, cand, true) {
+                sink.message(SourceMsg::Position(Checkpoint {
+                    stream: Arc::new(StreamId {
+                        source: self.source.clone(),
+                        key: copy_key,
+                        path: path.clone(),
+                    }),
+                    offset: reader.position(),
+                    cursor: None,
+                }))?;
+            }
+            self.absorbed.push(cand);
+            return Ok(());
+        }
+        Ok(())
     }
 
     /// The file is (again) matched by the globs, at `path`.
@@ -272,10 +411,13 @@ impl Follower {
         Ok(())
     }
 
-    /// The file shrank below what was read, or its first line changed: start again at 0.
-    fn truncated(&mut self, size: u64, sink: &mut Sink) -> Result<(), Stopped> {
+    /// The file shrank below what was read, or its first line changed: read the tail of a
+    /// copytruncate copy if there is one, then start again at 0.
+    fn truncated(&mut self, size: u64, buf: &mut [u8], sink: &mut Sink) -> Result<(), Stopped> {
+        self.follow_copy(buf, sink)?;
         tracing::warn!(path = %self.path.display(), read = self.reader.position(), size, "file truncated or rewritten; reading it again from the start");
         self.reader.reset(0);
+        self.marker = None;
         if let Some(stream) = self.stream.take() {
             sink.message(SourceMsg::Position(Checkpoint {
                 stream: stream.clone(),
@@ -304,14 +446,16 @@ impl Follower {
             }
         };
         if size < self.reader.position() {
-            self.truncated(size, sink)?;
+            self.truncated(size, buf, sink)?;
         } else if size != self.last_size
             && let Some(stream) = &self.stream
         {
             // Cheap (one read of ≤ 1 KiB, only when the size changed) and catches a file that
             // was truncated and regrew past our offset between two polls.
             match identity::file_key(&self.file, self.id, false) {
-                Ok(k) if k.as_deref() != Some(stream.key.as_str()) => self.truncated(size, sink)?,
+                Ok(k) if k.as_deref() != Some(stream.key.as_str()) => {
+                    self.truncated(size, buf, sink)?
+                }
                 Ok(_) => {}
                 Err(e) => self.report_read_error(&e),
             }
@@ -332,6 +476,7 @@ impl Follower {
         }
         if bytes > 0 {
             self.last_report = Instant::now();
+            self.refresh_marker();
         } else if let Some(stream) = &self.stream
             && self.gone.is_none()
             && self.last_report.elapsed() >= HEARTBEAT
