@@ -194,6 +194,7 @@ impl Follower {
             Some(super::Saved {
                 offset: off,
                 marker: Some(m),
+                ..
             }) if off <= size && identity::marker_at(&file, off)? != Some(m) => {
                 tracing::warn!(path = %path.display(), saved = off, "bytes before the saved position changed (file rewritten or truncated and regrown while stopped); reading it from the start");
                 0
@@ -592,7 +593,7 @@ impl Follower {
 }
 
 /// Turn a raw line into a [`LogLine`] and hand it to the sink.
-fn emit_line(
+pub(super) fn emit_line(
     stream: &Arc<StreamId>,
     raw: RawLine<'_>,
     max: u64,
