@@ -8,9 +8,9 @@
 //! `copytruncate` loses by itself whatever is written between its copy and its truncate —
 //! no reader can see those bytes. During that phase the writer therefore pauses while
 //! logrotate runs (after the agent has read everything): what is tested is that the agent
-//! notices the truncation and reads the file again from 0. The rotated copies
-//! (`access.log.1`, …) are *not* included: a copy is a new inode, so it would be a new
-//! stream whose lines get new event ids (README, "Rotation").
+//! notices the truncation and reads the file again from 0. Other tests here include the
+//! copies and do not let the agent catch up first (the copy's unread tail is read through
+//! the live file's stream), and compress without `delaycompress` across an agent stop.
 //!
 //! Needs `logrotate`: skipped with a note when absent, unless `CI` is set.
 
@@ -301,8 +301,7 @@ fn assert_all_once(out: &Path, total: usize, log: &str) {
 /// With rename rotation the rotated file may be included (`access.log*`): it keeps its
 /// identity, so it is continued rather than read again, and a file rotated while the agent
 /// was stopped is still read to its end at the next start. `delaycompress` keeps the first
-/// rotated file plain; compressed ones are skipped. (Two rotations while stopped would
-/// compress unread lines: not covered, see README "Rotation".)
+/// rotated file plain; compressed ones are skipped.
 #[test]
 fn rotated_files_included_with_delaycompress_survive_a_stopped_agent() {
     if !Path::new(LOGROTATE).exists() {

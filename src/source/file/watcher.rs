@@ -8,7 +8,9 @@
 //!
 //! Guarantees: a rotated or deleted file is never let go before it has been read to its end
 //! and stayed idle for the release time; truncation (size below the read position, or a
-//! changed first line) restarts at 0 with a `Position(0)` for the old stream.
+//! changed first line) first reads the unread tail of a copytruncate copy, if one is found,
+//! as the old stream's continuation, then restarts at 0 with a `Position(0)` for the old
+//! stream; a saved position whose offset marker no longer matches is read from 0.
 
 use super::identity::{self, FileId};
 use super::reader::{LineReader, RawLine, ReadError};
@@ -117,6 +119,7 @@ pub const COMPRESSED_SUFFIXES: &[&str] = &[".gz", ".bz2", ".xz", ".zst", ".lz4",
 /// Whether the name says the file is compressed. Such files are skipped even when a glob
 /// matches them: a compressed rotated file holds lines already read through the live file,
 /// and reading it again would repeat them under a new stream (new inode, so new event ids).
+/// (A `.gz` holding a saved stream's unread tail is read once at start-up, see `compressed`.)
 pub fn is_compressed_name(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
