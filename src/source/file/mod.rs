@@ -279,6 +279,7 @@ impl Driver {
                 start,
                 &mut self.known,
                 self.max_line_bytes,
+                &mut self.buf,
                 sink,
             ) {
                 Ok(result) => result?,
@@ -290,10 +291,16 @@ impl Driver {
                 }
             };
             self.unreadable.remove(&path);
+            let mut follower = follower;
+            self.absorbed.extend(follower.take_absorbed());
             // Replaced between the scan and the open: follow it under its real id; the next
             // scan sorts out the rest.
             self.followers.entry(follower.id()).or_insert(follower);
         }
+        // A copy started in this pass before the file it copies absorbed it has read nothing
+        // yet (reading comes after discovery): drop it.
+        let absorbed = &self.absorbed;
+        self.followers.retain(|id, _| !absorbed.contains(id));
         if startup {
             // What no file claimed may have been rotated and compressed while stopped.
             let unclaimed: BTreeMap<String, Saved> = self
@@ -629,11 +636,13 @@ mod tests {
         let lines = h.lines(3);
         assert_eq!(texts(&lines), ["header", "new line 1", "new line 2"]);
         assert_eq!(lines[0].offset, 0);
-        let positions = h.positions();
-        assert_eq!(
-            (positions[0].stream.key.as_str(), positions[0].offset),
-            (key.as_str(), 0)
-        );
+        // (The copy a.log.1 holds nothing unread; its end is saved under its own key.)
+        let positions: Vec<_> = h
+            .positions()
+            .into_iter()
+            .filter(|cp| cp.stream.key == key)
+            .collect();
+        assert_eq!(positions[0].offset, 0);
         h.stop();
     }
 
@@ -684,6 +693,32 @@ mod tests {
         let mut again = start(&cfg, BTreeMap::from([(key_of(&log), 9)]), false);
         assert!(again.quiet(Duration::from_millis(200)).is_empty());
         again.stop();
+    }
+
+    #[test]
+    fn copytruncate_while_stopped_reads_the_unread_tail_from_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        std::fs::write(&log, b"head\nread 1\n").unwrap();
+        let (key, saved) = saved_at(&log, 12);
+        // Stopped: unread lines, then logrotate copytruncate, then the writer goes on.
+        append(&log, b"unread 1\nunread 2\n");
+        copytruncate(&log, &dir.path().join("app.log.1"));
+        append(&log, b"after\n");
+        let cfg = config(&[&dir.path().join("app.log*")], ReadFrom::Beginning);
+        let mut h = start_saved(&cfg, BTreeMap::from([(key.clone(), saved)]), false, 64);
+        let mut lines = h.lines(3);
+        lines.sort_by_key(|l| l.stream.key != key);
+        assert_eq!(
+            lines
+                .iter()
+                .map(|l| (l.text.as_str(), l.offset))
+                .collect::<Vec<_>>(),
+            [("unread 1", 12), ("unread 2", 21), ("after", 0)]
+        );
+        assert_eq!(lines[0].stream.key, key);
+        assert!(h.quiet(Duration::from_millis(200)).is_empty());
+        h.stop();
     }
 
     #[test]

@@ -186,6 +186,7 @@ impl Follower {
         start: Start,
         known: &mut BTreeMap<String, super::Saved>,
         max_line_bytes: u64,
+        buf: &mut [u8],
         sink: &mut Sink,
     ) -> std::io::Result<Result<Follower, Stopped>> {
         let meta = file.metadata()?;
@@ -193,6 +194,29 @@ impl Follower {
         let size = meta.len();
         let key = identity::file_key(&file, id, false)?;
         let saved = key.as_ref().and_then(|k| known.remove(k));
+        // Truncated or rewritten while stopped, with a marker to recognise a copy by: the
+        // saved stream of this key, or of this inode with another first line.
+        let stale = match (&key, &saved) {
+            (
+                Some(k),
+                Some(super::Saved {
+                    offset,
+                    marker: Some(m),
+                    ..
+                }),
+            ) if *offset > size || identity::marker_at(&file, *offset)? != Some(*m) => {
+                Some((k.clone(), *offset, *m))
+            }
+            (Some(_), None) => {
+                // Left in `known` unless its copy is found: the inode may simply have been
+                // reused, and the stream's tail may be in a compressed file.
+                known
+                    .iter()
+                    .find(|(k, _)| identity::parse_key(k).is_some_and(|(kid, _)| kid == id))
+                    .and_then(|(k, s)| s.marker.map(|m| (k.clone(), s.offset, m)))
+            }
+            _ => None,
+        };
         let offset = match saved {
             Some(super::Saved {
                 offset: off,
@@ -233,6 +257,15 @@ impl Follower {
             absorbed: Vec::new(),
         };
         follower.refresh_marker();
+        if let Some((k, off, m)) = stale {
+            match follower.copy_after_restart(&k, off, m, buf, sink) {
+                Ok(true) => {
+                    known.remove(&k);
+                }
+                Ok(false) => {}
+                Err(stop) => return Ok(Err(stop)),
+            }
+        }
         if let Some(k) = key
             && let Err(stop) = follower.establish(k, sink)
         {
@@ -244,6 +277,40 @@ impl Follower {
     /// The device and inode followed.
     pub fn id(&self) -> FileId {
         self.id
+    }
+
+    /// copytruncate while stopped: the stream `key` was read up to `off` (marker `m`), but the
+    /// file no longer holds those bytes. Read the unread tail of its copy, if there is one,
+    /// as [`Follower::follow_copy`] does at run time; the stream then continues from 0 (or
+    /// is forgotten if the file now holds another one). True if a copy was found.
+    fn copy_after_restart(
+        &mut self,
+        key: &str,
+        off: u64,
+        m: u32,
+        buf: &mut [u8],
+        sink: &mut Sink,
+    ) -> Result<bool, Stopped> {
+        let stream = Arc::new(StreamId {
+            source: self.source.clone(),
+            key: key.to_owned(),
+            path: self.path.clone(),
+        });
+        self.stream = Some(stream);
+        let start = self.reader.committed();
+        self.reader.reset(off);
+        self.marker = Some((off, m));
+        let result = self.follow_copy(buf, sink);
+        self.reader.reset(start);
+        self.marker = None;
+        let stream = self.stream.take();
+        result?;
+        let absorbed = !self.absorbed.is_empty();
+        if absorbed {
+            // Continued (same key) or forgotten (another first line) by `establish`.
+            self.previous = stream;
+        }
+        Ok(absorbed)
     }
 
     /// Copies absorbed since the last call (see [`Follower::follow_copy`]).
