@@ -9,12 +9,14 @@
 //! every followed file and reads what is new. A full channel blocks reading (backpressure);
 //! nothing is buffered beyond one batch and one read buffer.
 //!
+//! * [`compressed`] — unread lines of a file compressed after rotation while stopped.
 //! * [`identity`] — which stream a file is (device, inode, checksum of its first line).
 //! * [`positions`] — the persisted read positions.
 //! * [`reader`] — bounded line splitting with exact offsets.
 //! * [`watcher`] — glob discovery and the follow state of one file (rotation, truncation,
 //!   deletion).
 
+pub mod compressed;
 pub mod identity;
 pub mod positions;
 pub mod reader;
@@ -277,6 +279,7 @@ impl Driver {
                 start,
                 &mut self.known,
                 self.max_line_bytes,
+                &mut self.buf,
                 sink,
             ) {
                 Ok(result) => result?,
@@ -288,9 +291,34 @@ impl Driver {
                 }
             };
             self.unreadable.remove(&path);
+            let mut follower = follower;
+            self.absorbed.extend(follower.take_absorbed());
             // Replaced between the scan and the open: follow it under its real id; the next
             // scan sorts out the rest.
             self.followers.entry(follower.id()).or_insert(follower);
+        }
+        // A copy started in this pass before the file it copies absorbed it has read nothing
+        // yet (reading comes after discovery): drop it.
+        let absorbed = &self.absorbed;
+        self.followers.retain(|id, _| !absorbed.contains(id));
+        if startup {
+            // What no file claimed may have been rotated and compressed while stopped.
+            let unclaimed: BTreeMap<String, Saved> = self
+                .known
+                .iter()
+                .filter(|(k, s)| identity::parse_key(k).is_some() && !s.path.as_os_str().is_empty())
+                .map(|(k, s)| (k.clone(), s.clone()))
+                .collect();
+            let done = compressed::recover(
+                &self.source,
+                &unclaimed,
+                self.max_line_bytes,
+                &mut self.buf,
+                sink,
+            )?;
+            for k in done {
+                self.known.remove(&k);
+            }
         }
         Ok(())
     }
@@ -564,7 +592,14 @@ mod tests {
         let f = File::open(path).unwrap();
         let marker = identity::marker_at(&f, offset).unwrap();
         assert!(marker.is_some());
-        (key_of(path), Saved { offset, marker })
+        (
+            key_of(path),
+            Saved {
+                offset,
+                marker,
+                path: path.to_path_buf(),
+            },
+        )
     }
 
     #[test]
@@ -601,11 +636,88 @@ mod tests {
         let lines = h.lines(3);
         assert_eq!(texts(&lines), ["header", "new line 1", "new line 2"]);
         assert_eq!(lines[0].offset, 0);
-        let positions = h.positions();
-        assert_eq!(
-            (positions[0].stream.key.as_str(), positions[0].offset),
-            (key.as_str(), 0)
+        // (The copy a.log.1 holds nothing unread; its end is saved under its own key.)
+        let positions: Vec<_> = h
+            .positions()
+            .into_iter()
+            .filter(|cp| cp.stream.key == key)
+            .collect();
+        assert_eq!(positions[0].offset, 0);
+        h.stop();
+    }
+
+    fn gzip(path: &Path, data: &[u8]) {
+        let mut enc =
+            flate2::write::GzEncoder::new(File::create(path).unwrap(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap();
+    }
+
+    #[test]
+    fn file_compressed_after_rotation_while_stopped_yields_its_unread_lines_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        std::fs::write(&log, b"head\nread 1\n").unwrap();
+        let (key, saved) = saved_at(&log, 12);
+        // Stopped: more lines, then logrotate `compress`: renamed, gzipped, a new file.
+        append(&log, b"unread 1\nunread 2\nlast without newline");
+        gzip(
+            &dir.path().join("app.log.1.gz"),
+            &std::fs::read(&log).unwrap(),
         );
+        // Same first line, other bytes before the offset: not the stream's copy.
+        gzip(&dir.path().join("app.log.2.gz"), b"head\nRAED 1\nother\n");
+        std::fs::remove_file(&log).unwrap();
+        std::fs::write(&log, b"new file\n").unwrap();
+        let cfg = config(&[&dir.path().join("app.log*")], ReadFrom::Beginning);
+        let mut h = start_saved(&cfg, BTreeMap::from([(key.clone(), saved)]), false, 64);
+        let mut lines = h.lines(4);
+        lines.sort_by_key(|l| l.stream.key != key);
+        assert_eq!(
+            lines
+                .iter()
+                .map(|l| (l.text.as_str(), l.offset))
+                .collect::<Vec<_>>(),
+            [
+                ("unread 1", 12),
+                ("unread 2", 21),
+                ("last without newline", 30),
+                ("new file", 0)
+            ]
+        );
+        assert_eq!(lines[0].stream.key, key);
+        assert!(h.wait_for(|m| matches!(m, SourceMsg::Forget(s) if s.key == key)));
+        assert!(h.quiet(Duration::from_millis(100)).is_empty());
+        h.stop();
+        // The stream is forgotten: the next start reads no compressed file.
+        let mut again = start(&cfg, BTreeMap::from([(key_of(&log), 9)]), false);
+        assert!(again.quiet(Duration::from_millis(200)).is_empty());
+        again.stop();
+    }
+
+    #[test]
+    fn copytruncate_while_stopped_reads_the_unread_tail_from_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        std::fs::write(&log, b"head\nread 1\n").unwrap();
+        let (key, saved) = saved_at(&log, 12);
+        // Stopped: unread lines, then logrotate copytruncate, then the writer goes on.
+        append(&log, b"unread 1\nunread 2\n");
+        copytruncate(&log, &dir.path().join("app.log.1"));
+        append(&log, b"after\n");
+        let cfg = config(&[&dir.path().join("app.log*")], ReadFrom::Beginning);
+        let mut h = start_saved(&cfg, BTreeMap::from([(key.clone(), saved)]), false, 64);
+        let mut lines = h.lines(3);
+        lines.sort_by_key(|l| l.stream.key != key);
+        assert_eq!(
+            lines
+                .iter()
+                .map(|l| (l.text.as_str(), l.offset))
+                .collect::<Vec<_>>(),
+            [("unread 1", 12), ("unread 2", 21), ("after", 0)]
+        );
+        assert_eq!(lines[0].stream.key, key);
+        assert!(h.quiet(Duration::from_millis(200)).is_empty());
         h.stop();
     }
 

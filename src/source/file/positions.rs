@@ -81,12 +81,14 @@ pub struct Entry {
 }
 
 /// Where a file stream resumes: the saved offset and, if known, its marker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Saved {
     /// Resume here.
     pub offset: u64,
     /// The marker the bytes before `offset` must still have.
     pub marker: Option<u32>,
+    /// Where the stream was last seen (empty if unknown).
+    pub path: PathBuf,
 }
 
 impl From<u64> for Saved {
@@ -94,6 +96,7 @@ impl From<u64> for Saved {
         Saved {
             offset,
             marker: None,
+            path: PathBuf::new(),
         }
     }
 }
@@ -260,6 +263,7 @@ impl Positions {
                     Saved {
                         offset: e.offset,
                         marker: e.marker,
+                        path: e.path.clone(),
                     },
                 )
             })
@@ -527,7 +531,8 @@ mod tests {
             saved[&key],
             Saved {
                 offset: 13,
-                marker: Some(crc32c::crc32c(b"first\nsecond\n"))
+                marker: Some(crc32c::crc32c(b"first\nsecond\n")),
+                path: log.clone(),
             }
         );
         assert_eq!(saved["file:1:2:0000aaaa"].marker, None);
@@ -553,7 +558,7 @@ mod tests {
         )
         .unwrap();
         let mut p = Positions::load(dir.path()).unwrap();
-        assert_eq!(p.resume("a")["file:1:2:0000000a"], Saved::from(9));
+        assert_eq!(p.resume("a")["file:1:2:0000000a"].offset, 9);
         p.persist().unwrap();
         let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
         assert!(!text.contains("marker"), "{text}");

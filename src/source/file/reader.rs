@@ -126,6 +126,16 @@ impl LineReader {
         })
     }
 
+    /// Hand the reader the next bytes of a stream that is not a plain file (a decompressed
+    /// rotated file): `data` continues at [`LineReader::position`].
+    pub fn feed<E>(
+        &mut self,
+        data: &[u8],
+        emit: &mut dyn FnMut(RawLine<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.consume(data, emit)
+    }
+
     /// Split `data` (the bytes at `self.pos`) into lines.
     fn consume<E>(
         &mut self,

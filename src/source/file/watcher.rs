@@ -8,7 +8,9 @@
 //!
 //! Guarantees: a rotated or deleted file is never let go before it has been read to its end
 //! and stayed idle for the release time; truncation (size below the read position, or a
-//! changed first line) restarts at 0 with a `Position(0)` for the old stream.
+//! changed first line) first reads the unread tail of a copytruncate copy, if one is found,
+//! as the old stream's continuation, then restarts at 0 with a `Position(0)` for the old
+//! stream; a saved position whose offset marker no longer matches is read from 0.
 
 use super::identity::{self, FileId};
 use super::reader::{LineReader, RawLine, ReadError};
@@ -117,6 +119,7 @@ pub const COMPRESSED_SUFFIXES: &[&str] = &[".gz", ".bz2", ".xz", ".zst", ".lz4",
 /// Whether the name says the file is compressed. Such files are skipped even when a glob
 /// matches them: a compressed rotated file holds lines already read through the live file,
 /// and reading it again would repeat them under a new stream (new inode, so new event ids).
+/// (A `.gz` holding a saved stream's unread tail is read once at start-up, see `compressed`.)
 pub fn is_compressed_name(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
@@ -183,6 +186,7 @@ impl Follower {
         start: Start,
         known: &mut BTreeMap<String, super::Saved>,
         max_line_bytes: u64,
+        buf: &mut [u8],
         sink: &mut Sink,
     ) -> std::io::Result<Result<Follower, Stopped>> {
         let meta = file.metadata()?;
@@ -190,10 +194,34 @@ impl Follower {
         let size = meta.len();
         let key = identity::file_key(&file, id, false)?;
         let saved = key.as_ref().and_then(|k| known.remove(k));
+        // Truncated or rewritten while stopped, with a marker to recognise a copy by: the
+        // saved stream of this key, or of this inode with another first line.
+        let stale = match (&key, &saved) {
+            (
+                Some(k),
+                Some(super::Saved {
+                    offset,
+                    marker: Some(m),
+                    ..
+                }),
+            ) if *offset > size || identity::marker_at(&file, *offset)? != Some(*m) => {
+                Some((k.clone(), *offset, *m))
+            }
+            (Some(_), None) => {
+                // Left in `known` unless its copy is found: the inode may simply have been
+                // reused, and the stream's tail may be in a compressed file.
+                known
+                    .iter()
+                    .find(|(k, _)| identity::parse_key(k).is_some_and(|(kid, _)| kid == id))
+                    .and_then(|(k, s)| s.marker.map(|m| (k.clone(), s.offset, m)))
+            }
+            _ => None,
+        };
         let offset = match saved {
             Some(super::Saved {
                 offset: off,
                 marker: Some(m),
+                ..
             }) if off <= size && identity::marker_at(&file, off)? != Some(m) => {
                 tracing::warn!(path = %path.display(), saved = off, "bytes before the saved position changed (file rewritten or truncated and regrown while stopped); reading it from the start");
                 0
@@ -229,6 +257,15 @@ impl Follower {
             absorbed: Vec::new(),
         };
         follower.refresh_marker();
+        if let Some((k, off, m)) = stale {
+            match follower.copy_after_restart(&k, off, m, buf, sink) {
+                Ok(true) => {
+                    known.remove(&k);
+                }
+                Ok(false) => {}
+                Err(stop) => return Ok(Err(stop)),
+            }
+        }
         if let Some(k) = key
             && let Err(stop) = follower.establish(k, sink)
         {
@@ -240,6 +277,40 @@ impl Follower {
     /// The device and inode followed.
     pub fn id(&self) -> FileId {
         self.id
+    }
+
+    /// copytruncate while stopped: the stream `key` was read up to `off` (marker `m`), but the
+    /// file no longer holds those bytes. Read the unread tail of its copy, if there is one,
+    /// as [`Follower::follow_copy`] does at run time; the stream then continues from 0 (or
+    /// is forgotten if the file now holds another one). True if a copy was found.
+    fn copy_after_restart(
+        &mut self,
+        key: &str,
+        off: u64,
+        m: u32,
+        buf: &mut [u8],
+        sink: &mut Sink,
+    ) -> Result<bool, Stopped> {
+        let stream = Arc::new(StreamId {
+            source: self.source.clone(),
+            key: key.to_owned(),
+            path: self.path.clone(),
+        });
+        self.stream = Some(stream);
+        let start = self.reader.committed();
+        self.reader.reset(off);
+        self.marker = Some((off, m));
+        let result = self.follow_copy(buf, sink);
+        self.reader.reset(start);
+        self.marker = None;
+        let stream = self.stream.take();
+        result?;
+        let absorbed = !self.absorbed.is_empty();
+        if absorbed {
+            // Continued (same key) or forgotten (another first line) by `establish`.
+            self.previous = stream;
+        }
+        Ok(absorbed)
     }
 
     /// Copies absorbed since the last call (see [`Follower::follow_copy`]).
@@ -592,7 +663,7 @@ impl Follower {
 }
 
 /// Turn a raw line into a [`LogLine`] and hand it to the sink.
-fn emit_line(
+pub(super) fn emit_line(
     stream: &Arc<StreamId>,
     raw: RawLine<'_>,
     max: u64,
