@@ -137,16 +137,23 @@ impl Writer {
     }
 }
 
-#[test]
-fn logrotate_create_and_copytruncate_under_load_lose_nothing() {
-    if !Path::new(LOGROTATE).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "logrotate missing but CI is set (.ci/run installs it)"
-        );
-        eprintln!("note: logrotate not installed; rotation test skipped");
-        return;
+/// Whether logrotate is here; without it the test is skipped (a failure when CI is set,
+/// since .ci/run installs it).
+fn logrotate_available() -> bool {
+    if Path::new(LOGROTATE).exists() {
+        return true;
     }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "logrotate missing but CI is set (.ci/run installs it)"
+    );
+    eprintln!("note: logrotate not installed; rotation test skipped");
+    false
+}
+
+/// A temp dir with `logs/`, and an agent config that follows `logs/<glob>` into `out/`:
+/// (dir, the live log, the output dir, the config file).
+fn setup(glob: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
@@ -162,7 +169,7 @@ hostname = "test-host"
 [[sources]]
 name = "fhir"
 type = "file"
-include = ["{log}"]
+include = ["{}"]
 read_from = "beginning"
 decode = "raw"
 parsers = ["fhir_access"]
@@ -173,9 +180,18 @@ path = "out"
 max_events = 500
 flush_interval = "100ms"
 "#,
-            log = log.display()
+            logs.join(glob).display()
         ),
     );
+    (dir, log, out, config)
+}
+
+#[test]
+fn logrotate_create_and_copytruncate_under_load_lose_nothing() {
+    if !logrotate_available() {
+        return;
+    }
+    let (dir, log, out, config) = setup("access.log");
     let mut agent = Agent::start(&config, &[]);
     let mut writer = Writer::start(log.clone());
     let state = dir.path().join("logrotate.state");
@@ -206,7 +222,7 @@ flush_interval = "100ms"
     assert!(total > 500, "the writer wrote {total} lines");
     eprintln!("writer wrote {total} lines over 8 rotations");
     assert_all_once(&out, total, &agent.log());
-    let rotated = std::fs::read_dir(&logs).unwrap().count();
+    let rotated = std::fs::read_dir(log.parent().unwrap()).unwrap().count();
     assert!(rotated >= 9, "logrotate made {rotated} files");
     assert!(agent.stop().success(), "{}", agent.log());
 }
@@ -218,12 +234,7 @@ flush_interval = "100ms"
 /// written between its copy and its truncate are lost by logrotate itself.
 #[test]
 fn logrotate_copytruncate_with_unread_lines_and_copies_included_reads_each_once() {
-    if !Path::new(LOGROTATE).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "logrotate missing but CI is set (.ci/run installs it)"
-        );
-        eprintln!("note: logrotate not installed; rotation test skipped");
+    if !logrotate_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -304,43 +315,10 @@ fn assert_all_once(out: &Path, total: usize, log: &str) {
 /// rotated file plain; compressed ones are skipped.
 #[test]
 fn rotated_files_included_with_delaycompress_survive_a_stopped_agent() {
-    if !Path::new(LOGROTATE).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "logrotate missing but CI is set (.ci/run installs it)"
-        );
-        eprintln!("note: logrotate not installed; rotation test skipped");
+    if !logrotate_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let log = logs.join("access.log");
-    let out = dir.path().join("out");
-    let config = write_config(
-        dir.path(),
-        &format!(
-            r#"
-[agent]
-state_dir = "state"
-hostname = "test-host"
-[[sources]]
-name = "fhir"
-type = "file"
-include = ["{logs}/access.log*"]
-read_from = "beginning"
-decode = "raw"
-parsers = ["fhir_access"]
-poll_interval = "50ms"
-[output]
-type = "directory"
-path = "out"
-max_events = 500
-flush_interval = "100ms"
-"#,
-            logs = logs.display()
-        ),
-    );
+    let (dir, log, out, config) = setup("access.log*");
     let state = dir.path().join("logrotate.state");
     let conf = dir.path().join("logrotate.conf");
     write_conf(&conf, &log, "create\n    compress\n    delaycompress");
@@ -377,7 +355,7 @@ flush_interval = "100ms"
     let total = writer.finish();
     logs_so_far.push_str(&agent.log());
     assert_all_once(&out, total, &logs_so_far);
-    let gz = std::fs::read_dir(&logs)
+    let gz = std::fs::read_dir(log.parent().unwrap())
         .unwrap()
         .filter(|e| {
             e.as_ref()
@@ -398,43 +376,10 @@ flush_interval = "100ms"
 /// line written to the renamed file after gzip read it is lost by logrotate itself.
 #[test]
 fn compressed_while_stopped_without_delaycompress_loses_nothing() {
-    if !Path::new(LOGROTATE).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "logrotate missing but CI is set (.ci/run installs it)"
-        );
-        eprintln!("note: logrotate not installed; rotation test skipped");
+    if !logrotate_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let log = logs.join("access.log");
-    let out = dir.path().join("out");
-    let config = write_config(
-        dir.path(),
-        &format!(
-            r#"
-[agent]
-state_dir = "state"
-hostname = "test-host"
-[[sources]]
-name = "fhir"
-type = "file"
-include = ["{log}"]
-read_from = "beginning"
-decode = "raw"
-parsers = ["fhir_access"]
-poll_interval = "50ms"
-[output]
-type = "directory"
-path = "out"
-max_events = 500
-flush_interval = "100ms"
-"#,
-            log = log.display()
-        ),
-    );
+    let (dir, log, out, config) = setup("access.log");
     let state = dir.path().join("logrotate.state");
     let conf = dir.path().join("logrotate.conf");
     write_conf(&conf, &log, "create\n    compress");
