@@ -388,10 +388,11 @@ fn cmd_test(
     out.flush()?;
     let s = &processor.stats;
     eprintln!(
-        "lines read: {physical}\nrecords (multiline = {}): {}\nevents: {}\nunmatched: {}\nmalformed (decoder): {}\ntruncated: {truncated}\ninvalid utf-8: {invalid}",
+        "lines read: {physical}\nrecords (multiline = {}): {}\nevents: {}\nfolded lines: {}\nunmatched: {}\nmalformed (decoder): {}\ntruncated: {truncated}\ninvalid utf-8: {invalid}",
         src.multiline.as_str(),
         s.lines,
         s.events,
+        s.folded,
         s.unmatched,
         s.malformed
     );

@@ -307,6 +307,12 @@ pub fn render(health: &Health, now: Instant) -> String {
         "Lines holding invalid UTF-8 (replaced with U+FFFD, flagged).",
         get(&c.lines_invalid_utf8),
     );
+    e.single(
+        "balp_agent_lines_folded_total",
+        "counter",
+        "Lines a parser's repeat rule folded into the event of an earlier line.",
+        get(&c.lines_folded),
+    );
     e.family(
         "balp_agent_unmatched_lines_total",
         "counter",

@@ -96,6 +96,8 @@ pub struct ProcStats {
     pub unmatched: u64,
     /// Lines that did not fit the decoder (still passed to the parsers).
     pub malformed: u64,
+    /// Lines a parser's `repeat` rule folded into an earlier event (also in `matched`).
+    pub folded: u64,
     /// Lines matched, per parser.
     pub matched: BTreeMap<Arc<str>, u64>,
 }
@@ -166,6 +168,12 @@ impl SourceProcessor {
             LineOutcome::Unmatched => {
                 self.stats.unmatched += 1;
                 events::unmatched_by(&self.ctx.source, &self.parser_list);
+                Vec::new()
+            }
+            LineOutcome::Folded { parser } => {
+                events::folded(&self.ctx.source, &parser);
+                self.stats.folded += 1;
+                *self.stats.matched.entry(parser).or_default() += 1;
                 Vec::new()
             }
             LineOutcome::Matched { parser, extracted } => {

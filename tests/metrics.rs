@@ -124,6 +124,7 @@ async fn metrics_scrape_has_prometheus_names_types_and_values() {
         ("balp_agent_unmatched_lines_total", "counter"),
         ("balp_agent_lines_truncated_total", "counter"),
         ("balp_agent_lines_invalid_utf8_total", "counter"),
+        ("balp_agent_lines_folded_total", "counter"),
         ("balp_agent_bundles_sent_total", "counter"),
         ("balp_agent_bundles_failed_total", "counter"),
         ("balp_agent_delivery_retries_total", "counter"),

@@ -41,11 +41,20 @@ trap stop EXIT
 "${AS[@]}" "$PGBIN/initdb" -D "$DATA" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
     --encoding=UTF8 --no-instructions >"$PGROOT/initdb.log" 2>&1 \
     || { cat "$PGROOT/initdb.log" >&2; exit 1; }
+# ssl = on with a throw-away self-signed certificate, so that libpq's default
+# sslmode=prefer behaves as on a real server: a refused login is retried without SSL.
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
+    -keyout "$DATA/server.key" -out "$DATA/server.crt" >"$PGROOT/openssl.log" 2>&1 \
+    || { cat "$PGROOT/openssl.log" >&2; exit 1; }
+chmod 600 "$DATA/server.key"
+[ ${#AS[@]} -eq 0 ] || chown postgres: "$DATA/server.key" "$DATA/server.crt"
 cat >>"$DATA/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = $PORT
 unix_socket_directories = '$SOCK'
-ssl = off
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
 log_connections = on
 log_disconnections = on
 shared_preload_libraries = 'pgaudit'
@@ -63,7 +72,8 @@ EOF
     || { cat "$PGROOT/pg_ctl.log" "$LOGDIR"/* >&2 2>/dev/null; exit 1; }
 
 psql_super() { "${AS[@]}" "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p "$PORT" -U postgres "$@"; }
-psql_app() { PGPASSWORD=$1 PGSSLMODE=disable "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U app -d fhir "${@:2}"; }
+# psql_app <sslmode> <password> [psql args]
+psql_app() { PGPASSWORD=$2 PGSSLMODE=$1 "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U app -d fhir "${@:3}"; }
 
 # 1. superuser over the socket (trust): CREATE ROLE (ROLE), CREATE DATABASE (DDL), then a
 #    second session (\c) in the new database: CREATE EXTENSION pgaudit (DDL). The extension's
@@ -77,7 +87,7 @@ CREATE EXTENSION pgaudit;
 SQL
 # 2. app over TCP with its password: CREATE TABLE (DDL: table + its primary key index),
 #    INSERT, SELECT, UPDATE, DELETE and a SELECT written over three lines.
-psql_app app-secret >/dev/null <<'SQL'
+psql_app require app-secret >/dev/null <<'SQL'
 CREATE TABLE patient (id text PRIMARY KEY, family text);
 INSERT INTO patient VALUES ('1', 'Doe');
 SELECT * FROM patient WHERE id = '1';
@@ -87,8 +97,14 @@ SELECT id,
        family
   FROM patient;
 SQL
-# 3. app with a wrong password: one failed attempt (sslmode=disable: no SSL retry).
-if psql_app wrong-password -c 'SELECT 1' >/dev/null 2>&1; then
+# 3. app with a wrong password, twice: first with libpq's default sslmode=prefer (the server
+#    logs two failures: with SSL, then the retry without), then 1.5 s later, past the preset's
+#    1 s repeat window, with sslmode=disable (one failure). Two attempts, three FATAL lines.
+if psql_app prefer wrong-password -c 'SELECT 1' >/dev/null 2>&1; then
+    echo "postgres_e2e: the wrong password was accepted" >&2; exit 1
+fi
+sleep 1.5
+if psql_app disable wrong-password -c 'SELECT 1' >/dev/null 2>&1; then
     echo "postgres_e2e: the wrong password was accepted" >&2; exit 1
 fi
 # 4. superuser: GRANT and ALTER ROLE (ROLE).
@@ -160,7 +176,7 @@ got = Counter((kind(e), user(e)) for e in events)
 want = Counter({
     ("login/0", "postgres"): 3,        # sessions 1, 1 after \c, 4
     ("login/0", "app"): 1,
-    ("login/4", "app"): 1,             # no logout: the session never started
+    ("login/4", "app"): 2,             # 2 attempts (3 FATAL lines); no logout
     ("logout/0", "postgres"): 3,
     ("logout/0", "app"): 1,
     ("alert/110129", "postgres"): 2,   # CREATE DATABASE, CREATE EXTENSION
@@ -183,6 +199,14 @@ if db != db_want:
         print("note: " + msg)
 sys.exit(0 if ok else 1)
 PY
+done
+# The server really logged the SSL retry: three failure lines for the two attempts, and the
+# agent folded exactly one of them (stderr and csvlog alike).
+n=$(grep -c 'FATAL:  password authentication failed for user "app"' "$LOGDIR/postgresql" || true)
+[ "$n" = 3 ] || { echo "postgres_e2e: want 3 password failure lines in the log, got $n" >&2; fail=1; }
+for name in pg pgcsv; do
+    grep -qx 'folded lines: 1' "$TMP/$name.stderr" \
+        || { echo "postgres_e2e: $name: want 1 folded line" >&2; cat "$TMP/$name.stderr" >&2; fail=1; }
 done
 # The joined 3-line statement must reach the agent whole in both formats (checked on the
 # raw records: the `statement` only shows in comprehensive mode).

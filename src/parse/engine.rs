@@ -21,6 +21,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use regex::{Captures, Regex, RegexBuilder};
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Largest compiled program a configured regex may produce.
@@ -70,6 +71,8 @@ pub fn parse_pattern(name: &str) -> Option<Option<Pattern>> {
 #[derive(Debug, Clone)]
 pub struct ParserSet {
     parsers: Vec<CompiledParser>,
+    /// The events that may still absorb a line (rules with `fold`).
+    folds: FoldState,
 }
 
 /// What the parsers made of one line.
@@ -81,6 +84,11 @@ pub enum LineOutcome {
         parser: Arc<str>,
         /// The event to emit, if any.
         extracted: Option<Extracted>,
+    },
+    /// A rule with `fold` matched a line that repeats an event already emitted: nothing to emit.
+    Folded {
+        /// Name of the parser whose rule matched.
+        parser: Arc<str>,
     },
     /// No rule of any parser matched.
     Unmatched,
@@ -113,7 +121,10 @@ impl ParserSet {
             }
         }
         if problems.is_empty() {
-            Ok(ParserSet { parsers })
+            Ok(ParserSet {
+                parsers,
+                folds: FoldState::default(),
+            })
         } else {
             Err(problems)
         }
@@ -121,9 +132,18 @@ impl ParserSet {
 
     /// Try parsers in order; within a parser, rules in order; first match wins. `tz` is the
     /// source's zone for times without offset.
-    pub fn parse(&self, decoded: &Decoded, tz: &TimeZone) -> LineOutcome {
-        for p in &self.parsers {
-            if let Some(extracted) = p.parse(decoded, tz) {
+    /// A line a `fold` rule folds into an earlier event gives [`LineOutcome::Folded`], so
+    /// the set keeps state across lines: use one set per stream of lines, in order.
+    pub fn parse(&mut self, decoded: &Decoded, tz: &TimeZone) -> LineOutcome {
+        for (i, p) in self.parsers.iter().enumerate() {
+            if let Some((extracted, fold)) = p.match_line(decoded, tz) {
+                if let (Some(e), Some((rule, key))) = (&extracted, fold)
+                    && self.folds.folds(i, rule, key, e)
+                {
+                    return LineOutcome::Folded {
+                        parser: p.name.clone(),
+                    };
+                }
                 return LineOutcome::Matched {
                     parser: p.name.clone(),
                     extracted,
@@ -165,6 +185,74 @@ struct CompiledRule {
     time: Option<(Template, TimeFormat)>,
     fields: Vec<(FieldName, Template)>,
     needs_captures: bool,
+    fold: Option<FoldRule>,
+}
+
+/// A compiled [`FoldSpec`](super::spec::FoldSpec).
+#[derive(Debug, Clone)]
+struct FoldRule {
+    group: Arc<str>,
+    fields: Vec<FieldName>,
+    key: Option<Template>,
+    within_ms: i64,
+    max: u32,
+}
+
+/// What a matching rule made of a line: its event (None = noise) and, for rules with
+/// `fold`, the fold and the rendered key.
+type RuleMatch<'a> = (Option<Extracted>, Option<(&'a FoldRule, String)>);
+
+/// What makes two lines "the same" for `fold`: parser index, group, the key fields' values,
+/// the rendered `key` template.
+type FoldKey = (usize, Arc<str>, Vec<Option<String>>, String);
+
+/// Events that may still absorb lines, with their time (ms since the epoch), window and how
+/// many lines they absorbed. Entries older than their window are dropped as lines go by, so the map
+/// holds only what one window of traffic can produce.
+#[derive(Debug, Clone, Default)]
+struct FoldState {
+    anchors: HashMap<FoldKey, (i64, i64, u32)>,
+}
+
+impl FoldState {
+    /// Entries past which the map is swept of expired anchors.
+    const SWEEP_AT: usize = 1024;
+    /// A hard bound for traffic that keeps more anchors alive than this within one window.
+    const MAX: usize = 65_536;
+
+    /// Whether `e` (with rendered `key`) folds into a recent event of parser `parser`; if
+    /// not, it becomes an event later lines may fold into.
+    fn folds(&mut self, parser: usize, rule: &FoldRule, key: String, e: &Extracted) -> bool {
+        // Without a time of the line's own there is no gap to measure: keep the event.
+        let Some(t) = e.time.map(|s| s.ts.as_millisecond()) else {
+            return false;
+        };
+        let key: FoldKey = (
+            parser,
+            rule.group.clone(),
+            rule.fields
+                .iter()
+                .map(|f| e.fields.get(*f).map(str::to_owned))
+                .collect(),
+            key,
+        );
+        if let Some((at, within, folded)) = self.anchors.get_mut(&key)
+            && (t - *at).abs() <= *within
+            && *folded < rule.max
+        {
+            *folded += 1;
+            return true;
+        }
+        if self.anchors.len() >= Self::SWEEP_AT {
+            self.anchors
+                .retain(|_, (at, within, _)| (t - *at).abs() <= *within);
+            if self.anchors.len() >= Self::MAX {
+                self.anchors.clear();
+            }
+        }
+        self.anchors.insert(key, (t, rule.within_ms, 0));
+        false
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -387,6 +475,68 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(Vec<String>, String)>
             "time_format is set but the rule has no `time` field".into(),
         ));
     }
+    let fold = r.fold.as_ref().map(|spec| {
+        let mut keys = Vec::new();
+        for name in &spec.fields {
+            match FieldName::parse(name) {
+                Some(f) => keys.push(f),
+                None => errs.push((
+                    vec!["fold".into(), "fields".into()],
+                    format!("unknown field {name:?}"),
+                )),
+            }
+        }
+        let key = match spec
+            .key
+            .as_deref()
+            .map(|k| parse_template(k, capture_names.as_deref()))
+        {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                if !regex_failed {
+                    errs.push((vec!["fold".into(), "key".into()], e));
+                }
+                None
+            }
+            None => None,
+        };
+        if spec.fields.is_empty() && spec.key.is_none() {
+            errs.push((
+                vec!["fold".into()],
+                "needs `fields` or `key`: what makes two lines the same".into(),
+            ));
+        }
+        if !(1..=600_000).contains(&spec.within_ms) {
+            errs.push((
+                vec!["fold".into(), "within_ms".into()],
+                format!("{} is out of range (1 to 600000)", spec.within_ms),
+            ));
+        }
+        if spec.max == 0 {
+            errs.push((
+                vec!["fold".into(), "max".into()],
+                "must be at least 1".into(),
+            ));
+        }
+        let group = match (&spec.group, pattern) {
+            (Some(g), _) => g.as_str(),
+            (None, Some(p)) => p.as_str(),
+            (None, None) => {
+                errs.push((
+                    vec!["fold".into()],
+                    "a rule with pattern \"none\" emits nothing to fold into".into(),
+                ));
+                ""
+            }
+        };
+        FoldRule {
+            group: Arc::from(group),
+            fields: keys,
+            key,
+            within_ms: i64::try_from(spec.within_ms).unwrap_or(i64::MAX),
+            max: spec.max,
+        }
+    });
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -394,6 +544,7 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(Vec<String>, String)>
         .iter()
         .map(|(_, t)| t)
         .chain(time_template.iter())
+        .chain(fold.as_ref().and_then(|f| f.key.as_ref()))
         .any(|t| {
             t.pieces.iter().any(|p| match p {
                 Piece::Vars(vs) => vs.iter().any(uses_capture),
@@ -407,6 +558,7 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(Vec<String>, String)>
         time: time_template.map(|t| (t, time_format)),
         fields,
         needs_captures,
+        fold,
     })
 }
 
@@ -580,7 +732,13 @@ impl CompiledParser {
     }
 
     /// `None`: no rule matched; `Some(x)`: a rule matched and emits `x` (None = noise).
+    /// Stateless: `fold` is applied by [`ParserSet::parse`].
     pub fn parse(&self, decoded: &Decoded, tz: &TimeZone) -> Option<Option<Extracted>> {
+        self.match_line(decoded, tz).map(|(e, _)| e)
+    }
+
+    /// [`parse`](Self::parse), with the matching rule's `fold` and its rendered key.
+    fn match_line(&self, decoded: &Decoded, tz: &TimeZone) -> Option<RuleMatch<'_>> {
         if !self.programs.is_empty() {
             let prog = decoded.program.as_deref()?;
             let base = prog.split_once('(').map_or(prog, |(b, _)| b);
@@ -609,7 +767,7 @@ impl CompiledParser {
                 }
             }
             let Some(pattern) = rule.pattern else {
-                return Some(None);
+                return Some((None, None));
             };
             let caps = match (&rule.regex, rule.needs_captures) {
                 (Some(re), true) => re.captures(msg),
@@ -628,12 +786,18 @@ impl CompiledParser {
                 .as_ref()
                 .and_then(|(tpl, fmt)| parse_time(&tpl.render(&ctx), fmt, tz))
                 .or(decoded.time);
-            return Some(Some(Extracted {
-                parser: self.name.clone(),
-                pattern,
-                time,
-                fields,
-            }));
+            return Some((
+                Some(Extracted {
+                    parser: self.name.clone(),
+                    pattern,
+                    time,
+                    fields,
+                }),
+                rule.fold.as_ref().map(|f| {
+                    let key = f.key.as_ref().map(|t| t.render(&ctx)).unwrap_or_default();
+                    (f, key)
+                }),
+            ));
         }
         None
     }
@@ -1011,7 +1175,7 @@ mod tests {
             pattern = "logout"
             "#,
         );
-        let set = ParserSet::build(&["sshd".into()], std::slice::from_ref(&user)).unwrap();
+        let mut set = ParserSet::build(&["sshd".into()], std::slice::from_ref(&user)).unwrap();
         let out = set.parse(&raw("mine"), &TimeZone::UTC);
         assert!(matches!(
             out,
@@ -1032,5 +1196,221 @@ mod tests {
         let c = re.captures(r#" a="1" b="2" c=3"#).unwrap();
         assert_eq!(c.name("a").map(|m| m.as_str()), Some("1"));
         assert_eq!(c.name("b").map(|m| m.as_str()), Some("2"));
+    }
+
+    /// A set of one user parser whose lines are `<time> fail <user> <host>` or `<time> ok
+    /// <user>`, with `time` in epoch milliseconds so gaps are easy to read.
+    fn fold_set(fold: &str) -> ParserSet {
+        let user = spec(&format!(
+            r#"
+            [[parsers]]
+            name = "db"
+            [[parsers.rules]]
+            regex = '^(?P<t>\d+) fail (?P<u>\S+) (?P<h>\S+)$'
+            pattern = "login"
+            time_format = "epoch_ms"
+            fields = {{ time = "{{t}}", outcome = "4", user = "{{u}}", client_address = "{{h}}" }}
+            {fold}
+            [[parsers.rules]]
+            regex = '^(?P<t>\d+) refused (?P<u>\S+) (?P<h>\S+)$'
+            pattern = "login"
+            time_format = "epoch_ms"
+            fields = {{ time = "{{t}}", outcome = "4", user = "{{u}}", client_address = "{{h}}" }}
+            {fold}
+            [[parsers.rules]]
+            regex = '^(?P<t>\d+) ok (?P<u>\S+)$'
+            pattern = "login"
+            time_format = "epoch_ms"
+            fields = {{ time = "{{t}}", outcome = "0", user = "{{u}}" }}
+            "#
+        ));
+        ParserSet::build(&["db".into()], &[user]).unwrap()
+    }
+
+    /// `E` for an event, `f` for a folded line, per line.
+    fn fold_trace(set: &mut ParserSet, lines: &[&str]) -> String {
+        lines
+            .iter()
+            .map(|l| match set.parse(&raw(l), &TimeZone::UTC) {
+                LineOutcome::Matched {
+                    extracted: Some(_), ..
+                } => 'E',
+                LineOutcome::Folded { .. } => 'f',
+                other => panic!("{l}: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fold_takes_one_retry_per_event_within_the_window() {
+        let rep = r#"fold = { fields = ["user", "client_address", "outcome"], within_ms = 1000 }"#;
+        let mut set = fold_set(rep);
+        // A pair 30 ms apart is one attempt; the third try 200 ms later is a new attempt
+        // (each event absorbs at most one line), whose own retry folds again.
+        assert_eq!(
+            fold_trace(
+                &mut set,
+                &[
+                    "1000 fail alice 10.0.0.1",
+                    "1030 fail alice 10.0.0.1",
+                    "1230 fail alice 10.0.0.1",
+                    "1240 fail alice 10.0.0.1",
+                ]
+            ),
+            "EfEf"
+        );
+        // Outside the window, another user, another host: all events.
+        assert_eq!(
+            fold_trace(
+                &mut set,
+                &[
+                    "5000 fail alice 10.0.0.1",
+                    "6001 fail alice 10.0.0.1",
+                    "6002 fail bob 10.0.0.1",
+                    "6003 fail alice 10.0.0.2",
+                ]
+            ),
+            "EEEE"
+        );
+        // Two clients interleaved: each retry folds into its own first try; a success
+        // (no `fold` on its rule) never folds and leaves the failures' state alone.
+        assert_eq!(
+            fold_trace(
+                &mut set,
+                &[
+                    "9000 fail carol 10.0.0.3",
+                    "9001 fail dave 10.0.0.4",
+                    "9002 ok carol",
+                    "9003 ok carol",
+                    "9010 fail carol 10.0.0.3",
+                    "9011 fail dave 10.0.0.4",
+                ]
+            ),
+            "EEEEff"
+        );
+        // A retry matched by another rule of the parser (SSL refused, then password wrong)
+        // folds as well: the state is the parser's.
+        assert_eq!(
+            fold_trace(
+                &mut set,
+                &["20000 refused erin 10.0.0.5", "20010 fail erin 10.0.0.5"]
+            ),
+            "Ef"
+        );
+    }
+
+    #[test]
+    fn fold_max_and_lines_without_time_are_respected() {
+        let rep = r#"fold = { fields = ["user"], within_ms = 500, max = 2 }"#;
+        let mut set = fold_set(rep);
+        assert_eq!(
+            fold_trace(
+                &mut set,
+                &[
+                    "1000 fail a h",
+                    "1100 fail a h",
+                    "1200 fail a h",
+                    "1300 fail a h",
+                ]
+            ),
+            "EffE"
+        );
+        // Many distinct keys do not grow the state without bound: expired anchors go.
+        for i in 0..5000u64 {
+            let line = format!("{} fail u{i} h", 100_000 + i * 1000);
+            assert_eq!(fold_trace(&mut set, &[&line]), "E");
+        }
+        assert!(set.folds.anchors.len() <= FoldState::SWEEP_AT);
+        // A line without a time of its own (the header time is unknown) is never folded.
+        let mut user = spec(
+            r#"
+            [[parsers]]
+            name = "p"
+            [[parsers.rules]]
+            regex = '^fail (?P<u>\S+)$'
+            pattern = "login"
+            fields = { outcome = "4", user = "{u}" }
+            fold = { fields = ["user"], within_ms = 1000 }
+            "#,
+        );
+        user.name = "p".into();
+        let mut set = ParserSet::build(&["p".into()], &[user]).unwrap();
+        assert_eq!(fold_trace(&mut set, &["fail a", "fail a"]), "EE");
+    }
+
+    #[test]
+    fn fold_spec_problems_are_reported_by_key() {
+        let errs = compile_parser(&spec(
+            r#"
+            [[parsers]]
+            name = "p"
+            [[parsers.rules]]
+            regex = 'x'
+            pattern = "none"
+            fold = { fields = ["user", "colour"], key = "{nope}", within_ms = 0, max = 0 }
+            [[parsers.rules]]
+            regex = 'y'
+            pattern = "login"
+            fold = { within_ms = 10 }
+            "#,
+        ))
+        .unwrap_err();
+        let want = [
+            "parser \"p\": rules[0].fold.fields: unknown field \"colour\"",
+            "parser \"p\": rules[0].fold.key: template \"{nope}\": the regex has no capture named \"nope\" (captures: none)",
+            "parser \"p\": rules[0].fold.within_ms: 0 is out of range (1 to 600000)",
+            "parser \"p\": rules[0].fold.max: must be at least 1",
+            "parser \"p\": rules[0].fold: a rule with pattern \"none\" emits nothing to fold into",
+            "parser \"p\": rules[1].fold: needs `fields` or `key`: what makes two lines the same",
+        ];
+        assert_eq!(errs, want);
+    }
+
+    #[test]
+    fn fold_group_and_key_join_rules_of_different_patterns() {
+        // MariaDB's shape: a failed connect (login) is followed by a DISCONNECT (logout) of
+        // the same connection id, which is not an event field: `key` takes the capture, and
+        // a shared `group` lets a logout fold into a login.
+        let user = spec(
+            r#"
+            [[parsers]]
+            name = "m"
+            [[parsers.rules]]
+            regex = '^(?P<t>\d+),(?P<u>\w+),(?P<c>\d+),FAILED_CONNECT$'
+            pattern = "login"
+            time_format = "epoch_ms"
+            fields = { time = "{t}", outcome = "4", user = "{u}" }
+            fold = { group = "conn", fields = ["user"], key = "{c}", within_ms = 2000 }
+            [[parsers.rules]]
+            regex = '^(?P<t>\d+),(?P<u>\w+),(?P<c>\d+),DISCONNECT$'
+            pattern = "logout"
+            time_format = "epoch_ms"
+            fields = { time = "{t}", user = "{u}" }
+            fold = { group = "conn", fields = ["user"], key = "{c}", within_ms = 2000 }
+            [[parsers.rules]]
+            regex = '^(?P<t>\d+),(?P<u>\w+),(?P<c>\d+),CONNECT$'
+            pattern = "login"
+            time_format = "epoch_ms"
+            fields = { time = "{t}", outcome = "0", user = "{u}" }
+            "#,
+        );
+        let mut set = ParserSet::build(&["m".into()], &[user]).unwrap();
+        assert_eq!(
+            fold_trace(
+                &mut set,
+                &[
+                    "1000,a,5,FAILED_CONNECT",
+                    "1000,a,5,DISCONNECT",
+                    "1000,a,6,CONNECT",
+                    "1500,a,6,DISCONNECT",
+                    "1600,a,7,FAILED_CONNECT",
+                    "1600,a,8,CONNECT",
+                    "1700,a,8,DISCONNECT",
+                    "1700,a,7,DISCONNECT",
+                ]
+            ),
+            // conn 6 and 8 are real sessions: their logouts stay; 5 and 7 fold.
+            "EfEEEEEf"
+        );
     }
 }

@@ -101,6 +101,7 @@ mod tests {
     fn render(outcome: &LineOutcome) -> String {
         match outcome {
             LineOutcome::Unmatched => "unmatched".into(),
+            LineOutcome::Folded { .. } => "folded".into(),
             LineOutcome::Matched {
                 extracted: None, ..
             } => "nothing".into(),
@@ -136,7 +137,7 @@ mod tests {
     fn run_set(presets: &[&str], path: &str) -> Vec<LineOutcome> {
         let spec = get(presets[0]).unwrap();
         let names: Vec<String> = presets.iter().map(|p| (*p).to_owned()).collect();
-        let set = ParserSet::build(&names, &[]).unwrap();
+        let mut set = ParserSet::build(&names, &[]).unwrap();
         let dec = decoder_for(&spec);
         let full = format!("{}/../shared/corpus/{path}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(full).unwrap();
@@ -178,7 +179,7 @@ mod tests {
     #[test]
     fn every_sample_yields_what_it_says() {
         for spec in all() {
-            let set = ParserSet::build(std::slice::from_ref(&spec.name), &[]).unwrap();
+            let mut set = ParserSet::build(std::slice::from_ref(&spec.name), &[]).unwrap();
             let dec = decoder_for(&spec);
             for s in &spec.samples {
                 let d = dec.decode(&s.line, now());
@@ -546,7 +547,7 @@ mod tests {
         use crate::decode::multiline::Joiner;
         use crate::source::{LineFlags, LogLine, StreamId};
         let names: Vec<String> = presets.iter().map(|p| (*p).to_owned()).collect();
-        let set = ParserSet::build(&names, &[]).unwrap();
+        let mut set = ParserSet::build(&names, &[]).unwrap();
         let full = format!("{}/../shared/corpus/{path}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(full).unwrap();
         let stream = std::sync::Arc::new(StreamId {
@@ -660,8 +661,9 @@ mod tests {
         // grep postgresql.log (the csv/json files hold the same records):
         // "connection authorized": 10 (postgres 6: pids 19706 19764 19834 19969 20002 20146;
         //   fhir_app 4: 20012 20086 20108 20134) -> login 0.
-        // "password authentication failed": 4 (fhir_app 20036 20045, mallory 20070 20073:
-        //   libpq's SSL then non-SSL attempt) -> login 4.
+        // "password authentication failed": 4 lines, 2 attempts (fhir_app 20036 .677 and
+        //   20045 .707, mallory 20070 .882 and 20073 .894: libpq's SSL try, then its retry
+        //   without SSL 30 ms / 12 ms later) -> login 4 once per attempt, 2 lines folded.
         // "disconnection:": 9 (postgres 6, fhir_app 3; 20086 died with "database does not
         //   exist" and logged none).
         // "AUDIT:" lines: 21 = DDL 8 (postgres: CREATE EXTENSION x2, CREATE DATABASE;
@@ -671,8 +673,8 @@ mod tests {
         let expect: BTreeMap<_, usize> = [
             (k5("postgres", "login", "0", "-", "postgres"), 6),
             (k5("postgres", "login", "0", "-", "fhir_app"), 4),
-            (k5("postgres", "login", "4", "-", "fhir_app"), 2),
-            (k5("postgres", "login", "4", "-", "mallory"), 2),
+            (k5("postgres", "login", "4", "-", "fhir_app"), 1),
+            (k5("postgres", "login", "4", "-", "mallory"), 1),
             (k5("postgres", "logout", "-", "-", "postgres"), 6),
             (k5("postgres", "logout", "-", "-", "fhir_app"), 3),
             (
@@ -699,6 +701,11 @@ mod tests {
         {
             assert_eq!(out.len(), records, "{name}");
             assert_eq!(db_counts(out), expect, "{name}");
+            let folded = out
+                .iter()
+                .filter(|o| matches!(o, LineOutcome::Folded { parser } if &**parser == "postgres"))
+                .count();
+            assert_eq!(folded, 2, "{name}: the two retries without SSL");
             assert_eq!(unmatched(out), unmatched_n, "{name}");
             let mut commands = BTreeMap::new();
             for e in events(out)
@@ -745,7 +752,7 @@ mod tests {
                 .collect()
         };
         let stderr = strip(&all[0].1);
-        assert_eq!(stderr.len(), 43);
+        assert_eq!(stderr.len(), 41);
         assert_eq!(stderr, strip(&all[1].1), "csvlog");
         assert_eq!(stderr, strip(&all[2].1), "jsonlog");
         // The multi-line statement comes out whole, with PostgreSQL's TAB removed in stderr.
@@ -769,7 +776,7 @@ mod tests {
             .filter(|e| e.fields.get(FieldName::Outcome) == Some("4"))
             .map(|e| e.fields.get(FieldName::ClientAddress).unwrap())
             .collect();
-        assert_eq!(failed, ["127.0.0.1", "127.0.0.1", "::1", "::1"]);
+        assert_eq!(failed, ["127.0.0.1", "::1"], "one event per attempt");
         assert!(
             csv.iter()
                 .filter(|e| e.fields.get(FieldName::User) == Some("postgres"))
@@ -782,8 +789,8 @@ mod tests {
         use crate::decode::multiline::Multiline;
         let dir = "generated/mariadb10.11-server_audit";
         // grep server_audit.log (56 lines): CONNECT 4 (root 3 and 8, fhir_app 4 and 7),
-        // FAILED_CONNECT 2 (fhir_app, mallory), DISCONNECT 6 (root 2, fhir_app 3 incl. the
-        // failed connection 5, mallory 1), QUERY 14: root CREATE DATABASE (110129),
+        // FAILED_CONNECT 2 (fhir_app conn 5, mallory conn 6), DISCONNECT 6 (root 2, fhir_app 3,
+        // mallory 1; those of the failed connections 5 and 6 are folded: 4 logouts), QUERY 14: root CREATE DATABASE (110129),
         // CREATE USER x2 + GRANT x2 + ALTER USER + GRANT (110136 x6); fhir_app CREATE TABLE
         // (110129), INSERT, SELECT x2, UPDATE, DELETE (database, 0) and
         // 'select * from nosuch' rc 1146 (database, 4); the other 30 lines are TABLE rows.
@@ -800,8 +807,7 @@ mod tests {
             (k5("mariadb_audit", "login", "4", "-", "fhir_app"), 1),
             (k5("mariadb_audit", "login", "4", "-", "mallory"), 1),
             (k5("mariadb_audit", "logout", "-", "-", "root"), 2),
-            (k5("mariadb_audit", "logout", "-", "-", "fhir_app"), 3),
-            (k5("mariadb_audit", "logout", "-", "-", "mallory"), 1),
+            (k5("mariadb_audit", "logout", "-", "-", "fhir_app"), 2),
             (
                 k5("mariadb_audit", "security-alert", "0", "110129", "root"),
                 1,
@@ -821,6 +827,12 @@ mod tests {
         assert_eq!(out.len(), 56);
         assert_eq!(db_counts(&out), expect);
         assert_eq!(unmatched(&out), 0);
+        let folded = |out: &[LineOutcome]| {
+            out.iter()
+                .filter(|o| matches!(o, LineOutcome::Folded { .. }))
+                .count()
+        };
+        assert_eq!(folded(&out), 2);
         let ev = events(&out);
         let mut commands: Vec<&str> = ev
             .iter()
@@ -839,7 +851,8 @@ mod tests {
                 .all(|e| e.time.unwrap().to_instant() == "2026-11-25T15:21:39+00:00")
         );
         // grep server_audit.syslog.log (8 lines): SET GLOBAL x2 (root, 110129), CONNECT 1
-        // (root), FAILED_CONNECT 2 (fhir_app), DISCONNECT 3 (root 1, fhir_app 2).
+        // (root), FAILED_CONNECT 2 (fhir_app conns 10, 11), DISCONNECT 3 (root 1; fhir_app 2,
+        // of the failed connections: folded).
         let out = run_joined(
             &["mariadb_audit"],
             &format!("{dir}/server_audit.syslog.log"),
@@ -851,7 +864,6 @@ mod tests {
             (k5("mariadb_audit", "login", "0", "-", "root"), 1),
             (k5("mariadb_audit", "login", "4", "-", "fhir_app"), 2),
             (k5("mariadb_audit", "logout", "-", "-", "root"), 1),
-            (k5("mariadb_audit", "logout", "-", "-", "fhir_app"), 2),
             (
                 k5("mariadb_audit", "security-alert", "0", "110129", "root"),
                 2,
@@ -860,6 +872,7 @@ mod tests {
         .into();
         assert_eq!(db_counts(&out), expect);
         assert_eq!(unmatched(&out), 0);
+        assert_eq!(folded(&out), 2);
         assert!(events(&out).iter().all(|e| {
             e.time
                 .unwrap()

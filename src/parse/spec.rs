@@ -25,6 +25,9 @@
 //! status is below 400") are written into the regex itself, splitting the rule in two (see the
 //! `fhir_access` preset).
 //!
+//! `fold` on a rule folds a line that only repeats an earlier event into it (see
+//! [`FoldSpec`]).
+//!
 //! `programs` compares the syslog tag; a tag like `sshd(pam_unix)` also counts as `sshd`.
 
 use serde::Deserialize;
@@ -81,6 +84,45 @@ pub struct RuleSpec {
     /// Field templates.
     #[serde(default)]
     pub fields: BTreeMap<String, String>,
+    /// Fold this line into an earlier event it only repeats (see [`FoldSpec`]).
+    #[serde(default)]
+    pub fold: Option<FoldSpec>,
+}
+
+/// `fold = { fields = [...], key = "...", group = "...", within_ms = N, max = M }` on a rule:
+/// a line the rule matches whose key equals that of an event emitted, in the same group of
+/// the same parser, at most `within_ms` earlier (by the lines' own times), emits nothing: it
+/// logs again what that event recorded. The key is the values of `fields` of the event plus
+/// the `key` template (captures of this rule's regex, `{$.json}` paths, ...). The group
+/// defaults to the rule's pattern; rules with `fold` in one group share it, so the first
+/// line of a pair can come from one rule and the second from another. A line that does not
+/// fold becomes an event the later lines of its group may fold into, each absorbing at most
+/// `max` (default 1), so a burst of real attempts is not merged into one.
+///
+/// Made for libpq's `sslmode=prefer`, which repeats a refused login without SSL (the server
+/// logs two failures for one attempt), and MariaDB's DISCONNECT after a FAILED_CONNECT. The
+/// state lives in memory: a restart between the two lines emits both.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FoldSpec {
+    /// Event fields that must be equal (unset counts as a value: equal when both unset).
+    #[serde(default)]
+    pub fields: Vec<String>,
+    /// A template that must render equal, for values that are not event fields.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The rules whose events fold into each other (default: the rule's pattern).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// The longest gap, in milliseconds, between the kept event and a folded line.
+    pub within_ms: u64,
+    /// How many lines one kept event absorbs.
+    #[serde(default = "default_fold_max")]
+    pub max: u32,
+}
+
+fn default_fold_max() -> u32 {
+    1
 }
 
 /// A sample line and a short statement of what it produces.
@@ -89,7 +131,8 @@ pub struct RuleSpec {
 pub struct SampleSpec {
     /// The input line, as it appears in the log file.
     pub line: String,
-    /// What it yields: `nothing` (a `pattern = "none"` rule), `unmatched`, or the pattern
+    /// What it yields: `nothing` (a `pattern = "none"` rule), `unmatched`, `folded` (a
+    /// `fold` into the event of a sample before it: samples are read in order, as one log), or the pattern
     /// followed by every set value as `field=value` in field declaration order, `time` first
     /// (as a FHIR instant), values containing spaces in double quotes, e.g.
     /// `login time=2026-11-25T15:22:44+00:00 outcome=0 user=alice`. Tests check it exactly.
