@@ -1,6 +1,7 @@
 //! `type = "journald"` end to end: the real binary runs a stand-in `journalctl` (a shell
 //! script first on `PATH`) that replays recorded JSON entries, honours `--after-cursor` and
-//! records its arguments. The real journal is not needed (and usually absent in CI).
+//! records its arguments, so exits and odd entries can be staged at will; the real journal
+//! is exercised by `tests/journald_real.rs`.
 
 mod common;
 

@@ -187,6 +187,7 @@ const SOURCE: &[Field] = &[
     opt("poll_interval", Ty::Duration),
     opt("listen", Ty::Str),
     opt("match", Ty::StrList),
+    opt("namespace", Ty::Str),
     opt("tls", Ty::Table(LISTEN_TLS)),
     opt("max_connections", Ty::PositiveInt),
     opt("max_frame_bytes", Ty::Size),
@@ -597,6 +598,16 @@ impl Checker {
             if let Some((ty, _)) = get_str(t, "type") {
                 if ty == "journald" {
                     self.check_journald_source(t, &p);
+                } else {
+                    for key in ["match", "namespace"] {
+                        if let Some(span) = get(t, key).map(|v| v.span()) {
+                            self.report(
+                                &span,
+                                format!("{p}.{key}"),
+                                format!("`{key}` is only used by a journald source"),
+                            );
+                        }
+                    }
                 }
                 if ty == "syslog" {
                     self.check_syslog_source(t, &tspan, &p);
@@ -751,6 +762,18 @@ impl Checker {
                     format!("`{key}` is not used by a journald source (use `match`)"),
                 );
             }
+        }
+        if let Some((ns, span)) = get_str(t, "namespace")
+            && (ns.is_empty()
+                || !ns
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
+        {
+            self.report(
+                &span,
+                format!("{p}.namespace"),
+                format!("journal namespace {ns:?} must be a non-empty name of letters, digits, `_`, `-`, `.`"),
+            );
         }
         for (k, (m, span)) in str_list(t, "match").into_iter().enumerate() {
             if m != "+" && !m.contains('=') {
@@ -1098,6 +1121,20 @@ parsers = ["sshd"]
 name = "ok"
 type = "journald"
 match = ["SYSLOG_IDENTIFIER=sshd"]
+namespace = "fhir-app"
+parsers = ["sshd"]
+
+[[sources]]
+name = "files"
+type = "file"
+include = ["/var/log/auth.log"]
+namespace = "x"
+parsers = ["sshd"]
+
+[[sources]]
+name = "ns"
+type = "journald"
+namespace = "a b"
 parsers = ["sshd"]
 
 [output]
@@ -1112,6 +1149,8 @@ path = "{out}"
             "j.toml:7:44: sources[0].match[2]: journal match \"sshd\" must be FIELD=value",
             "j.toml:8:10: sources[0].decode: a journald source always uses decode = \"syslog\"",
             "j.toml:9:11: sources[0].include: `include` is not used by a journald source",
+            "j.toml:23:13: sources[2].namespace: `namespace` is only used by a journald source",
+            "j.toml:29:13: sources[3].namespace: journal namespace \"a b\" must be a non-empty name",
         ];
         for e in expect {
             assert!(

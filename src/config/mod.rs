@@ -252,6 +252,10 @@ pub struct SourceConfig {
     /// `journald`: journal matches.
     #[serde(default, rename = "match")]
     pub journal_match: Vec<String>,
+    /// `journald`: the journal namespace to read (`journalctl --namespace`), for services
+    /// run with `LogNamespace=`; unset = the default namespace.
+    #[serde(default, rename = "namespace")]
+    pub journal_namespace: Option<String>,
     /// `syslog` with `tls://`: `[sources.tls]` (server certificate, optional client CA).
     #[serde(default)]
     pub tls: Option<ListenTlsConfig>,

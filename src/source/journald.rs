@@ -63,6 +63,7 @@ pub fn is_journald_key(key: &str) -> bool {
 /// `since`, seconds since the epoch, else from the start or the end per `read_from`),
 /// following unless `once`, then the matches.
 pub fn journalctl_args(
+    namespace: Option<&str>,
     matches: &[String],
     read_from: ReadFrom,
     cursor: Option<&str>,
@@ -75,6 +76,9 @@ pub fn journalctl_args(
         "--no-pager".to_owned(),
         "--quiet".to_owned(),
     ];
+    if let Some(ns) = namespace {
+        args.push(format!("--namespace={ns}"));
+    }
     if !once {
         args.push("--follow".to_owned());
     }
@@ -236,6 +240,8 @@ impl From<crate::source::file::Stopped> for Stopped {
 struct Follower {
     stream: Arc<StreamId>,
     matches: Vec<String>,
+    /// `--namespace`, when the source names one.
+    namespace: Option<String>,
     read_from: ReadFrom,
     max_line_bytes: usize,
     /// The cursor of the last entry sent (in memory; saved only via the pipeline).
@@ -266,6 +272,7 @@ impl Follower {
                 path: PathBuf::from("journal"),
             }),
             matches: cfg.journal_match.clone(),
+            namespace: cfg.journal_namespace.clone(),
             read_from: cfg.read_from,
             max_line_bytes: (cfg.max_line_bytes.0 as usize).max(1),
             reported: cursor.clone(),
@@ -353,6 +360,7 @@ impl Follower {
             _ => None,
         };
         let args = journalctl_args(
+            self.namespace.as_deref(),
             &self.matches,
             self.read_from,
             self.cursor.as_deref(),
@@ -509,17 +517,18 @@ mod tests {
     #[test]
     fn arguments_resume_after_the_cursor() {
         let m = vec!["_SYSTEMD_UNIT=ssh.service".to_owned()];
-        let a = journalctl_args(&m, ReadFrom::End, Some("c9"), None, false);
+        let a = journalctl_args(None, &m, ReadFrom::End, Some("c9"), None, false);
         assert!(a.contains(&"--follow".to_owned()));
         assert!(a.contains(&"--after-cursor=c9".to_owned()));
         assert!(a.contains(&"--no-tail".to_owned()));
         assert_eq!(a.last().unwrap(), "_SYSTEMD_UNIT=ssh.service");
-        let a = journalctl_args(&[], ReadFrom::End, None, None, false);
+        let a = journalctl_args(None, &[], ReadFrom::End, None, None, false);
         assert!(a.contains(&"--lines=0".to_owned()));
-        let a = journalctl_args(&[], ReadFrom::End, None, Some(1_764_000_000), false);
+        let a = journalctl_args(None, &[], ReadFrom::End, None, Some(1_764_000_000), false);
         assert!(a.contains(&"--since=@1764000000".to_owned()), "{a:?}");
         assert!(a.contains(&"--no-tail".to_owned()) && !a.contains(&"--lines=0".to_owned()));
-        let a = journalctl_args(&[], ReadFrom::Beginning, None, None, true);
+        let a = journalctl_args(Some("fhir"), &[], ReadFrom::Beginning, None, None, true);
+        assert!(a.contains(&"--namespace=fhir".to_owned()), "{a:?}");
         assert!(
             !a.iter()
                 .any(|x| x.starts_with("--follow") || x.starts_with("--lines"))

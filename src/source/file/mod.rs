@@ -388,6 +388,7 @@ mod tests {
             poll_interval: ConfigDuration(Duration::from_millis(10)),
             listen: None,
             journal_match: Vec::new(),
+            journal_namespace: None,
             tls: None,
             max_connections: 256,
             max_frame_bytes: ByteSize(64 * 1024),

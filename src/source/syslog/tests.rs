@@ -30,6 +30,7 @@ fn config(listen: &str) -> SourceConfig {
         poll_interval: ConfigDuration(Duration::from_millis(250)),
         listen: Some(listen.to_owned()),
         journal_match: Vec::new(),
+        journal_namespace: None,
         tls: None,
         max_connections: 256,
         max_frame_bytes: ByteSize(64 * 1024),
