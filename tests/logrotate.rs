@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::agent::{Agent, events_in_dir, fhir_lines, wait_until, write_config};
+use common::agent::{Agent, fhir_lines, wait_until, write_config};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -30,20 +30,63 @@ const LOGROTATE: &str = "/usr/sbin/logrotate";
 
 /// The request id (`req%08d`) of every event, with the ids of the events that carry it.
 fn rids(out: &Path) -> BTreeMap<String, BTreeSet<String>> {
-    let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for ev in events_in_dir(out) {
-        let entities = ev["entity"].as_array().cloned().unwrap_or_default();
-        let rid = entities
-            .iter()
-            .find(|e| e["type"]["code"] == "XrequestId")
-            .and_then(|e| e["what"]["identifier"]["value"].as_str());
-        if let Some(rid) = rid {
-            map.entry(rid.to_owned())
-                .or_default()
-                .insert(ev["id"].as_str().unwrap_or_default().to_owned());
+    RidCache::default().rids(out)
+}
+
+/// How long the agent may take to catch up. A liveness bound, not a speed test: a debug
+/// build on a loaded 2-core machine reads a few thousand lines a second.
+const CATCH_UP: Duration = Duration::from_secs(180);
+
+/// [`rids`] for polling: each Bundle file (written once, by rename) is parsed only the first
+/// time it is seen, so polling does not compete with the agent for the CPU.
+#[derive(Default)]
+struct RidCache {
+    files: BTreeMap<PathBuf, Vec<(String, String)>>,
+}
+
+impl RidCache {
+    fn rids(&mut self, out: &Path) -> BTreeMap<String, BTreeSet<String>> {
+        let names: Vec<PathBuf> = std::fs::read_dir(out)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        for f in names {
+            if f.extension().is_none_or(|e| e != "json") || self.files.contains_key(&f) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&f).expect("bundle file");
+            let v: serde_json::Value = serde_json::from_str(&text).expect("bundle json");
+            let mut pairs = Vec::new();
+            for e in v["entry"].as_array().into_iter().flatten() {
+                let ev = &e["resource"];
+                let rid = ev["entity"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|e| e["type"]["code"] == "XrequestId")
+                    .and_then(|e| e["what"]["identifier"]["value"].as_str());
+                if let Some(rid) = rid {
+                    pairs.push((
+                        rid.to_owned(),
+                        ev["id"].as_str().unwrap_or_default().to_owned(),
+                    ));
+                }
+            }
+            self.files.insert(f, pairs);
         }
+        let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (rid, id) in self.files.values().flatten() {
+            map.entry(rid.clone()).or_default().insert(id.clone());
+        }
+        map
     }
-    map
+
+    /// Wait (up to [`CATCH_UP`]) until at least `n` request ids have arrived.
+    fn wait_for(&mut self, out: &Path, n: usize) -> bool {
+        wait_until(CATCH_UP, || {
+            std::thread::sleep(Duration::from_millis(100));
+            self.rids(out).len() >= n
+        })
+    }
 }
 
 fn logrotate(conf: &Path, state: &Path) {
@@ -210,7 +253,7 @@ fn logrotate_create_and_copytruncate_under_load_lose_nothing() {
         let _paused = writer.gate.lock().unwrap();
         let written = writer.written();
         assert!(
-            wait_until(Duration::from_secs(30), || rids(&out).len() >= written),
+            RidCache::default().wait_for(&out, written),
             "agent did not catch up before copytruncate: {} of {written}\n{}",
             rids(&out).len(),
             agent.log()
@@ -290,8 +333,9 @@ flush_interval = "100ms"
 
 /// Every line has exactly one event (by request id), none is missing.
 fn assert_all_once(out: &Path, total: usize, log: &str) {
-    let ok = wait_until(Duration::from_secs(60), || rids(out).len() >= total);
-    let got = rids(out);
+    let mut cache = RidCache::default();
+    let ok = cache.wait_for(out, total);
+    let got = cache.rids(out);
     let missing: Vec<usize> = (0..total)
         .filter(|i| !got.contains_key(&format!("req{i:08}")))
         .collect();
@@ -336,7 +380,7 @@ fn rotated_files_included_with_delaycompress_survive_a_stopped_agent() {
         writer.written()
     };
     assert!(
-        wait_until(Duration::from_secs(30), || rids(&out).len() >= before),
+        RidCache::default().wait_for(&out, before),
         "agent did not catch up: {}",
         agent.log()
     );
