@@ -20,7 +20,7 @@ pub struct Code {
 impl Code {
     /// As a `Coding` with display.
     pub fn coding(&self) -> Coding {
-        Coding::new(self.system, self.code, Some(self.display))
+        Coding::constant(self.system, self.code, Some(self.display))
     }
 
     /// As a `CodeableConcept` with one coding.

@@ -237,11 +237,17 @@ fn fan_out(ctx: &MapContext, b: Built, recorded: &str, line: LineRef<'_>) -> Vec
             .map(|p| (Some(p), b.claim.with_patient.filter(|_| allowed)))
             .collect()
     };
+    let last = variants.len().saturating_sub(1);
     variants
         .into_iter()
         .enumerate()
         .map(|(index, (patient, profile))| {
-            let mut ev = base.clone();
+            // One event per patient: all but the last start from a copy of the shared part.
+            let mut ev = if index < last {
+                base.clone()
+            } else {
+                std::mem::take(&mut base)
+            };
             let id = event_id(&ctx.hostname, &ctx.source, line.position, index);
             ev.id = id.to_string();
             ev.extension.push(Extension {

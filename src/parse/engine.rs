@@ -748,11 +748,16 @@ impl CompiledParser {
         }
         let msg = decoded.message.as_str();
         for rule in &self.rules {
-            if let Some(re) = &rule.regex
-                && !re.is_match(msg)
-            {
-                continue;
-            }
+            // A rule whose fields need captures searches once, for the captures; a search
+            // for the match alone first would scan every matching line twice.
+            let caps = match &rule.regex {
+                Some(re) if rule.needs_captures => match re.captures(msg) {
+                    Some(c) => Some(c),
+                    None => continue,
+                },
+                Some(re) if !re.is_match(msg) => continue,
+                _ => None,
+            };
             if !rule.json_match.is_empty() {
                 let Some(obj) = decoded.json.as_ref() else {
                     continue;
@@ -768,10 +773,6 @@ impl CompiledParser {
             }
             let Some(pattern) = rule.pattern else {
                 return Some((None, None));
-            };
-            let caps = match (&rule.regex, rule.needs_captures) {
-                (Some(re), true) => re.captures(msg),
-                _ => None,
             };
             let ctx = Ctx {
                 caps: caps.as_ref(),
