@@ -56,11 +56,12 @@ fn real_mariadb_with_server_audit_gives_exact_events() {
 
     // The same log, tailed by `balp-agent run` and delivered over HTTP to a local ARR: the ARR
     // receives exactly the events `balp-agent test` showed (checked above against the workload).
-    let expected: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("mariadb.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let expected: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.path().join("mariadb.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
     assert!(expected.len() > 20, "{} events", expected.len());
     let arr = Arr::start();
     let run_dir = tempfile::tempdir().unwrap();
