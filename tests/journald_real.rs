@@ -111,15 +111,11 @@ fn runnable() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false);
     let have = Path::new(JOURNALD).exists() && Path::new("/etc/machine-id").exists();
-    if root && have {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI is set but the real-journal test cannot run (root: {root}, {JOURNALD} and /etc/machine-id: {have})"
-    );
-    eprintln!("note: skipping the real-journal test (needs root and {JOURNALD})");
-    false
+    common::e2e::runnable(
+        "the real-journal test",
+        root && have,
+        &format!("needs root ({root}), {JOURNALD} and /etc/machine-id ({have})"),
+    )
 }
 
 fn requestor(e: &serde_json::Value) -> String {

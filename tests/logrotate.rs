@@ -183,15 +183,11 @@ impl Writer {
 /// Whether logrotate is here; without it the test is skipped (a failure when CI is set,
 /// since .ci/run installs it).
 fn logrotate_available() -> bool {
-    if Path::new(LOGROTATE).exists() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "logrotate missing but CI is set (.ci/run installs it)"
-    );
-    eprintln!("note: logrotate not installed; rotation test skipped");
-    false
+    common::e2e::runnable(
+        "the logrotate test",
+        Path::new(LOGROTATE).exists(),
+        "logrotate not installed (apt-get install logrotate)",
+    )
 }
 
 /// A temp dir with `logs/`, and an agent config that follows `logs/<glob>` into `out/`:

@@ -4,74 +4,25 @@
 
 mod common;
 
-use common::agent::{Agent, write_config};
-use common::arr::Arr;
-use std::collections::BTreeMap;
+use common::e2e::{deliver_once, kinds, read_ndjson, run_script, runnable};
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
-
-/// `type/subtype/outcome` → count.
-fn kinds<'a>(events: impl Iterator<Item = &'a serde_json::Value>) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for e in events {
-        let k = format!(
-            "{}/{}/{}",
-            e["type"]["code"].as_str().unwrap_or("-"),
-            e["subtype"][0]["code"].as_str().unwrap_or("-"),
-            e["outcome"].as_str().unwrap_or("-")
-        );
-        *m.entry(k).or_default() += 1;
-    }
-    m
-}
 
 #[test]
 fn real_postgres_with_pgaudit_gives_exact_events() {
-    if !Path::new("/usr/lib/postgresql/15/bin/initdb").exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but postgresql-15 is not installed (see .ci/run)"
-        );
-        eprintln!(
-            "note: skipping real_postgres_with_pgaudit_gives_exact_events: /usr/lib/postgresql/15/bin/initdb missing (apt-get install postgresql-15 postgresql-15-pgaudit)"
-        );
+    if !runnable(
+        "real_postgres_with_pgaudit_gives_exact_events",
+        Path::new("/usr/lib/postgresql/15/bin/initdb").exists(),
+        "/usr/lib/postgresql/15/bin/initdb missing (apt-get install postgresql-15 postgresql-15-pgaudit)",
+    ) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/postgres_e2e.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(env!("CARGO_BIN_EXE_balp-agent"))
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "postgres_e2e.sh failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    assert!(stdout.contains("postgres_e2e: ok"), "{stdout}");
-
+    let dir = run_script("postgres_e2e");
     // The same log, tailed by `balp-agent run` and delivered over HTTP to a local ARR: the ARR
     // receives exactly the events `balp-agent test` showed (checked above against the workload).
-    let expected: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("pg.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let expected = read_ndjson(&dir.path().join("pg.jsonl"));
     assert!(expected.len() > 20, "{} events", expected.len());
-    let arr = Arr::start();
-    let run_dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("pg/log/postgresql");
-    let cfg = write_config(
-        run_dir.path(),
-        &format!(
-            r#"
-[agent]
-state_dir = "state"
-hostname = "db01"
+    let got = deliver_once(&format!(
+        r#"
 [[sources]]
 name = "pg"
 type = "file"
@@ -82,27 +33,8 @@ multiline = "indented"
 log_line_prefix = "%m [%p] %q%u@%d "
 timezone = "Europe/Berlin"
 parsers = ["postgres", "pgaudit"]
-[output]
-type = "http"
-url = "{url}"
-flush_interval = "100ms"
 "#,
-            log = log.display(),
-            url = arr.url()
-        ),
-    );
-    let mut agent = Agent::start(&cfg, &["--once"]);
-    let status = agent
-        .wait(Duration::from_secs(60))
-        .expect("run --once ends");
-    assert!(status.success(), "{}", agent.log());
-    let got: Vec<serde_json::Value> = arr
-        .accepted_bundles()
-        .iter()
-        .flat_map(|b| b["entry"].as_array().cloned().unwrap_or_default())
-        .map(|e| e["resource"].clone())
-        .filter(|r| !common::arr::is_self_audit(r))
-        .collect();
+        log = dir.path().join("pg/log/postgresql").display(),
+    ));
     assert_eq!(kinds(got.iter()), kinds(expected.iter()));
-    common::agent::assert_conformant(&got);
 }

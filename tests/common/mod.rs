@@ -3,3 +3,4 @@
 
 pub mod agent;
 pub mod arr;
+pub mod e2e;
