@@ -653,6 +653,10 @@ impl Ingest {
         processors: &mut HashMap<Arc<str>, SourceProcessor>,
         now: Timestamp,
     ) -> Result<(), PipelineError> {
+        if self.multiline.is_empty() {
+            // Every line is a record: no copy needed.
+            return self.records(lines, processors, now);
+        }
         let mut records = Vec::new();
         for line in lines {
             match self.multiline.get(&line.stream.source) {
