@@ -213,6 +213,14 @@ const RULE: &[Field] = &[
     req("pattern", Ty::Enum(PATTERN_NAMES)),
     opt("time_format", Ty::Str),
     opt("fields", Ty::StrMap),
+    opt("fold", Ty::Table(FOLD)),
+];
+const FOLD: &[Field] = &[
+    opt("fields", Ty::StrList),
+    opt("key", Ty::Str),
+    opt("group", Ty::Str),
+    req("within_ms", Ty::PositiveInt),
+    opt("max", Ty::PositiveInt),
 ];
 const SAMPLE: &[Field] = &[req("line", Ty::Str), req("yields", Ty::Str)];
 const OUTPUT: &[Field] = &[
@@ -1098,6 +1106,61 @@ path = "{out}"
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(
             got[0].contains("sources[0].include[1]") && got[0].contains("compressed"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn fold_of_a_user_parser_is_checked_with_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |fold: &str| {
+            format!(
+                r#"[agent]
+state_dir = "{state}"
+[[sources]]
+name = "app"
+type = "file"
+include = ["/var/log/app.log"]
+decode = "raw"
+parsers = ["myapp"]
+[[parsers]]
+name = "myapp"
+[[parsers.rules]]
+regex = '^(?P<u>\S+) failed$'
+pattern = "login"
+fields = {{ outcome = "4", user = "{{u}}" }}
+{fold}
+[output]
+type = "stdout"
+"#,
+                state = dir.path().join("state").display(),
+            )
+        };
+        let ok = check_text(
+            "f.toml",
+            &config(r#"fold = { fields = ["user"], key = "{u}", within_ms = 1000 }"#),
+        );
+        assert!(ok.is_empty(), "{ok:?}");
+        let got = check_text(
+            "f.toml",
+            &config(r#"fold = { fields = ["user", "colour"], key = "{nope}", within_ms = 10 }"#),
+        );
+        assert_eq!(
+            got,
+            [
+                "f.toml:15:19: parsers[0].rules[0].fold.fields: unknown field \"colour\"",
+                "f.toml:15:45: parsers[0].rules[0].fold.key: template \"{nope}\": the regex has no capture named \"nope\" (captures: u)",
+            ]
+        );
+        let got = check_text("f.toml", &config("fold = { within_ms = 0, colour = 1 }"));
+        assert!(
+            got.iter()
+                .any(|g| g.contains("fold.within_ms: must be at least 1")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.contains("fold.colour: unknown key \"colour\"")),
             "{got:?}"
         );
     }
