@@ -86,12 +86,19 @@ pub struct LineRef<'a> {
 
 /// Serialize an event for batching.
 pub fn to_record(event: &model::AuditEvent, pattern: crate::parse::Pattern) -> EventRecord {
-    let json = serde_json::to_string(event).unwrap_or_else(|e| {
-        // The model only holds strings, numbers and booleans, so this cannot fail; if it ever
-        // did, an empty object would be rejected by the ARR and dead-lettered, not lost.
-        tracing::error!(error = %e, "AuditEvent serialization failed");
-        "{}".to_owned()
-    });
+    // Sized for a typical event up front: growing from serde_json's default 128 bytes would
+    // copy it four times.
+    let mut buf = Vec::with_capacity(2048);
+    let json = serde_json::to_writer(&mut buf, event)
+        .map_err(|e| e.to_string())
+        .and_then(|()| String::from_utf8(buf).map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| {
+            // The model only holds strings, numbers and booleans, so this cannot fail; if it
+            // ever did, an empty object would be rejected by the ARR and dead-lettered, not
+            // lost.
+            tracing::error!(error = %e, "AuditEvent serialization failed");
+            "{}".to_owned()
+        });
     EventRecord {
         id: event.uuid(),
         pattern: pattern.as_str(),
