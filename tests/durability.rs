@@ -192,11 +192,15 @@ fn arr_down_while_events_pile_up_then_up_delivers_all_with_flat_memory() {
 }
 
 fn spool_pending(state: &Path) -> u64 {
+    spool_status(state)["pending_events"].as_u64().unwrap_or(0)
+}
+
+/// The agent's last `status.json` (null when absent or half-written).
+fn spool_status(state: &Path) -> serde_json::Value {
     std::fs::read(state.join("status.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["pending_events"].as_u64())
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 #[test]
@@ -210,19 +214,32 @@ fn flipped_bits_and_a_truncated_segment_are_quarantined_and_the_rest_delivered()
     append(&log, &fhir_lines(0, 200));
     let agent = Agent::start(&cfg, &[]);
     let state = dir.path().join("state");
+    // `pending_events` counts records appended but not yet committed (they are written at the
+    // next group commit, within 50 ms): wait until the segments on disk hold what status.json
+    // counted, so the kill leaves all 200 events in the file to be damaged.
+    let segments = || -> Vec<(u64, PathBuf)> {
+        std::fs::read_dir(state.join("spool"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+                    .map(|p| (std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0), p))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     assert!(
-        wait_until(Duration::from_secs(30), || spool_pending(&state) >= 200),
+        wait_until(Duration::from_secs(30), || {
+            let bytes = spool_status(&state)["bytes"].as_u64().unwrap_or(u64::MAX);
+            spool_pending(&state) >= 200
+                && segments().iter().map(|(len, _)| len).sum::<u64>() >= bytes
+        }),
         "{}",
         agent.log()
     );
     agent.signal("KILL");
     drop(agent);
     // Damage the spool: flip bits in the middle of the segment, and cut its last record.
-    let seg = std::fs::read_dir(state.join("spool"))
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "seg"))
-        .expect("a segment");
+    let (_, seg) = segments().into_iter().max().expect("a segment");
     let mut bytes = std::fs::read(&seg).unwrap();
     let mid = bytes.len() / 2;
     for b in &mut bytes[mid..mid + 8] {
