@@ -17,7 +17,7 @@ pub struct Counters {
     pub lines_truncated: AtomicU64,
     /// Lines with invalid UTF-8.
     pub lines_invalid_utf8: AtomicU64,
-    /// Lines a `repeat` rule folded into the event of an earlier line.
+    /// Lines a `fold` rule folded into the event of an earlier line.
     pub lines_folded: AtomicU64,
     /// Bundles the output accepted.
     pub bundles_sent: AtomicU64,
@@ -152,7 +152,7 @@ pub fn invalid_utf8(stream: &str, offset: u64) {
     );
 }
 
-/// A parser's `repeat` rule folded a line into the event of an earlier line (e.g. libpq's
+/// A parser's `fold` rule folded a line into the event of an earlier line (e.g. libpq's
 /// retry without SSL of a failed login).
 pub fn folded(source: &str, parser: &str) {
     counters().lines_folded.fetch_add(1, Ordering::Relaxed);

@@ -310,7 +310,7 @@ pub fn render(health: &Health, now: Instant) -> String {
     e.single(
         "balp_agent_lines_folded_total",
         "counter",
-        "Lines a parser's repeat rule folded into the event of an earlier line.",
+        "Lines a parser's fold rule folded into the event of an earlier line.",
         get(&c.lines_folded),
     );
     e.family(

@@ -96,7 +96,7 @@ pub struct ProcStats {
     pub unmatched: u64,
     /// Lines that did not fit the decoder (still passed to the parsers).
     pub malformed: u64,
-    /// Lines a parser's `repeat` rule folded into an earlier event (also in `matched`).
+    /// Lines a parser's `fold` rule folded into an earlier event (also in `matched`).
     pub folded: u64,
     /// Lines matched, per parser.
     pub matched: BTreeMap<Arc<str>, u64>,
