@@ -212,6 +212,9 @@ type FoldKey = (usize, Arc<str>, Vec<Option<String>>, String);
 #[derive(Debug, Clone, Default)]
 struct FoldState {
     anchors: HashMap<FoldKey, (i64, i64, u32)>,
+    /// The size at which the next sweep runs: twice what the last one kept (at least
+    /// [`SWEEP_AT`](Self::SWEEP_AT)), so sweeping stays linear while many anchors are alive.
+    sweep_at: usize,
 }
 
 impl FoldState {
@@ -243,12 +246,13 @@ impl FoldState {
             *folded += 1;
             return true;
         }
-        if self.anchors.len() >= Self::SWEEP_AT {
+        if self.anchors.len() >= self.sweep_at.max(Self::SWEEP_AT) {
             self.anchors
                 .retain(|_, (at, within, _)| (t - *at).abs() <= *within);
             if self.anchors.len() >= Self::MAX {
                 self.anchors.clear();
             }
+            self.sweep_at = (self.anchors.len() * 2).max(Self::SWEEP_AT);
         }
         self.anchors.insert(key, (t, rule.within_ms, 0));
         false
@@ -1322,6 +1326,20 @@ mod tests {
             assert_eq!(fold_trace(&mut set, &[&line]), "E");
         }
         assert!(set.folds.anchors.len() <= FoldState::SWEEP_AT);
+        // Many anchors alive at once (a wide window): sweeps keep every one of them, so
+        // each line's retry still folds.
+        let rep = r#"fold = { fields = ["user"], within_ms = 600000 }"#;
+        let mut set = fold_set(rep);
+        let firsts: Vec<String> = (0..3000u64)
+            .map(|i| format!("{} fail v{i} h", 1_000_000 + i))
+            .collect();
+        let retries: Vec<String> = (0..3000u64)
+            .map(|i| format!("{} fail v{i} h", 1_010_000 + i))
+            .collect();
+        let lines: Vec<&str> = firsts.iter().map(String::as_str).collect();
+        assert_eq!(fold_trace(&mut set, &lines), "E".repeat(3000));
+        let lines: Vec<&str> = retries.iter().map(String::as_str).collect();
+        assert_eq!(fold_trace(&mut set, &lines), "f".repeat(3000));
         // A line without a time of its own (the header time is unknown) is never folded.
         let mut user = spec(
             r#"
