@@ -19,6 +19,8 @@ pub struct Counters {
     pub lines_invalid_utf8: AtomicU64,
     /// Lines a `fold` rule folded into the event of an earlier line.
     pub lines_folded: AtomicU64,
+    /// Lines whose event time could not be read from the line (events flagged).
+    pub lines_time_unreadable: AtomicU64,
     /// Bundles the output accepted.
     pub bundles_sent: AtomicU64,
     /// Delivery attempts that failed and will be retried.
@@ -160,6 +162,21 @@ pub fn folded(source: &str, parser: &str) {
         source,
         parser,
         "line repeats the event of an earlier line; folded into it"
+    );
+}
+
+/// A parser matched a line but could not read its time: the event carries the syslog
+/// header's time or the read time, flagged `time-unreadable`. `position` names the stream
+/// and offset, so the line can be found; the line itself is not logged (it may hold PHI).
+pub fn time_unreadable(source: &str, parser: &str, position: &str) {
+    counters()
+        .lines_time_unreadable
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        source,
+        parser,
+        position,
+        "line's time unreadable (time_format does not fit, or no time in the line); event stamped with the header or read time and flagged time-unreadable"
     );
 }
 

@@ -388,11 +388,12 @@ fn cmd_test(
     out.flush()?;
     let s = &processor.stats;
     eprintln!(
-        "lines read: {physical}\nrecords (multiline = {}): {}\nevents: {}\nfolded lines: {}\nunmatched: {}\nmalformed (decoder): {}\ntruncated: {truncated}\ninvalid utf-8: {invalid}",
+        "lines read: {physical}\nrecords (multiline = {}): {}\nevents: {}\nfolded lines: {}\nunreadable time: {}\nunmatched: {}\nmalformed (decoder): {}\ntruncated: {truncated}\ninvalid utf-8: {invalid}",
         src.multiline.as_str(),
         s.lines,
         s.events,
         s.folded,
+        s.time_unreadable,
         s.unmatched,
         s.malformed
     );

@@ -313,6 +313,12 @@ pub fn render(health: &Health, now: Instant) -> String {
         "Lines a parser's fold rule folded into the event of an earlier line.",
         get(&c.lines_folded),
     );
+    e.single(
+        "balp_agent_lines_time_unreadable_total",
+        "counter",
+        "Lines whose time could not be read (events stamped with header or read time, flagged).",
+        get(&c.lines_time_unreadable),
+    );
     e.family(
         "balp_agent_unmatched_lines_total",
         "counter",

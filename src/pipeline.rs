@@ -98,6 +98,8 @@ pub struct ProcStats {
     pub malformed: u64,
     /// Lines a parser's `fold` rule folded into an earlier event (also in `matched`).
     pub folded: u64,
+    /// Lines with an event whose time could not be read from the line (events flagged).
+    pub time_unreadable: u64,
     /// Lines matched, per parser.
     pub matched: BTreeMap<Arc<str>, u64>,
 }
@@ -192,6 +194,10 @@ impl SourceProcessor {
                     position: &position,
                     flags: line.flags,
                 };
+                if extracted.time_unreadable {
+                    self.stats.time_unreadable += 1;
+                    events::time_unreadable(&self.ctx.source, &extracted.parser, &position);
+                }
                 let made = balp::map::map_extracted(&self.ctx, &extracted, lref);
                 self.stats.events += made.len() as u64;
                 made.iter()

@@ -305,6 +305,13 @@ pub const IHE_ITI_71: Code = code(SYS_IHE_EVENT_TYPE, "ITI-71", "Get Access Toke
 pub const FLAG_TRUNCATED: Code = code(SYS_LINE_FLAG, "truncated", "line truncated");
 /// Line flag tag: the line held invalid UTF-8.
 pub const FLAG_INVALID_UTF8: Code = code(SYS_LINE_FLAG, "invalid-utf8", "invalid UTF-8 replaced");
+/// Line flag tag: the line's time could not be read; `recorded` is the syslog header's time
+/// or, without one, the time the agent read the line.
+pub const FLAG_TIME_UNREADABLE: Code = code(
+    SYS_LINE_FLAG,
+    "time-unreadable",
+    "time not readable from the line",
+);
 
 // --- security-source-type ----------------------------------------------------------------
 

@@ -789,6 +789,7 @@ fn every_ig_example_is_rebuilt_from_log_fields_or_listed_as_not_producible() {
             parser: Arc::from("ig"),
             pattern: case.pattern,
             time: Some(Stamp::now_utc()),
+            time_unreadable: false,
             fields: f,
         };
         let line = LineRef {

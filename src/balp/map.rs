@@ -125,8 +125,9 @@ pub fn map_extracted(ctx: &MapContext, ex: &Extracted, line: LineRef<'_>) -> Vec
         return Vec::new();
     };
     super::token::apply(ctx, f, &mut built);
+    // No time of its own: stamped when read, and flagged (below) so nobody mistakes it.
     let recorded = ex.time.unwrap_or_else(Stamp::now_utc).to_instant();
-    fan_out(ctx, built, &recorded, line)
+    fan_out(ctx, built, &recorded, ex.time_unreadable, line)
 }
 
 /// FHIR strings must not hold control characters other than tab, CR and LF: a copy of the
@@ -211,7 +212,13 @@ impl Claim {
     }
 }
 
-fn fan_out(ctx: &MapContext, b: Built, recorded: &str, line: LineRef<'_>) -> Vec<AuditEvent> {
+fn fan_out(
+    ctx: &MapContext,
+    b: Built,
+    recorded: &str,
+    time_unreadable: bool,
+    line: LineRef<'_>,
+) -> Vec<AuditEvent> {
     let mut base = b.event;
     base.recorded = recorded.to_owned();
     base.source = Source {
@@ -227,6 +234,9 @@ fn fan_out(ctx: &MapContext, b: Built, recorded: &str, line: LineRef<'_>) -> Vec
     }
     if line.flags.invalid_utf8 {
         meta.tag.push(codes::FLAG_INVALID_UTF8.coding());
+    }
+    if time_unreadable {
+        meta.tag.push(codes::FLAG_TIME_UNREADABLE.coding());
     }
     let allowed = !b.claim.success_only || base.outcome == Some(Outcome::Success);
     let variants: Vec<(Option<&String>, Option<&'static str>)> = if b.patients.is_empty() {
@@ -1198,6 +1208,7 @@ mod tests {
                 ts,
                 offset: jiff::tz::Offset::UTC,
             }),
+            time_unreadable: false,
             fields: f,
         }
     }
@@ -1774,6 +1785,7 @@ mod tests {
             &[(F::Url, "/fhir/Patient/1"), (F::ClientAddress, "h")],
         );
         ex.time = None;
+        ex.time_unreadable = true;
         let flags = LineFlags {
             truncated: true,
             invalid_utf8: true,
@@ -1789,6 +1801,10 @@ mod tests {
         let v = &conformant(&events)[0];
         assert_eq!(v["meta"]["tag"][0]["code"], "truncated");
         assert_eq!(v["meta"]["tag"][1]["code"], "invalid-utf8");
+        assert_eq!(v["meta"]["tag"][2]["code"], "time-unreadable");
+        assert_eq!(v["meta"]["tag"][2]["system"], "urn:balp-agent:line-flag");
+        let recorded: jiff::Timestamp = v["recorded"].as_str().unwrap().parse().unwrap();
+        assert!((jiff::Timestamp::now() - recorded).as_secs().abs() < 60);
         assert_eq!(profile(v), Some("IHE.BasicAudit.PatientRead"));
     }
 

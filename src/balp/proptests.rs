@@ -148,7 +148,7 @@ proptest! {
         for (k, v) in &fields {
             f.set(*k, v.clone());
         }
-        let ex = Extracted { parser: Arc::from("p"), pattern, time: Some(Stamp::now_utc()), fields: f };
+        let ex = Extracted { parser: Arc::from("p"), pattern, time: Some(Stamp::now_utc()), time_unreadable: false, fields: f };
         let events = map_extracted(&ctx(mode), &ex, LineRef { position: "p:1", flags: Default::default() });
         if pattern != Pattern::Rest {
             prop_assert!(!events.is_empty(), "{pattern:?} record dropped");
@@ -167,7 +167,7 @@ proptest! {
         f.set(F::User, "u");
         f.set(F::ClientAddress, "10.0.0.1");
         f.set(F::Token, token.clone());
-        let ex = Extracted { parser: Arc::from("p"), pattern: Pattern::Rest, time: None, fields: f };
+        let ex = Extracted { parser: Arc::from("p"), pattern: Pattern::Rest, time: None, time_unreadable: true, fields: f };
         for mode in [Mode::Minimal, Mode::Comprehensive] {
             for e in map_extracted(&ctx(mode), &ex, LineRef { position: "p", flags: Default::default() }) {
                 let text = serde_json::to_string(&e).unwrap();

@@ -45,7 +45,13 @@ pub const PATTERN_NAMES: &[&str] = &[
 ];
 
 /// The non-strftime time formats.
-pub const NAMED_TIME_FORMATS: &[&str] = &["rfc3339", "epoch", "epoch_ms"];
+pub const NAMED_TIME_FORMATS: &[&str] = &[
+    "auto", "rfc3339", "epoch", "epoch_ms", "epoch_us", "epoch_ns",
+];
+
+/// The shortest integer part `auto` reads as an epoch time: shorter numbers (an hour, a
+/// counter) would silently become dates in 1970.
+const AUTO_EPOCH_MIN_DIGITS: usize = 9;
 
 /// Look a pattern name up: `Some(None)` for `none`, `None` when unknown.
 pub fn parse_pattern(name: &str) -> Option<Option<Pattern>> {
@@ -261,15 +267,25 @@ impl FoldState {
 
 #[derive(Debug, Clone)]
 enum TimeFormat {
+    /// RFC 3339, or a number: epoch seconds, ms, µs or ns by its magnitude (the default).
+    Auto,
     Rfc3339,
-    Epoch,
-    EpochMs,
+    /// Epoch time in units of 10^-n seconds (0 = s, 3 = ms, 6 = µs, 9 = ns), fraction allowed.
+    Epoch(u32),
     Strftime(String),
 }
 
 /// A transformation of a variable's value: `{name:filter}`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Filter {
+    /// `jwt.<claim>[.<member>...]`: a claim of the JWT in the value (`Bearer ` allowed),
+    /// read from its payload without checking the signature (the server that logged it
+    /// did). Absent when the value is not a signed JWT or lacks the claim.
+    JwtClaim(Vec<String>),
+    /// `bearer`: the value when it is a bearer token that is not a JWT (an opaque token,
+    /// for the Opaque profile); absent for a JWT (its claims are read instead) and for any
+    /// other scheme (`Basic` carries a password).
+    Bearer,
     /// Remove SQL/CSV quoting: `'…'` with backslash escapes and doubled `''` (MySQL/MariaDB),
     /// or `"…"` with doubled `""` (CSV); unquoted values pass unchanged.
     Unquote,
@@ -462,9 +478,12 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(Vec<String>, String)>
         }
     }
     let time_format = match r.time_format.as_deref() {
-        None | Some("rfc3339") => TimeFormat::Rfc3339,
-        Some("epoch") => TimeFormat::Epoch,
-        Some("epoch_ms") => TimeFormat::EpochMs,
+        None | Some("auto") => TimeFormat::Auto,
+        Some("rfc3339") => TimeFormat::Rfc3339,
+        Some("epoch") => TimeFormat::Epoch(0),
+        Some("epoch_ms") => TimeFormat::Epoch(3),
+        Some("epoch_us") => TimeFormat::Epoch(6),
+        Some("epoch_ns") => TimeFormat::Epoch(9),
         Some(f) => match check_strftime(f) {
             Ok(()) => TimeFormat::Strftime(f.to_owned()),
             Err(e) => {
@@ -598,7 +617,7 @@ fn check_strftime(f: &str) -> Result<(), String> {
         .to_zoned_datetime(TimeZone::UTC);
     let bad = |e: String| {
         format!(
-            "invalid time_format {f:?}: {e} (use strftime directives, or rfc3339, epoch, epoch_ms)"
+            "invalid time_format {f:?}: {e} (use strftime directives, or auto, rfc3339, epoch, epoch_ms, epoch_us, epoch_ns)"
         )
     };
     let text = jiff::fmt::strtime::format(f, &probe).map_err(|e| bad(e.to_string()))?;
@@ -685,11 +704,17 @@ fn parse_var(name: &str, captures: Option<&[Option<&str>]>, t: &str) -> Result<V
         let filter = match filter.trim() {
             "unquote" => Filter::Unquote,
             "upper" => Filter::Upper,
-            other => {
-                return Err(format!(
-                    "template {t:?}: unknown filter {other:?} (allowed: unquote, upper)"
-                ));
-            }
+            "bearer" => Filter::Bearer,
+            other => match other.strip_prefix("jwt.") {
+                Some(path) if !path.split('.').any(str::is_empty) => {
+                    Filter::JwtClaim(path.split('.').map(str::to_owned).collect())
+                }
+                _ => {
+                    return Err(format!(
+                        "template {t:?}: unknown filter {other:?} (allowed: unquote, upper, bearer, jwt.<claim>)"
+                    ));
+                }
+            },
         };
         let var = parse_var(inner.trim(), captures, t)?;
         return Ok(Var::Filtered(Box::new(var), filter));
@@ -786,16 +811,27 @@ impl CompiledParser {
             for (name, tpl) in &rule.fields {
                 fields.set(*name, tpl.render(&ctx));
             }
-            let time = rule
+            // An empty time template (an optional capture, as when a syslog header carries the
+            // time) falls back to the header silently; a time that is there but unreadable,
+            // or no time at all, is flagged: the event must not pass for correctly timed.
+            let written = rule
                 .time
                 .as_ref()
-                .and_then(|(tpl, fmt)| parse_time(&tpl.render(&ctx), fmt, tz))
-                .or(decoded.time);
+                .map(|(tpl, fmt)| (tpl.render(&ctx), fmt))
+                .filter(|(t, _)| !t.trim().is_empty());
+            let (time, time_unreadable) = match written {
+                Some((t, fmt)) => match parse_time(&t, fmt, tz) {
+                    Some(stamp) => (Some(stamp), false),
+                    None => (decoded.time, true),
+                },
+                None => (decoded.time, decoded.time.is_none()),
+            };
             return Some((
                 Some(Extracted {
                     parser: self.name.clone(),
                     pattern,
                     time,
+                    time_unreadable,
                     fields,
                 }),
                 rule.fold.as_ref().map(|f| {
@@ -855,8 +891,71 @@ fn var_value<'a>(v: &Var, ctx: &Ctx<'a>) -> Option<Cow<'a, str>> {
             Some(Cow::Owned(match filter {
                 Filter::Unquote => unquote(&v),
                 Filter::Upper => v.to_uppercase(),
+                Filter::Bearer => {
+                    let t = bearer_token(&v)?;
+                    if jwt_payload(t).is_some() {
+                        return None;
+                    }
+                    t.to_owned()
+                }
+                Filter::JwtClaim(path) => jwt_claim(&v, path)?,
             }))
         }
+    }
+}
+
+/// The token of an `Authorization` value: `Bearer <t>` (any case) or a bare token; None for
+/// another scheme (`Basic …` holds a password) or an empty value.
+fn bearer_token(v: &str) -> Option<&str> {
+    let v = v.trim();
+    let t = match v.split_once(char::is_whitespace) {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        Some(_) => return None,
+        None => v,
+    };
+    (!t.is_empty()).then_some(t)
+}
+
+/// The payload object of a signed JWT (`header.payload.signature`, base64url), or None.
+fn jwt_payload(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    use base64::Engine as _;
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(_sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    // A JWS header always starts with `{"` (`eyJ`): cheap rejection of dotted non-JWTs.
+    if !header.starts_with("eyJ") {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        serde_json::Value::Object(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// A claim of the JWT in `v`, as template text: strings as they are, numbers as JSON, a
+/// list (`aud`, purpose-of-use codes) comma-joined, a Coding-like object by its `code`.
+fn jwt_claim(v: &str, path: &[String]) -> Option<String> {
+    let claims = jwt_payload(bearer_token(v)?)?;
+    let value = json_lookup(&claims, path)?;
+    let text = |x: &serde_json::Value| match x {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        serde_json::Value::Object(o) => o.get("code").and_then(|c| c.as_str()).map(str::to_owned),
+        _ => None,
+    };
+    match value {
+        serde_json::Value::Array(items) => {
+            let all: Vec<String> = items.iter().filter_map(text).collect();
+            (!all.is_empty()).then(|| all.join(","))
+        }
+        other => text(other),
     }
 }
 
@@ -917,27 +1016,20 @@ fn json_text(v: &serde_json::Value) -> Option<Cow<'_, str>> {
 fn parse_time(s: &str, fmt: &TimeFormat, tz: &TimeZone) -> Option<Stamp> {
     let s = s.trim();
     match fmt {
+        TimeFormat::Auto => parse_rfc3339(s, tz).or_else(|| {
+            let digits = s.split_once('.').map_or(s, |(i, _)| i);
+            let digits = digits.strip_prefix('-').unwrap_or(digits).len();
+            let unit = match digits {
+                0..AUTO_EPOCH_MIN_DIGITS => return None,
+                AUTO_EPOCH_MIN_DIGITS..=11 => 0,
+                12..=14 => 3,
+                15..=17 => 6,
+                _ => 9,
+            };
+            parse_epoch(s, unit, tz)
+        }),
         TimeFormat::Rfc3339 => parse_rfc3339(s, tz),
-        TimeFormat::Epoch => {
-            let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-            let secs: i64 = secs.parse().ok()?;
-            if !frac.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let mut nanos: i32 = 0;
-            for (k, b) in frac.bytes().take(9).enumerate() {
-                nanos += i32::from(b - b'0') * 10i32.pow(8 - k as u32);
-            }
-            Timestamp::new(secs, nanos)
-                .ok()
-                .map(|ts| Stamp::in_zone(ts, tz))
-        }
-        TimeFormat::EpochMs => {
-            let ms: i64 = s.parse().ok()?;
-            Timestamp::from_millisecond(ms)
-                .ok()
-                .map(|ts| Stamp::in_zone(ts, tz))
-        }
+        TimeFormat::Epoch(unit) => parse_epoch(s, *unit, tz),
         TimeFormat::Strftime(f) => {
             let bdt = jiff::fmt::strtime::parse(f, s).ok()?;
             if let Some(offset) = bdt.offset() {
@@ -950,6 +1042,34 @@ fn parse_time(s: &str, fmt: &TimeFormat, tz: &TimeZone) -> Option<Stamp> {
             }
         }
     }
+}
+
+/// A decimal epoch time in units of 10^-`unit` s (`1764084333.5`, `1764084333500`): exact
+/// integer arithmetic, since a float would round microseconds and nanoseconds away.
+fn parse_epoch(s: &str, unit: u32, tz: &TimeZone) -> Option<Stamp> {
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, s),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    if int.is_empty()
+        || int.len() > 30
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let scale = 9 - unit.min(9);
+    let mut nanos: i128 = int.parse::<i128>().ok()? * 10i128.pow(scale);
+    for (k, b) in frac.bytes().take(scale as usize).enumerate() {
+        nanos += i128::from(b - b'0') * 10i128.pow(scale - 1 - k as u32);
+    }
+    if neg {
+        nanos = -nanos;
+    }
+    Timestamp::from_nanosecond(nanos)
+        .ok()
+        .map(|ts| Stamp::in_zone(ts, tz))
 }
 
 #[cfg(test)]
@@ -1130,22 +1250,219 @@ mod tests {
     }
 
     #[test]
-    fn unparseable_time_falls_back_to_header_time() {
+    fn unreadable_time_is_flagged_and_falls_back_to_header_time() {
         let p = compile_parser(&spec(
             r#"
             [[parsers]]
             name = "t"
             [[parsers.rules]]
-            regex = '^at (?P<t>\S+)'
+            regex = '^at (?P<t>\S*)'
             pattern = "read"
             fields = { time = "{t}" }
             "#,
         ))
         .unwrap();
+        let header = Some(Stamp::now_utc());
         let mut d = raw("at yesterday");
-        d.time = Some(Stamp::now_utc());
+        d.time = header;
         let e = p.parse(&d, &TimeZone::UTC).unwrap().unwrap();
-        assert_eq!(e.time, d.time);
+        assert_eq!(e.time, header);
+        assert!(e.time_unreadable);
+        // Without a header there is no time at all: still flagged, never a silent "now".
+        d.time = None;
+        let e = p.parse(&d, &TimeZone::UTC).unwrap().unwrap();
+        assert_eq!(e.time, None);
+        assert!(e.time_unreadable);
+        // An empty capture (the time is in the header) is the header's time, unflagged.
+        let mut d = raw("at ");
+        d.time = header;
+        let e = p.parse(&d, &TimeZone::UTC).unwrap().unwrap();
+        assert_eq!((e.time, e.time_unreadable), (header, false));
+        let e = p.parse(&raw("at 2026-11-25T15:30:01Z"), &TimeZone::UTC);
+        assert!(!e.unwrap().unwrap().time_unreadable);
+    }
+
+    #[test]
+    fn epoch_times_in_every_unit_are_exact() {
+        let utc = TimeZone::UTC;
+        let at = |s: &str, f: &TimeFormat| parse_time(s, f, &utc).map(|t| t.to_instant());
+        let want = Some("2025-11-25T15:25:33.123456789+00:00".to_owned());
+        // Go zap (float seconds), pino (ms), µs, ns; all exact to the nanosecond given.
+        assert_eq!(at("1764084333.123456789", &TimeFormat::Epoch(0)), want);
+        assert_eq!(at("1764084333123.456789", &TimeFormat::Epoch(3)), want);
+        assert_eq!(at("1764084333123456.789", &TimeFormat::Epoch(6)), want);
+        assert_eq!(at("1764084333123456789", &TimeFormat::Epoch(9)), want);
+        // auto: RFC 3339, or the unit from the number's magnitude.
+        for s in [
+            "1764084333.123456789",
+            "1764084333123.456789",
+            "1764084333123456.789",
+            "1764084333123456789",
+            "2025-11-25T15:25:33.123456789Z",
+        ] {
+            assert_eq!(at(s, &TimeFormat::Auto), want, "{s}");
+        }
+        assert_eq!(
+            at("1764084333", &TimeFormat::Auto).as_deref(),
+            Some("2025-11-25T15:25:33+00:00")
+        );
+        // Python's time.time() as JSON (float seconds, 6-7 fraction digits).
+        assert_eq!(
+            at("1764084333.5", &TimeFormat::Auto).as_deref(),
+            Some("2025-11-25T15:25:33.500+00:00")
+        );
+        // Short numbers (hours, counters) are not times; garbage is not either.
+        for s in [
+            "12",
+            "12345678",
+            "1e9",
+            "17640843.3.3",
+            "",
+            "-",
+            "0x1764084333",
+        ] {
+            assert_eq!(at(s, &TimeFormat::Auto), None, "{s}");
+        }
+        assert_eq!(at("1764084333", &TimeFormat::Rfc3339), None);
+        assert_eq!(at("abc", &TimeFormat::Epoch(3)), None);
+    }
+
+    #[test]
+    fn json_lines_with_numeric_times_are_read_by_default() {
+        let p = compile_parser(&spec(
+            r#"
+            [[parsers]]
+            name = "j"
+            [[parsers.rules]]
+            json_match = { "$.msg" = "^read$" }
+            pattern = "read"
+            fields = { time = "{$.time|$.ts}", user = "{$.user}" }
+            "#,
+        ))
+        .unwrap();
+        for (line, want) in [
+            // pino: epoch milliseconds
+            (
+                r#"{"level":30,"time":1764084333123,"msg":"read","user":"a"}"#,
+                "2025-11-25T15:25:33.123+00:00",
+            ),
+            // zap production encoder: float seconds in "ts"
+            (
+                r#"{"level":"info","ts":1764084333.1234567,"msg":"read","user":"a"}"#,
+                "2025-11-25T15:25:33.123456700+00:00",
+            ),
+            // nanoseconds (zap epochNanos)
+            (
+                r#"{"ts":1764084333123456789,"msg":"read","user":"a"}"#,
+                "2025-11-25T15:25:33.123456789+00:00",
+            ),
+        ] {
+            let e = p
+                .parse(&crate::decode::json::decode(line), &TimeZone::UTC)
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                e.time.map(|t| t.to_instant()).as_deref(),
+                Some(want),
+                "{line}"
+            );
+            assert!(!e.time_unreadable);
+        }
+        let e = p
+            .parse(
+                &crate::decode::json::decode(r#"{"msg":"read","user":"a"}"#),
+                &TimeZone::UTC,
+            )
+            .unwrap()
+            .unwrap();
+        assert!(e.time_unreadable);
+    }
+
+    /// A JWT with the given payload (header `{"alg":"RS256"}`, fake signature).
+    fn jwt(payload: &str) -> String {
+        use base64::Engine as _;
+        let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!(
+            "{}.{}.c2lnbmF0dXJl",
+            b(r#"{"alg":"RS256","typ":"JWT"}"#),
+            b(payload)
+        )
+    }
+
+    #[test]
+    fn jwt_claims_are_read_from_a_logged_bearer_token() {
+        let p = compile_parser(&spec(
+            r#"
+            [[parsers]]
+            name = "t"
+            [[parsers.rules]]
+            regex = '^auth="(?P<auth>[^"]*)"'
+            pattern = "read"
+            fields = { user = "{auth:jwt.sub}", iss = "{auth:jwt.iss}", jti = "{auth:jwt.jti}", client_id = "{auth:jwt.client_id|auth:jwt.azp}", purpose_of_use = "{auth:jwt.extensions.ihe_iua.purpose_of_use}", token = "{auth:bearer}", description = "{auth:jwt.exp}" }
+            "#,
+        ))
+        .unwrap();
+        let token = jwt(
+            r#"{"sub":"8f1c","iss":"https://idp.example.org","jti":"j-1","azp":"portal","exp":1764084333,"extensions":{"ihe_iua":{"purpose_of_use":[{"system":"urn:oid:2.16.840.1.113883.5.8","code":"TREAT"},{"code":"ETREAT"}]}}}"#,
+        );
+        let e = p
+            .parse(&raw(&format!(r#"auth="Bearer {token}""#)), &TimeZone::UTC)
+            .unwrap()
+            .unwrap();
+        let g = |f| e.fields.get(f);
+        assert_eq!(g(FieldName::User), Some("8f1c"));
+        assert_eq!(g(FieldName::Issuer), Some("https://idp.example.org"));
+        assert_eq!(g(FieldName::Jti), Some("j-1"));
+        assert_eq!(g(FieldName::ClientId), Some("portal"));
+        assert_eq!(g(FieldName::PurposeOfUse), Some("TREAT,ETREAT"));
+        assert_eq!(g(FieldName::Description), Some("1764084333"));
+        // The JWT itself goes nowhere.
+        assert_eq!(g(FieldName::Token), None);
+        assert!(e.fields.iter().all(|(_, v)| !v.contains(&token[..20])));
+
+        // An opaque bearer token is the token; Basic credentials are nothing at all.
+        let e = p
+            .parse(
+                &raw(r#"auth="Bearer 2YotnFZFEjr1zCsicMWpAA""#),
+                &TimeZone::UTC,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            e.fields.get(FieldName::Token),
+            Some("2YotnFZFEjr1zCsicMWpAA")
+        );
+        assert_eq!(e.fields.get(FieldName::User), None);
+        let e = p
+            .parse(&raw(r#"auth="Basic YWxpY2U6c2VjcmV0""#), &TimeZone::UTC)
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.fields.iter().count(), 0);
+        // Not a JWT: a dotted string, a bad payload, an encrypted (5-part) token.
+        for v in ["a.b.c", "eyJhbGciOiJub25lIn0.!!!.x", "eyJ.eyJ.x.y.z"] {
+            let e = p
+                .parse(&raw(&format!(r#"auth="{v}""#)), &TimeZone::UTC)
+                .unwrap()
+                .unwrap();
+            assert_eq!(e.fields.get(FieldName::User), None, "{v}");
+        }
+    }
+
+    #[test]
+    fn unknown_filters_are_named() {
+        let err = compile_parser(&spec(
+            r#"
+            [[parsers]]
+            name = "t"
+            [[parsers.rules]]
+            regex = '^(?P<a>x)'
+            pattern = "read"
+            fields = { user = "{a:jwt.}" }
+            "#,
+        ))
+        .unwrap_err()
+        .join("\n");
+        assert!(err.contains("unknown filter \"jwt.\""), "{err}");
     }
 
     #[test]

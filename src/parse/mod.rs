@@ -72,6 +72,9 @@ pub struct Extracted {
     pub pattern: Pattern,
     /// When it happened: the rule's `time` field if set, else the decoder's header time.
     pub time: Option<Stamp>,
+    /// The line's time could not be read (a `time` that does not parse, or no time at all):
+    /// `time` is the header's time or None, and the event is flagged and counted.
+    pub time_unreadable: bool,
     /// The captured fields.
     pub fields: Fields,
 }
