@@ -258,3 +258,140 @@ token_file = "{}"
     let out = run(&["check", "-c", cfg.to_str().unwrap()]);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
 }
+
+/// A JWT with the given payload and a signature nobody checks here.
+fn jwt(payload: &str) -> String {
+    use base64::Engine as _;
+    let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    format!("{}.{}.c2lnbmF0dXJl", b(r#"{"alg":"RS256"}"#), b(payload))
+}
+
+#[test]
+fn test_command_reads_numeric_times_flags_unreadable_ones_and_decodes_bearer_jwts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        r#"
+[agent]
+state_dir = "state"
+hostname = "app01"
+[[sources]]
+name = "app"
+type = "file"
+include = ["/nonexistent/app.log"]
+decode = "json"
+parsers = ["json_app"]
+[[sources]]
+name = "fhir"
+type = "file"
+include = ["/nonexistent/access.log"]
+decode = "raw"
+parsers = ["fhir_access"]
+[output]
+type = "stdout"
+"#,
+    );
+    let token = jwt(
+        r#"{"sub":"8f1c9a2e","iss":"https://idp.example.org","jti":"j-1","azp":"smart-app","scope":"patient/*.read"}"#,
+    );
+    let app = dir.path().join("app.log");
+    std::fs::write(
+        &app,
+        [
+            // pino (ms), zap (float s), Python (created), ns
+            r#"{"time":1764084333123,"user":"a","action":"read","resource":"Patient/1","outcome":"success"}"#.to_owned(),
+            r#"{"ts":1764084333.25,"user":"a","action":"read","resource":"Patient/1","outcome":"success"}"#.to_owned(),
+            r#"{"created":1764084333.5,"user":"a","action":"read","resource":"Patient/1","outcome":"success"}"#.to_owned(),
+            r#"{"time":1764084333123456789,"user":"a","action":"read","resource":"Patient/1","outcome":"success"}"#.to_owned(),
+            // unreadable, and absent: flagged, counted
+            r#"{"time":"yesterday noon","user":"a","action":"read","resource":"Patient/1","outcome":"success"}"#.to_owned(),
+            r#"{"user":"a","action":"read","resource":"Patient/1","outcome":"success"}"#.to_owned(),
+            format!(r#"{{"time":"2026-11-25T15:54:00Z","user":"dr.smith","token":"Bearer {token}","action":"read","resource":"Patient/1","outcome":"success"}}"#),
+        ]
+        .join("\n")
+            + "\n",
+    )
+    .unwrap();
+    let (events, stderr) = test_events(&cfg, "app", &app);
+    assert_eq!(events.len(), 7, "{stderr}");
+    assert!(stderr.contains("unreadable time: 2\n"), "{stderr}");
+    let recorded: Vec<&str> = events
+        .iter()
+        .map(|e| e["recorded"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &recorded[..4],
+        [
+            "2025-11-25T15:25:33.123+00:00",
+            "2025-11-25T15:25:33.250+00:00",
+            "2025-11-25T15:25:33.500+00:00",
+            "2025-11-25T15:25:33.123456789+00:00",
+        ]
+    );
+    let flagged = |e: &serde_json::Value| e["meta"]["tag"].to_string().contains("time-unreadable");
+    let flags: Vec<bool> = events.iter().map(flagged).collect();
+    assert_eq!(flags, [false, false, false, false, true, true, false]);
+    // The JWT's subject is the user, its issuer the system; the token is nowhere.
+    let last = &events[6];
+    let user = last["agent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["requestor"] == true)
+        .unwrap();
+    assert_eq!(user["who"]["identifier"]["value"], "8f1c9a2e");
+    assert_eq!(
+        user["who"]["identifier"]["system"],
+        "https://idp.example.org"
+    );
+    assert_eq!(user["policy"][0], "urn:ietf:params:oauth:jti:j-1");
+    assert!(
+        last["meta"]["profile"]
+            .to_string()
+            .contains("OAUTHaccessTokenUse.Minimal")
+    );
+    let out = serde_json::to_string(&events).unwrap();
+    assert!(!out.contains(&token[..30]) && !out.contains("c2lnbmF0dXJl"));
+    assert!(!out.contains("patient/*.read"), "scope is not recorded");
+    common::agent::assert_conformant(&events);
+
+    // fhir_access: 401 names nobody (not remote_user, not the rejected token's sub); 403
+    // keeps the authenticated remote_user; metadata makes no event but is not unparsed.
+    let access = dir.path().join("access.log");
+    std::fs::write(
+        &access,
+        format!(
+            concat!(
+                "10.0.0.5 - dr.smith [25/Nov/2026:15:25:38 +0000] \"GET /fhir/Patient/1 HTTP/1.1\" 401 0 \"-\" \"c\" authorization=\"Bearer {t}\"\n",
+                "10.0.0.5 - dr.smith [25/Nov/2026:15:25:39 +0000] \"GET /fhir/Patient/2 HTTP/1.1\" 403 0 \"-\" \"c\"\n",
+                "10.0.0.5 - - [25/Nov/2026:15:25:40 +0000] \"GET /fhir/Patient/3 HTTP/1.1\" 200 9 \"-\" \"c\" authorization=\"Bearer {t}\"\n",
+                "10.0.0.5 - - [25/Nov/2026:15:25:41 +0000] \"GET /fhir/metadata HTTP/1.1\" 200 9 \"-\" \"kube-probe\"\n",
+            ),
+            t = token
+        ),
+    )
+    .unwrap();
+    let (events, stderr) = test_events(&cfg, "fhir", &access);
+    assert_eq!(events.len(), 3, "{stderr}");
+    assert!(
+        stderr.contains("unmatched: 0\n") && stderr.contains("matched 4"),
+        "{stderr}"
+    );
+    let requestor = |e: &serde_json::Value| {
+        e["agent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["requestor"] == true)
+            .map(|a| a["who"]["identifier"]["value"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(requestor(&events[0]), None);
+    assert_eq!(requestor(&events[1]).as_deref(), Some("dr.smith"));
+    assert_eq!(requestor(&events[2]).as_deref(), Some("8f1c9a2e"));
+    assert!(
+        !serde_json::to_string(&events)
+            .unwrap()
+            .contains(&token[..30])
+    );
+    common::agent::assert_conformant(&events);
+}

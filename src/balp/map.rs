@@ -976,8 +976,11 @@ fn purposes(f: &Fields) -> Vec<CodeableConcept> {
 pub(super) fn outcome(f: &Fields) -> Outcome {
     if let Some(o) = f.get(F::Outcome) {
         match o.trim().to_ascii_lowercase().as_str() {
-            "0" | "success" | "succeeded" | "ok" => return Outcome::Success,
-            "4" | "failure" | "failed" | "fail" | "minor" => return Outcome::MinorFailure,
+            "0" | "success" | "succeeded" | "ok" | "allowed" | "granted" => {
+                return Outcome::Success;
+            }
+            "4" | "failure" | "failed" | "fail" | "minor" | "denied" | "rejected" | "error"
+            | "forbidden" | "unauthorized" => return Outcome::MinorFailure,
             "8" | "serious" => return Outcome::SeriousFailure,
             "12" | "major" => return Outcome::MajorFailure,
             _ => {}
