@@ -1,5 +1,6 @@
 //! A real PostgreSQL 15 + pgaudit end to end (`tests/postgres_e2e.sh`): throw-away cluster,
-//! psql workload, `balp-agent test` on the stderr and csvlog files, exact event counts.
+//! psql workload (with a replication connection), `balp-agent test` on the stderr, csvlog and
+//! jsonlog files, exact event counts.
 //! Skipped (with a note) when Debian's postgresql-15 is not installed, unless `CI` is set.
 
 mod common;

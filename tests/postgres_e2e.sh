@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End to end against a real PostgreSQL 15 + pgaudit (Debian's postgresql-15 and
 # postgresql-15-pgaudit packages): a throw-away cluster on 127.0.0.1, a scripted workload with
-# psql, then `balp-agent test` on the stderr and the csvlog file it wrote, asserting the exact
+# psql, then `balp-agent test` on the stderr, csvlog and jsonlog files it wrote, asserting the exact
 # events per kind and user. Exits non-zero on any mismatch.
 #
 # usage: tests/postgres_e2e.sh <path of balp-agent> <empty temp dir>
@@ -62,12 +62,14 @@ pgaudit.log = 'read,write,ddl,role'
 pgaudit.log_relation = on
 pgaudit.log_parameter = on
 logging_collector = on
-log_destination = 'stderr,csvlog'
+log_destination = 'stderr,csvlog,jsonlog'
 log_directory = '$LOGDIR'
 log_filename = 'postgresql'
 log_line_prefix = '%m [%p] %q%u@%d '
 log_timezone = 'Europe/Berlin'
 EOF
+# A streaming-replication role may connect over TCP to the replication pseudo-database.
+echo "host replication replicator 127.0.0.1/32 scram-sha-256" >>"$DATA/pg_hba.conf"
 "${AS[@]}" "$PGBIN/pg_ctl" -D "$DATA" -l "$PGROOT/pg_ctl.log" -w -t 60 start >/dev/null \
     || { cat "$PGROOT/pg_ctl.log" "$LOGDIR"/* >&2 2>/dev/null; exit 1; }
 
@@ -81,6 +83,7 @@ psql_app() { PGPASSWORD=$2 PGSSLMODE=$1 "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -
 #    with an empty object name; with it, one line per object: table and primary key index).
 psql_super -d postgres >/dev/null <<'SQL'
 CREATE ROLE app LOGIN PASSWORD 'app-secret';
+CREATE ROLE replicator REPLICATION LOGIN PASSWORD 'repl-secret';
 CREATE DATABASE fhir OWNER app;
 \c fhir
 CREATE EXTENSION pgaudit;
@@ -107,6 +110,12 @@ sleep 1.5
 if psql_app disable wrong-password -c 'SELECT 1' >/dev/null 2>&1; then
     echo "postgres_e2e: the wrong password was accepted" >&2; exit 1
 fi
+# 3b. a physical replication connection, as a standby's walreceiver or pg_basebackup opens
+#    it: "replication connection authorized" (login) and a disconnection with an empty
+#    database (logout).
+PGPASSWORD=repl-secret "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 \
+    "host=127.0.0.1 port=$PORT user=replicator replication=true sslmode=require" \
+    -c 'IDENTIFY_SYSTEM' >/dev/null
 # 4. superuser: GRANT and ALTER ROLE (ROLE).
 psql_super -d fhir >/dev/null <<'SQL'
 GRANT SELECT ON patient TO PUBLIC;
@@ -136,13 +145,20 @@ decode = "postgres_csv"
 multiline = "csv"
 timezone = "Europe/Berlin"
 parsers = ["postgres", "pgaudit"]
+[[sources]]
+name = "pgjson"
+type = "file"
+include = ["$LOGDIR/postgresql.json"]
+decode = "postgres_json"
+timezone = "Europe/Berlin"
+parsers = ["postgres", "pgaudit"]
 [output]
 type = "stdout"
 EOF
 "$AGENT" check -c "$TMP/agent.toml" >/dev/null
 
 fail=0
-for src in pg:postgresql pgcsv:postgresql.csv; do
+for src in pg:postgresql pgcsv:postgresql.csv pgjson:postgresql.json; do
     name=${src%%:*}
     file=$LOGDIR/${src#*:}
     "$AGENT" test -c "$TMP/agent.toml" --source "$name" "$file" >"$TMP/$name.jsonl" 2>"$TMP/$name.stderr" \
@@ -181,7 +197,9 @@ want = Counter({
     ("logout/0", "app"): 1,
     ("alert/110129", "postgres"): 2,   # CREATE DATABASE, CREATE EXTENSION
     ("alert/110129", "app"): 2,        # CREATE TABLE, CREATE INDEX (primary key)
-    ("alert/110136", "postgres"): 3,   # CREATE ROLE, GRANT, ALTER ROLE
+    ("alert/110136", "postgres"): 4,   # CREATE ROLE x2, GRANT, ALTER ROLE
+    ("login/0", "replicator"): 1,      # the replication connection ...
+    ("logout/0", "replicator"): 1,     # ... and its end ("database= host=...")
 })
 db = Counter({k: v for k, v in got.items() if k[0] == "database"})
 rest = got - db
@@ -197,6 +215,18 @@ if db != db_want:
         ok = False
     else:
         print("note: " + msg)
+# The replication login is marked as such, and its events name the client address.
+repl = [e for e in events if user(e) == "replicator"]
+if not any(e.get("outcomeDesc") == "replication connection" for e in repl):
+    print(f"{name}: replication login without outcomeDesc", file=sys.stderr)
+    ok = False
+# (stderr's prefix here has no %h: there only the disconnection message names the client.)
+for e in repl:
+    if name == "pg" and e.get("outcomeDesc") == "replication connection":
+        continue
+    if not any(a.get("network", {}).get("address") == "127.0.0.1" for a in e.get("agent", [])):
+        print(f"{name}: replication event without client 127.0.0.1: {e}", file=sys.stderr)
+        ok = False
 sys.exit(0 if ok else 1)
 PY
 done
@@ -204,7 +234,7 @@ done
 # agent folded exactly one of them (stderr and csvlog alike).
 n=$(grep -c 'FATAL:  password authentication failed for user "app"' "$LOGDIR/postgresql" || true)
 [ "$n" = 3 ] || { echo "postgres_e2e: want 3 password failure lines in the log, got $n" >&2; fail=1; }
-for name in pg pgcsv; do
+for name in pg pgcsv pgjson; do
     grep -qx 'folded lines: 1' "$TMP/$name.stderr" \
         || { echo "postgres_e2e: $name: want 1 folded line" >&2; cat "$TMP/$name.stderr" >&2; fail=1; }
 done
