@@ -20,9 +20,10 @@
 //! | GRANT, REVOKE, CREATE/ALTER/DROP ROLE or USER | DCM 110113 Security Alert, subtype 110136 Security Roles Changed | E |
 //! | anything else (DDL, CALL, DO, unknown or missing verb) | 110110 | E |
 //!
-//! * The table is an entity `audit-entity-type#2` System Object with role `object-role#22`
+//! * Each table is an entity `audit-entity-type#2` System Object with role `object-role#22`
 //!   Table (R4 object-role defines Table; `Domain Resource` is for FHIR resources),
-//!   `what.identifier.value` = the name exactly as logged (schema-qualified when the log is).
+//!   `what.identifier.value` = the name exactly as logged (schema-qualified when the log is);
+//!   `resource = "a, b"` names several.
 //! * The database is an entity `#2` with role `object-role#17` Data Repository,
 //!   `what.identifier.value` = its name: it is the store the table lives in, not a participant.
 //! * The db role is the user agent (`who.identifier.value`), typed IRCP for reads and AUT for
@@ -131,6 +132,22 @@ pub fn redact_sql(sql: &str) -> Cow<'_, str> {
     out
 }
 
+/// The tables `resource` names: one, or several as `a, b` (a statement's tables, e.g. from
+/// MariaDB's TABLE rows), each once.
+fn tables(resource: Option<&str>) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for t in resource
+        .into_iter()
+        .flat_map(|r| r.split(", "))
+        .map(str::trim)
+    {
+        if !t.is_empty() && !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out
+}
+
 /// Build the event of one database access.
 pub(super) fn database_event(ctx: &MapContext, f: &Fields) -> Built {
     let statement = f.get(F::Statement);
@@ -168,7 +185,7 @@ pub(super) fn database_event(ctx: &MapContext, f: &Fields) -> Built {
     }
     ev.agent
         .push(m::server_agent(ctx, f, codes::DCM_DESTINATION_ROLE_ID));
-    if let Some(table) = f.get(F::Resource).map(str::trim) {
+    for table in tables(f.get(F::Resource)) {
         ev.entity.push(Entity {
             what: Some(Reference::identifier(table)),
             type_: Some(codes::ENTITY_SYSTEM_OBJECT.coding()),
@@ -240,6 +257,17 @@ mod tests {
             redact_sql("SELECT * FROM patients WHERE id = 1"),
             Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn several_tables_are_several_entities() {
+        assert_eq!(
+            tables(Some("fhir.patient, fhir.observation, fhir.patient")),
+            ["fhir.patient", "fhir.observation"]
+        );
+        assert_eq!(tables(Some("public.orders")), ["public.orders"]);
+        assert!(tables(Some(" , ")).is_empty());
+        assert!(tables(None).is_empty());
     }
 
     #[test]

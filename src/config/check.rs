@@ -214,7 +214,11 @@ const RULE: &[Field] = &[
     opt("time_format", Ty::Str),
     opt("fields", Ty::StrMap),
     opt("fold", Ty::Table(FOLD)),
+    opt("stash", Ty::Table(STASH)),
+    opt("take", Ty::Table(TAKE)),
 ];
+const STASH: &[Field] = &[req("key", Ty::Str), req("fields", Ty::StrMap)];
+const TAKE: &[Field] = &[req("key", Ty::Str), opt("fields", Ty::StrList)];
 const FOLD: &[Field] = &[
     opt("fields", Ty::StrList),
     opt("key", Ty::Str),

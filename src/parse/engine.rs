@@ -21,7 +21,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use regex::{Captures, Regex, RegexBuilder};
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Largest compiled program a configured regex may produce.
@@ -79,6 +79,8 @@ pub struct ParserSet {
     parsers: Vec<CompiledParser>,
     /// The events that may still absorb a line (rules with `fold`).
     folds: FoldState,
+    /// Values lines left for a later line's event (rules with `stash` / `take`).
+    stash: StashState,
 }
 
 /// What the parsers made of one line.
@@ -130,6 +132,7 @@ impl ParserSet {
             Ok(ParserSet {
                 parsers,
                 folds: FoldState::default(),
+                stash: StashState::default(),
             })
         } else {
             Err(problems)
@@ -142,7 +145,26 @@ impl ParserSet {
     /// the set keeps state across lines: use one set per stream of lines, in order.
     pub fn parse(&mut self, decoded: &Decoded, tz: &TimeZone) -> LineOutcome {
         for (i, p) in self.parsers.iter().enumerate() {
-            if let Some((extracted, fold)) = p.match_line(decoded, tz) {
+            if let Some(RuleMatch {
+                mut extracted,
+                fold,
+                carry,
+            }) = p.match_line(decoded, tz)
+            {
+                match carry {
+                    Some(Carry::Stash(key, values)) => self.stash.put(i, key, values),
+                    Some(Carry::Take(key, fields)) => {
+                        let values = self.stash.take(i, &key);
+                        if let Some(e) = extracted.as_mut() {
+                            for (name, vals) in values {
+                                if fields.contains(&name) && e.fields.get(name).is_none() {
+                                    e.fields.set(name, vals.join(", "));
+                                }
+                            }
+                        }
+                    }
+                    None => {}
+                }
                 if let (Some(e), Some((rule, key))) = (&extracted, fold)
                     && self.folds.folds(i, rule, key, e)
                 {
@@ -192,6 +214,8 @@ struct CompiledRule {
     fields: Vec<(FieldName, Template)>,
     needs_captures: bool,
     fold: Option<FoldRule>,
+    stash: Option<(Template, Vec<(FieldName, Template)>)>,
+    take: Option<(Template, Vec<FieldName>)>,
 }
 
 /// A compiled [`FoldSpec`](super::spec::FoldSpec).
@@ -204,9 +228,93 @@ struct FoldRule {
     max: u32,
 }
 
-/// What a matching rule made of a line: its event (None = noise) and, for rules with
-/// `fold`, the fold and the rendered key.
-type RuleMatch<'a> = (Option<Extracted>, Option<(&'a FoldRule, String)>);
+/// What a matching rule made of a line.
+struct RuleMatch<'a> {
+    /// Its event (None = noise).
+    extracted: Option<Extracted>,
+    /// For rules with `fold`: the fold and the rendered key.
+    fold: Option<(&'a FoldRule, String)>,
+    /// For rules with `stash` or `take`: what to keep or pick up.
+    carry: Option<Carry<'a>>,
+}
+
+/// What a rule with `stash` or `take` does to the set's [`StashState`].
+enum Carry<'a> {
+    /// Keep these rendered values under the rendered key.
+    Stash(String, Vec<(FieldName, String)>),
+    /// Take what is kept under the rendered key into these fields.
+    Take(String, &'a [FieldName]),
+}
+
+/// What is kept under one stash key: per field, its distinct values in order.
+type Kept = Vec<(FieldName, Vec<String>)>;
+
+/// Values kept by `stash` rules until a `take` rule picks them up: per (parser, key), per
+/// field, the distinct values in the order they came. Bounded: past [`MAX_KEYS`] keys the
+/// oldest are dropped (a statement whose QUERY row never comes, e.g. with QUERY events
+/// filtered out), past [`MAX_VALUES`] values a field keeps its first ones.
+///
+/// [`MAX_KEYS`]: Self::MAX_KEYS
+/// [`MAX_VALUES`]: Self::MAX_VALUES
+#[derive(Debug, Clone, Default)]
+struct StashState {
+    entries: HashMap<(usize, String), Kept>,
+    /// Keys in the order they were first stashed (may name keys already taken).
+    order: VecDeque<(usize, String)>,
+}
+
+impl StashState {
+    const MAX_KEYS: usize = 4096;
+    const MAX_VALUES: usize = 64;
+
+    fn put(&mut self, parser: usize, key: String, values: Vec<(FieldName, String)>) {
+        let k = (parser, key);
+        if !self.entries.contains_key(&k) {
+            while self.entries.len() >= Self::MAX_KEYS {
+                match self.order.pop_front() {
+                    Some(old) => {
+                        self.entries.remove(&old);
+                    }
+                    None => {
+                        self.entries.clear();
+                        break;
+                    }
+                }
+            }
+            self.order.push_back(k.clone());
+            // Taken keys stay in `order` until they reach the front; keep it from growing
+            // without bound when most keys are taken.
+            if self.order.len() > 2 * Self::MAX_KEYS {
+                let entries = &self.entries;
+                self.order.retain(|o| entries.contains_key(o) || *o == k);
+            }
+        }
+        let entry = self.entries.entry(k).or_default();
+        for (name, value) in values {
+            let value = value.trim();
+            if value.is_empty() || value == "-" {
+                continue;
+            }
+            let slot = match entry.iter().position(|(n, _)| *n == name) {
+                Some(i) => &mut entry[i].1,
+                None => {
+                    entry.push((name, Vec::new()));
+                    let last = entry.len() - 1;
+                    &mut entry[last].1
+                }
+            };
+            if slot.len() < Self::MAX_VALUES && !slot.iter().any(|v| v == value) {
+                slot.push(value.to_owned());
+            }
+        }
+    }
+
+    fn take(&mut self, parser: usize, key: &str) -> Kept {
+        self.entries
+            .remove(&(parser, key.to_owned()))
+            .unwrap_or_default()
+    }
+}
 
 /// What makes two lines "the same" for `fold`: parser index, group, the key fields' values,
 /// the rendered `key` template.
@@ -560,6 +668,62 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(Vec<String>, String)>
             max: spec.max,
         }
     });
+    let template =
+        |tpl: &str, at: &[&str], errs: &mut Vec<(Vec<String>, String)>| match parse_template(
+            tpl,
+            capture_names.as_deref(),
+        ) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                if !regex_failed {
+                    errs.push((at.iter().map(|s| (*s).to_owned()).collect(), e));
+                }
+                None
+            }
+        };
+    let stash = r.stash.as_ref().and_then(|spec| {
+        let key = template(&spec.key, &["stash", "key"], &mut errs);
+        let mut kept = Vec::new();
+        for (name, tpl) in &spec.fields {
+            let Some(field) = FieldName::parse(name).filter(|f| *f != FieldName::Time) else {
+                errs.push((
+                    vec!["stash".into(), "fields".into(), name.clone()],
+                    format!("unknown field {name:?} (time cannot be stashed)"),
+                ));
+                continue;
+            };
+            if let Some(t) = template(tpl, &["stash", "fields", name.as_str()], &mut errs) {
+                kept.push((field, t));
+            }
+        }
+        if spec.fields.is_empty() {
+            errs.push((
+                vec!["stash".into(), "fields".into()],
+                "needs at least one field to keep".into(),
+            ));
+        }
+        key.map(|k| (k, kept))
+    });
+    let take = r.take.as_ref().and_then(|spec| {
+        let key = template(&spec.key, &["take", "key"], &mut errs);
+        let mut into = Vec::new();
+        for name in &spec.fields {
+            match FieldName::parse(name).filter(|f| *f != FieldName::Time) {
+                Some(f) => into.push(f),
+                None => errs.push((
+                    vec!["take".into(), "fields".into()],
+                    format!("unknown field {name:?} (time cannot be taken)"),
+                )),
+            }
+        }
+        key.map(|k| (k, into))
+    });
+    if r.stash.is_some() && r.take.is_some() {
+        errs.push((
+            vec!["take".into()],
+            "a rule either stashes values or takes them, not both".into(),
+        ));
+    }
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -568,6 +732,12 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(Vec<String>, String)>
         .map(|(_, t)| t)
         .chain(time_template.iter())
         .chain(fold.as_ref().and_then(|f| f.key.as_ref()))
+        .chain(
+            stash
+                .iter()
+                .flat_map(|(k, fs)| std::iter::once(k).chain(fs.iter().map(|(_, t)| t))),
+        )
+        .chain(take.iter().map(|(k, _)| k))
         .any(|t| {
             t.pieces.iter().any(|p| match p {
                 Piece::Vars(vs) => vs.iter().any(uses_capture),
@@ -582,6 +752,8 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(Vec<String>, String)>
         fields,
         needs_captures,
         fold,
+        stash,
+        take,
     })
 }
 
@@ -763,7 +935,7 @@ impl CompiledParser {
     /// `None`: no rule matched; `Some(x)`: a rule matched and emits `x` (None = noise).
     /// Stateless: `fold` is applied by [`ParserSet::parse`].
     pub fn parse(&self, decoded: &Decoded, tz: &TimeZone) -> Option<Option<Extracted>> {
-        self.match_line(decoded, tz).map(|(e, _)| e)
+        self.match_line(decoded, tz).map(|m| m.extracted)
     }
 
     /// [`parse`](Self::parse), with the matching rule's `fold` and its rendered key.
@@ -800,12 +972,29 @@ impl CompiledParser {
                     continue;
                 }
             }
-            let Some(pattern) = rule.pattern else {
-                return Some((None, None));
-            };
             let ctx = Ctx {
                 caps: caps.as_ref(),
                 decoded,
+            };
+            let carry = match (&rule.stash, &rule.take) {
+                (Some((key, fields)), _) => Some(Carry::Stash(
+                    key.render(&ctx),
+                    fields
+                        .iter()
+                        .map(|(name, tpl)| (*name, tpl.render(&ctx)))
+                        .collect(),
+                )),
+                (None, Some((key, fields))) => {
+                    Some(Carry::Take(key.render(&ctx), fields.as_slice()))
+                }
+                (None, None) => None,
+            };
+            let Some(pattern) = rule.pattern else {
+                return Some(RuleMatch {
+                    extracted: None,
+                    fold: None,
+                    carry,
+                });
             };
             let mut fields = Fields::default();
             for (name, tpl) in &rule.fields {
@@ -826,19 +1015,20 @@ impl CompiledParser {
                 },
                 None => (decoded.time, decoded.time.is_none()),
             };
-            return Some((
-                Some(Extracted {
+            return Some(RuleMatch {
+                extracted: Some(Extracted {
                     parser: self.name.clone(),
                     pattern,
                     time,
                     time_unreadable,
                     fields,
                 }),
-                rule.fold.as_ref().map(|f| {
+                fold: rule.fold.as_ref().map(|f| {
                     let key = f.key.as_ref().map(|t| t.render(&ctx)).unwrap_or_default();
                     (f, key)
                 }),
-            ));
+                carry,
+            });
         }
         None
     }
@@ -1748,5 +1938,135 @@ mod tests {
             // conn 6 and 8 are real sessions: their logouts stay; 5 and 7 fold.
             "EfEEEEEf"
         );
+    }
+
+    fn stash_set() -> ParserSet {
+        let user = spec(
+            r#"
+            [[parsers]]
+            name = "db"
+            [[parsers.rules]]
+            regex = '^(?P<c>\d+) touch (?P<t>\S+) (?P<who>\S+)$'
+            pattern = "none"
+            stash = { key = "{c}", fields = { resource = "{t}", client_id = "{who}" } }
+            [[parsers.rules]]
+            regex = '^(?P<c>\d+) stmt(?: on (?P<t>\S+))?$'
+            pattern = "database"
+            fields = { command = "SELECT", resource = "{t}" }
+            take = { key = "{c}", fields = ["resource"] }
+            [[parsers.rules]]
+            regex = '^(?P<c>\d+) ping$'
+            pattern = "none"
+            take = { key = "{c}" }
+            "#,
+        );
+        ParserSet::build(&["db".into()], &[user]).unwrap()
+    }
+
+    fn resource_of(set: &mut ParserSet, line: &str) -> Option<String> {
+        match set.parse(&raw(line), &TimeZone::UTC) {
+            LineOutcome::Matched {
+                extracted: Some(e), ..
+            } => {
+                assert_eq!(
+                    e.fields.get(FieldName::ClientId),
+                    None,
+                    "only listed fields"
+                );
+                e.fields.get(FieldName::Resource).map(str::to_owned)
+            }
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn stashed_values_reach_the_line_that_takes_them_once() {
+        let mut set = stash_set();
+        for l in ["1 touch a x", "2 touch z y", "1 touch b x", "1 touch a x"] {
+            assert!(matches!(
+                set.parse(&raw(l), &TimeZone::UTC),
+                LineOutcome::Matched {
+                    extracted: None,
+                    ..
+                }
+            ));
+        }
+        // Distinct values in order, under their own key only; taken once.
+        assert_eq!(resource_of(&mut set, "1 stmt").as_deref(), Some("a, b"));
+        assert_eq!(resource_of(&mut set, "1 stmt"), None);
+        // A value the line sets itself is kept.
+        assert_eq!(
+            resource_of(&mut set, "2 stmt on own").as_deref(),
+            Some("own")
+        );
+        assert_eq!(resource_of(&mut set, "2 stmt"), None);
+        // A `take` without fields only discards.
+        set.parse(&raw("3 touch c x"), &TimeZone::UTC);
+        set.parse(&raw("3 ping"), &TimeZone::UTC);
+        assert_eq!(resource_of(&mut set, "3 stmt"), None);
+    }
+
+    #[test]
+    fn stash_is_bounded_oldest_keys_first() {
+        let mut set = stash_set();
+        let n = StashState::MAX_KEYS + 10;
+        for c in 0..n {
+            set.parse(&raw(&format!("{c} touch t{c} x")), &TimeZone::UTC);
+        }
+        assert_eq!(set.stash.entries.len(), StashState::MAX_KEYS);
+        assert_eq!(resource_of(&mut set, "0 stmt"), None);
+        assert_eq!(
+            resource_of(&mut set, &format!("{} stmt", n - 1)),
+            Some(format!("t{}", n - 1))
+        );
+        // Keys taken as fast as they come keep the order queue bounded too.
+        for c in 0..(10 * StashState::MAX_KEYS) {
+            set.parse(&raw(&format!("{c} touch t x")), &TimeZone::UTC);
+            set.parse(&raw(&format!("{c} ping")), &TimeZone::UTC);
+        }
+        assert!(set.stash.order.len() <= 2 * StashState::MAX_KEYS + 1);
+        for c in 0..100 {
+            set.parse(&raw(&format!("{c} touch t x y")), &TimeZone::UTC);
+            set.parse(&raw(&format!("{c} touch t{c} x")), &TimeZone::UTC);
+        }
+        assert!(
+            set.stash
+                .entries
+                .values()
+                .all(|e| e.iter().all(|(_, v)| v.len() <= StashState::MAX_VALUES))
+        );
+    }
+
+    #[test]
+    fn stash_and_take_mistakes_are_named() {
+        let err = compile_parser(&spec(
+            r#"
+            [[parsers]]
+            name = "t"
+            [[parsers.rules]]
+            regex = '^(?P<a>x)'
+            pattern = "none"
+            stash = { key = "{nope}", fields = { colour = "{a}", time = "{a}" } }
+            take = { key = "{a}", fields = ["size"] }
+            [[parsers.rules]]
+            regex = '^y'
+            pattern = "none"
+            stash = { key = "k", fields = {} }
+            "#,
+        ))
+        .unwrap_err()
+        .join("\n");
+        for want in [
+            "stash.key",
+            "nope",
+            "stash.fields.colour",
+            "stash.fields.time",
+            "take.fields",
+            "\"size\"",
+            "either stashes values or takes them",
+            "needs at least one field",
+        ] {
+            assert!(err.contains(want), "{want}: {err}");
+        }
     }
 }

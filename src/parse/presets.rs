@@ -844,6 +844,35 @@ mod tests {
             commands,
             ["DELETE", "INSERT", "SELECT", "SELECT", "SELECT", "UPDATE"]
         );
+        // The tables come from the TABLE rows before each QUERY row (the INSERT's reads of
+        // mysql.*_stats are MariaDB's own); the failed select of a missing table has none.
+        let mut tables: Vec<(&str, &str)> = ev
+            .iter()
+            .filter(|e| e.pattern == crate::parse::Pattern::Database)
+            .map(|e| {
+                (
+                    e.fields.get(FieldName::Command).unwrap_or("-"),
+                    e.fields.get(FieldName::Resource).unwrap_or("-"),
+                )
+            })
+            .collect();
+        tables.sort_unstable();
+        assert_eq!(
+            tables,
+            [
+                ("DELETE", "fhir.patient"),
+                ("INSERT", "fhir.patient"),
+                ("SELECT", "-"),
+                ("SELECT", "fhir.patient"),
+                ("SELECT", "fhir.patient"),
+                ("UPDATE", "fhir.patient"),
+            ]
+        );
+        // The server is MariaDB's serverhost, not the agent's host.
+        assert!(
+            ev.iter()
+                .all(|e| e.fields.get(FieldName::ServerAddress) == Some("vm"))
+        );
         assert!(ev.iter().any(|e| e.fields.get(FieldName::Statement)
             == Some("SELECT family,\n       given\n  FROM patient\n WHERE id = '123'")));
         assert!(

@@ -26,7 +26,8 @@
 //! `fhir_access` preset).
 //!
 //! `fold` on a rule folds a line that only repeats an earlier event into it (see
-//! [`FoldSpec`]).
+//! [`FoldSpec`]). `stash` and `take` carry values from the lines that detail an operation to
+//! the line that records it (see [`StashSpec`]).
 //!
 //! `programs` compares the syslog tag; a tag like `sshd(pam_unix)` also counts as `sshd`.
 
@@ -87,6 +88,44 @@ pub struct RuleSpec {
     /// Fold this line into an earlier event it only repeats (see [`FoldSpec`]).
     #[serde(default)]
     pub fold: Option<FoldSpec>,
+    /// Keep values of this line for a later line's event (see [`StashSpec`]).
+    #[serde(default)]
+    pub stash: Option<StashSpec>,
+    /// Add the values earlier lines stashed under a key to this line's event (see [`TakeSpec`]).
+    #[serde(default)]
+    pub take: Option<TakeSpec>,
+}
+
+/// `stash = { key = "...", fields = { resource = "{db}.{table}" } }` on a rule: the rendered
+/// values are kept, under the rendered `key`, for the next line of the same parser whose
+/// rule `take`s that key. Several lines may stash under one key; their distinct values are
+/// kept in order. Usually on a `pattern = "none"` rule.
+///
+/// Made for logs that write one operation as several lines, the detail first: MariaDB's
+/// server_audit logs the tables a statement touched as TABLE rows before the QUERY row of
+/// the statement (same connection and query id). The state lives in memory and is bounded
+/// (the oldest keys are dropped first): a restart between the lines loses the detail, not
+/// the event.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StashSpec {
+    /// Which later line gets the values.
+    pub key: String,
+    /// Field templates to keep.
+    pub fields: BTreeMap<String, String>,
+}
+
+/// `take = { key = "...", fields = ["resource"] }` on a rule: the values stashed under the
+/// rendered `key` are removed from the stash; each listed field the event does not set
+/// itself gets them, joined with `, `. An empty list only discards them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TakeSpec {
+    /// The key the values were stashed under.
+    pub key: String,
+    /// The fields to fill.
+    #[serde(default)]
+    pub fields: Vec<String>,
 }
 
 /// `fold = { fields = [...], key = "...", group = "...", within_ms = N, max = M }` on a rule:
