@@ -133,18 +133,33 @@ pub fn redact_sql(sql: &str) -> Cow<'_, str> {
 }
 
 /// The tables `resource` names: one, or several as `a, b` (a statement's tables, e.g. from
-/// MariaDB's TABLE rows), each once.
-fn tables(resource: Option<&str>) -> Vec<&str> {
+/// MariaDB's TABLE rows), each once. A `, ` inside a quoted identifier (`public."a, b"`, as
+/// pgaudit logs such a name) is part of the name.
+fn tables<'a>(resource: Option<&'a str>) -> Vec<&'a str> {
     let mut out: Vec<&str> = Vec::new();
-    for t in resource
-        .into_iter()
-        .flat_map(|r| r.split(", "))
-        .map(str::trim)
-    {
+    let Some(r) = resource else {
+        return out;
+    };
+    let mut push = |t: &'a str| {
+        let t = t.trim();
         if !t.is_empty() && !out.contains(&t) {
             out.push(t);
         }
+    };
+    let (mut quote, mut start) = (None, 0);
+    let bytes = r.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match (quote, b) {
+            (None, b'"' | b'`') => quote = Some(b),
+            (Some(q), _) if b == q => quote = None,
+            (None, b',') if bytes.get(i + 1) == Some(&b' ') => {
+                push(&r[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
     }
+    push(&r[start..]);
     out
 }
 
@@ -266,6 +281,10 @@ mod tests {
             ["fhir.patient", "fhir.observation"]
         );
         assert_eq!(tables(Some("public.orders")), ["public.orders"]);
+        assert_eq!(
+            tables(Some(r#"public."a, b", `x, y`.t, c"#)),
+            [r#"public."a, b""#, "`x, y`.t", "c"]
+        );
         assert!(tables(Some(" , ")).is_empty());
         assert!(tables(None).is_empty());
     }
