@@ -31,6 +31,7 @@ pub mod events;
 pub mod metrics;
 pub mod parse;
 pub mod pipeline;
+pub mod private;
 pub mod shutdown;
 pub mod source;
 pub mod spool;

@@ -283,7 +283,11 @@ pub async fn run(
         tracing::warn!("{w}");
     }
     let state_dir = config.agent.state_dir.clone();
-    create_private_dir(&state_dir)?;
+    crate::private::create_dir(&state_dir).map_err(|e| PositionsError::Io {
+        op: "creating directory",
+        path: state_dir.to_path_buf(),
+        source: e,
+    })?;
     let mut positions = Positions::load(&state_dir)?;
     let (spool, recovered) =
         tokio::task::block_in_place(|| Spool::open(&state_dir, &config.spool))?;
@@ -1061,25 +1065,8 @@ fn write_inflight(path: &Path, ranges: &[(u64, u64)]) {
     let tmp = path.with_extension("tmp");
     let text: String = ranges.iter().map(|(a, b)| format!("{a}-{b}\n")).collect();
     let result =
-        admin::write_private(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, path));
+        crate::private::write(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = result {
         tracing::warn!(path = %path.display(), error = %e, "could not record the Bundles in flight");
     }
-}
-
-/// Create a directory (and parents) with mode 0700 if it does not exist.
-pub fn create_private_dir(path: &std::path::Path) -> Result<(), PositionsError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if path.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|e| PositionsError::Io {
-            op: "creating directory",
-            path: path.to_path_buf(),
-            source: e,
-        })
 }

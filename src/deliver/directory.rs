@@ -7,9 +7,6 @@
 //! 0700 directory. The same helpers write dead letters.
 
 use super::DeliverError;
-use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -75,11 +72,7 @@ impl SeqNamer {
             path: dir.to_path_buf(),
             source,
         };
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io)?;
+        crate::private::create_dir(dir).map_err(io)?;
         let mut last = 0;
         for entry in std::fs::read_dir(dir).map_err(io)? {
             let entry = entry.map_err(io)?;
@@ -130,20 +123,9 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathB
         let p = p.to_path_buf();
         move |source| DeliverError::Io { path: p, source }
     };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(on(&tmp))?;
-    f.write_all(bytes).map_err(on(&tmp))?;
-    f.sync_all().map_err(on(&tmp))?;
-    drop(f);
+    crate::private::write_synced(&tmp, bytes).map_err(on(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(on(&path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(on(dir))?;
+    crate::private::sync_dir(dir).map_err(on(dir))?;
     Ok(path)
 }
 

@@ -47,7 +47,7 @@
 use super::backoff::{Backoff, parse_retry_after};
 use super::deadletter::{DeadLetters, MAX_RESPONSE_BYTES};
 use super::oauth2::{OAuth2, TokenError};
-use super::{DeliverError, Delivery, OutputStatus};
+use super::{DeliverError, Delivery, OutputStatus, error_chain};
 use crate::batch::Batch;
 use crate::config::{AuthType, BundleType, Compression, OutputConfig};
 use crate::events;
@@ -846,18 +846,6 @@ fn transport(e: reqwest::Error, timeout: Duration) -> Attempt {
     // by itself, so it is paced like a configuration error.
     let config = tls_config_error(&reason);
     Attempt::Transport { reason, config }
-}
-
-/// An error and its sources, joined by ": ".
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut reason = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        reason.push_str(": ");
-        reason.push_str(&s.to_string());
-        source = s.source();
-    }
-    reason
 }
 
 /// A TLS failure that will not heal by itself, so it is paced like a configuration error:

@@ -213,6 +213,19 @@ impl Output {
     }
 }
 
+/// An error and its sources, joined by ": " (reqwest and rustls keep the cause in the
+/// sources; their `Display` alone says only "error sending request").
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut reason = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    reason
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -179,7 +179,7 @@ impl OAuth2 {
                 let e = e.without_url();
                 return Err(TokenError::Transient(format!(
                     "token endpoint {url}: {}",
-                    super::http::error_chain(&e)
+                    super::error_chain(&e)
                 )));
             }
         };

@@ -75,24 +75,11 @@ pub fn write_status(state_dir: &Path, report: &StatusReport) {
     let tmp = state_dir.join(".status.json.tmp");
     let result = serde_json::to_vec_pretty(report)
         .map_err(std::io::Error::other)
-        .and_then(|bytes| write_private(&tmp, &bytes))
+        .and_then(|bytes| crate::private::write(&tmp, &bytes))
         .and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = result {
         tracing::debug!(path = %path.display(), error = %e, "could not write status snapshot");
     }
-}
-
-/// Write a state file with mode 0600 (SPEC §1: state files are private).
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
 }
 
 /// The spool status, whether or not an agent is running.
@@ -169,7 +156,7 @@ pub fn dead_letters(state_dir: &Path) -> Vec<DeadLetter> {
 /// Move every dead letter into the requeue directory; returns how many were moved.
 pub fn requeue_dead_letters(state_dir: &Path) -> std::io::Result<usize> {
     let dir = state_dir.join(REQUEUE_DIR);
-    crate::pipeline::create_private_dir(&dir).map_err(std::io::Error::other)?;
+    crate::private::create_dir(&dir)?;
     let mut n = 0;
     for letter in dead_letters(state_dir) {
         if let Some(name) = letter.path.file_name() {

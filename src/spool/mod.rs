@@ -31,7 +31,6 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -307,16 +306,11 @@ pub struct Spool {
 }
 
 fn create_dir(path: &Path) -> Result<(), SpoolError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(io_err("create directory", path))
+    crate::private::create_dir(path).map_err(io_err("create directory", path))
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
-    let d = File::open(dir).map_err(io_err("open directory", dir))?;
-    d.sync_all().map_err(|source| SpoolError::Fsync {
+    crate::private::sync_dir(dir).map_err(|source| SpoolError::Fsync {
         path: dir.to_path_buf(),
         source,
     })
@@ -324,11 +318,9 @@ fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
 
 fn lock(dir: &Path) -> Result<File, SpoolError> {
     let path = dir.join("lock");
-    let f = OpenOptions::new()
+    let f = crate::private::options()
         .create(true)
         .truncate(false)
-        .write(true)
-        .mode(0o600)
         .open(&path)
         .map_err(io_err("open", &path))?;
     // A child forked by this process holds a copy of the descriptor until it execs, so a
@@ -392,11 +384,9 @@ fn quarantine_copy(
     let mut from = File::open(src).map_err(io_err("open", src))?;
     from.seek(SeekFrom::Start(offset))
         .map_err(io_err("seek", src))?;
-    let mut to = OpenOptions::new()
+    let mut to = crate::private::options()
         .create(true)
         .truncate(true)
-        .write(true)
-        .mode(0o600)
         .open(&dest)
         .map_err(io_err("create", &dest))?;
     io::copy(&mut from.take(len), &mut to).map_err(io_err("copy into", &dest))?;

@@ -65,10 +65,8 @@ impl Spool {
         }
         let first = self.next_seq;
         let path = self.dir.join(format::segment_name(first));
-        let file = OpenOptions::new()
+        let file = crate::private::options()
             .create_new(true)
-            .write(true)
-            .mode(0o600)
             .open(&path)
             .map_err(io_err("create segment", &path))?;
         self.segments.push(Segment {
@@ -165,11 +163,9 @@ impl Spool {
         let tmp = self.dir.join("ack.tmp");
         let dest = self.dir.join("ack");
         {
-            let mut f = OpenOptions::new()
+            let mut f = crate::private::options()
                 .create(true)
                 .truncate(true)
-                .write(true)
-                .mode(0o600)
                 .open(&tmp)
                 .map_err(io_err("create", &tmp))?;
             f.write_all(&format::encode_ack(seq))

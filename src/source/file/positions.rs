@@ -20,9 +20,7 @@ use super::identity::{self, FileId};
 use crate::source::{Checkpoint, StreamId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -187,11 +185,7 @@ impl Positions {
     /// Load `<state_dir>/positions.json` (missing = empty; corrupt → `.bak`, else empty, with
     /// a loud error). Creates `state_dir` (0700) if needed; fails only if that is impossible.
     pub fn load(state_dir: &Path) -> Result<Positions, PositionsError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(state_dir)
-            .map_err(io_err("create directory", state_dir))?;
+        crate::private::create_dir(state_dir).map_err(io_err("create directory", state_dir))?;
         let main = state_dir.join(FILE_NAME);
         let bak = state_dir.join(BAK_NAME);
         let state = match read_state(&main) {
@@ -369,17 +363,7 @@ impl Positions {
             path: main.clone(),
             message: e.to_string(),
         })?;
-        {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_err("create", &tmp))?;
-            f.write_all(&json).map_err(io_err("write", &tmp))?;
-            f.sync_all().map_err(io_err("fsync", &tmp))?;
-        }
+        crate::private::write_synced(&tmp, &json).map_err(io_err("write and fsync", &tmp))?;
         // Keep the previous generation as .bak. A hard link keeps positions.json in place the
         // whole time, so there is no moment without a main file.
         if main.exists() {
@@ -393,9 +377,7 @@ impl Positions {
             }
         }
         std::fs::rename(&tmp, &main).map_err(io_err("rename over", &main))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("fsync directory", &self.dir))?;
+        crate::private::sync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
         Ok(())
     }
 }
