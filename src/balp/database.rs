@@ -35,9 +35,10 @@
 //!   secrets).
 
 use super::MapContext;
+use super::agents as m;
 use super::codes::{self, Code};
-use super::map::{self as m, Built, Claim};
 use super::model::{Action, AuditEvent, Entity, Reference};
+use super::parts::{self as mp, Built, Claim};
 use crate::config::Mode;
 use crate::parse::{FieldName as F, Fields};
 use std::borrow::Cow;
@@ -180,7 +181,7 @@ pub(super) fn database_event(ctx: &MapContext, f: &Fields) -> Built {
         type_: type_.coding(),
         subtype: subtype.map(|s| s.coding()).into_iter().collect(),
         action: Some(action),
-        outcome: Some(m::outcome(f)),
+        outcome: Some(mp::outcome(f)),
         outcome_desc: f.get(F::OutcomeDesc).map(str::to_owned),
         ..AuditEvent::default()
     };
@@ -227,8 +228,8 @@ pub(super) fn database_event(ctx: &MapContext, f: &Fields) -> Built {
         });
     }
     let mut patients = Vec::new();
-    m::field_patients(f, &mut patients);
-    let mut b = Built::new(ev, Claim::default(), m::dedup(patients));
+    mp::field_patients(f, &mut patients);
+    let mut b = Built::new(ev, Claim::default(), mp::dedup(patients));
     b.source_type = Some(SOURCE_DATABASE_SERVER);
     b.client_idx = client_idx;
     b

@@ -10,15 +10,20 @@
 //! * [`database`]: database access events (no BALP profile) and SQL redaction.
 //! * [`selfaudit`]: the agent's own start/stop events.
 
+mod agents;
 pub mod codes;
 pub mod conformance;
 pub mod database;
+mod disclosure;
 #[cfg(test)]
 mod ig_examples;
 pub mod map;
 pub mod model;
+mod parts;
 #[cfg(test)]
 mod proptests;
+mod rest;
+mod security;
 pub mod selfaudit;
 pub mod token;
 

@@ -34,8 +34,8 @@
 
 use super::MapContext;
 use super::codes::{self, profile};
-use super::map::Built;
 use super::model::{Agent, Identifier, Reference};
+use super::parts::Built;
 use crate::config::Mode;
 use crate::parse::{FieldName as F, Fields};
 
