@@ -10,20 +10,20 @@
 //! * [`database`]: database access events (no BALP profile) and SQL redaction.
 //! * [`selfaudit`]: the agent's own start/stop events.
 
-mod agents;
+pub mod agents;
 pub mod codes;
 pub mod conformance;
 pub mod database;
-mod disclosure;
+pub mod disclosure;
 #[cfg(test)]
 mod ig_examples;
 pub mod map;
 pub mod model;
-mod parts;
+pub mod parts;
 #[cfg(test)]
 mod proptests;
-mod rest;
-mod security;
+pub mod rest;
+pub mod security;
 pub mod selfaudit;
 pub mod token;
 
