@@ -1,5 +1,5 @@
-//! The parts every pattern builds its event from: the [`Built`] event before ids and
-//! per-patient copies, the profile it may [`Claim`], its outcome, and the patients a record
+//! The parts every pattern builds its event from: the `Built` event before ids and
+//! per-patient copies, the profile it may `Claim`, its outcome, and the patients a record
 //! names (FHIR ids only, deduplicated in order).
 
 use super::codes::{self};

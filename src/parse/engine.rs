@@ -103,7 +103,7 @@ pub enum LineOutcome {
 }
 
 impl ParserSet {
-    /// names = the source's `parsers` list: each a preset name or a [[parsers]] name (user
+    /// names = the source's `parsers` list: each a preset name or a `[[parsers]]` name (user
     /// parsers shadow presets of the same name). Errors: one message per problem.
     pub fn build(names: &[String], user: &[ParserSpec]) -> Result<ParserSet, Vec<String>> {
         let mut parsers = Vec::with_capacity(names.len());
