@@ -313,7 +313,7 @@ impl Follower {
         Ok(absorbed)
     }
 
-    /// Copies absorbed since the last call (see [`Follower::follow_copy`]).
+    /// Copies absorbed since the last call (see `Follower::follow_copy`).
     pub fn take_absorbed(&mut self) -> Vec<FileId> {
         std::mem::take(&mut self.absorbed)
     }
