@@ -140,14 +140,7 @@ const fn req(name: &'static str, ty: Ty) -> Field {
 }
 
 const SOURCE_TYPES: &[&str] = &["file", "syslog", "journald"];
-const DECODERS: &[&str] = &[
-    "syslog",
-    "raw",
-    "json",
-    "postgres",
-    "postgres_csv",
-    "postgres_json",
-];
+const DECODERS: &[&str] = super::DecodeKind::NAMES;
 const MULTILINE: &[&str] = &["none", "indented", "csv"];
 
 const ROOT: &[Field] = &[

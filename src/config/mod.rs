@@ -167,8 +167,29 @@ pub enum DecodeKind {
 }
 
 impl DecodeKind {
+    /// Every decoder: the one table of decoder names.
+    pub const ALL: &'static [DecodeKind] = &[
+        DecodeKind::Syslog,
+        DecodeKind::Raw,
+        DecodeKind::Json,
+        DecodeKind::Postgres,
+        DecodeKind::PostgresCsv,
+        DecodeKind::PostgresJson,
+    ];
+
+    /// The names of [`ALL`](Self::ALL), for messages and schema checks.
+    pub const NAMES: &'static [&'static str] = &{
+        let mut names = [""; DecodeKind::ALL.len()];
+        let mut i = 0;
+        while i < DecodeKind::ALL.len() {
+            names[i] = DecodeKind::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    };
+
     /// The name used in TOML.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             DecodeKind::Syslog => "syslog",
             DecodeKind::Raw => "raw",

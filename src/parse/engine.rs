@@ -27,22 +27,7 @@ use std::sync::Arc;
 /// Largest compiled program a configured regex may produce.
 const REGEX_SIZE_LIMIT: usize = 2 << 20;
 
-/// Every pattern name a rule may give, `none` included.
-pub const PATTERN_NAMES: &[&str] = &[
-    "rest",
-    "create",
-    "read",
-    "update",
-    "delete",
-    "query",
-    "login",
-    "logout",
-    "security-alert",
-    "disclosure",
-    "disclosure-received",
-    "database",
-    "none",
-];
+pub use super::PATTERN_NAMES;
 
 /// The non-strftime time formats.
 pub const NAMED_TIME_FORMATS: &[&str] = &[
@@ -55,22 +40,10 @@ const AUTO_EPOCH_MIN_DIGITS: usize = 9;
 
 /// Look a pattern name up: `Some(None)` for `none`, `None` when unknown.
 pub fn parse_pattern(name: &str) -> Option<Option<Pattern>> {
-    Some(Some(match name {
-        "rest" => Pattern::Rest,
-        "create" => Pattern::Create,
-        "read" => Pattern::Read,
-        "update" => Pattern::Update,
-        "delete" => Pattern::Delete,
-        "query" => Pattern::Query,
-        "login" => Pattern::Login,
-        "logout" => Pattern::Logout,
-        "security-alert" => Pattern::SecurityAlert,
-        "disclosure" => Pattern::Disclosure,
-        "disclosure-received" => Pattern::DisclosureReceived,
-        "database" => Pattern::Database,
-        "none" => return Some(None),
-        _ => return None,
-    }))
+    match name {
+        "none" => Some(None),
+        _ => Pattern::parse(name).map(Some),
+    }
 }
 
 /// Compiled parsers for one source, in the configured order.
@@ -462,14 +435,7 @@ pub(crate) fn compile_parser_located(
             message: "must not be empty".into(),
         });
     }
-    const DECODERS: &[&str] = &[
-        "syslog",
-        "raw",
-        "json",
-        "postgres",
-        "postgres_csv",
-        "postgres_json",
-    ];
+    const DECODERS: &[&str] = crate::config::DecodeKind::NAMES;
     if let Some(d) = &spec.decode
         && !DECODERS.contains(&d.as_str())
     {

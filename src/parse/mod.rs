@@ -12,56 +12,71 @@ pub use fields::{FieldName, Fields};
 use crate::decode::Stamp;
 use std::sync::Arc;
 
-/// The kind of event a rule emits (SPEC §4 pattern names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Pattern {
-    /// A FHIR REST request; the interaction (create/read/…/search) follows from method and URL.
-    Rest,
-    /// A create of a data object.
-    Create,
-    /// A read of a data object.
-    Read,
-    /// An update of a data object.
-    Update,
-    /// A delete of a data object.
-    Delete,
-    /// A query / search.
-    Query,
-    /// A user authentication (success or failure).
-    Login,
-    /// The end of a user session.
-    Logout,
-    /// A security-relevant action (DCM 110113 with a DCM subtype).
-    SecurityAlert,
-    /// A disclosure of patient data to a recipient (recorded by the disclosing side).
-    Disclosure,
-    /// Patient data received from another party (recorded by the recipient side).
-    DisclosureReceived,
-    /// A database access (no BALP profile exists): `command` holds the SQL verb (SELECT,
-    /// INSERT, UPDATE, DELETE, …), `resource` the table as logged.
-    Database,
+macro_rules! patterns {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal ),* $(,)?) => {
+        /// The kind of event a rule emits (SPEC §4 pattern names).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+        pub enum Pattern {
+            $( $(#[$doc])* #[serde(rename = $name)] $variant ),*
+        }
+
+        impl Pattern {
+            /// Every pattern, in declaration order: the one table of pattern names.
+            pub const ALL: &'static [Pattern] = &[ $( Pattern::$variant ),* ];
+
+            /// The name used in TOML, metrics and the spool.
+            pub const fn as_str(self) -> &'static str {
+                match self { $( Pattern::$variant => $name ),* }
+            }
+
+            /// Look a TOML name up.
+            pub fn parse(name: &str) -> Option<Pattern> {
+                match name { $( $name => Some(Pattern::$variant), )* _ => None }
+            }
+        }
+    };
 }
 
-impl Pattern {
-    /// The name used in TOML.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Pattern::Rest => "rest",
-            Pattern::Create => "create",
-            Pattern::Read => "read",
-            Pattern::Update => "update",
-            Pattern::Delete => "delete",
-            Pattern::Query => "query",
-            Pattern::Login => "login",
-            Pattern::Logout => "logout",
-            Pattern::SecurityAlert => "security-alert",
-            Pattern::Disclosure => "disclosure",
-            Pattern::DisclosureReceived => "disclosure-received",
-            Pattern::Database => "database",
-        }
-    }
+patterns! {
+    /// A FHIR REST request; the interaction (create/read/…/search) follows from method and URL.
+    Rest = "rest",
+    /// A create of a data object.
+    Create = "create",
+    /// A read of a data object.
+    Read = "read",
+    /// An update of a data object.
+    Update = "update",
+    /// A delete of a data object.
+    Delete = "delete",
+    /// A query / search.
+    Query = "query",
+    /// A user authentication (success or failure).
+    Login = "login",
+    /// The end of a user session.
+    Logout = "logout",
+    /// A security-relevant action (DCM 110113 with a DCM subtype).
+    SecurityAlert = "security-alert",
+    /// A disclosure of patient data to a recipient (recorded by the disclosing side).
+    Disclosure = "disclosure",
+    /// Patient data received from another party (recorded by the recipient side).
+    DisclosureReceived = "disclosure-received",
+    /// A database access (no BALP profile exists): `command` holds the SQL verb (SELECT,
+    /// INSERT, UPDATE, DELETE, …), `resource` the table as logged.
+    Database = "database",
 }
+
+/// What a rule's `pattern` may name: every [`Pattern`], then `none` (a rule that matches
+/// known noise and emits nothing).
+pub const PATTERN_NAMES: &[&str] = &{
+    let mut names = [""; Pattern::ALL.len() + 1];
+    let mut i = 0;
+    while i < Pattern::ALL.len() {
+        names[i] = Pattern::ALL[i].as_str();
+        i += 1;
+    }
+    names[i] = "none";
+    names
+};
 
 /// What one parser rule made of one line.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,4 +92,20 @@ pub struct Extracted {
     pub time_unreadable: bool,
     /// The captured fields.
     pub fields: Fields,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_table_names_every_pattern_everywhere() {
+        for p in Pattern::ALL {
+            assert_eq!(Pattern::parse(p.as_str()), Some(*p));
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+        }
+        assert_eq!(PATTERN_NAMES.len(), Pattern::ALL.len() + 1);
+        assert_eq!(PATTERN_NAMES.last(), Some(&"none"));
+        assert_eq!(Pattern::parse("none"), None);
+    }
 }

@@ -208,23 +208,7 @@ fn now_ms() -> u64 {
 
 /// The static pattern name for a stored one (`"unknown"` if this build does not know it).
 pub fn static_pattern(name: &str) -> &'static str {
-    use crate::parse::Pattern::*;
-    [
-        Rest,
-        Create,
-        Read,
-        Update,
-        Delete,
-        Query,
-        Login,
-        Logout,
-        SecurityAlert,
-        Disclosure,
-    ]
-    .into_iter()
-    .map(|p| p.as_str())
-    .find(|s| *s == name)
-    .unwrap_or("unknown")
+    crate::parse::Pattern::parse(name).map_or("unknown", |p| p.as_str())
 }
 
 #[derive(Debug, Clone, Copy)]
