@@ -24,6 +24,7 @@
 
 pub mod balp;
 pub mod batch;
+pub mod check;
 pub mod config;
 pub mod decode;
 pub mod deliver;

@@ -129,7 +129,7 @@ fn init_logging(format: LogFormat, level: &str) {
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
+    balp_agent::check::load(path).map_err(|e| {
         for p in &e.problems {
             eprintln!("{p}");
         }
@@ -261,7 +261,7 @@ async fn watch_signals(control: Arc<Control>, path: PathBuf, state_dir: PathBuf)
             _ = int.recv() => { tracing::info!("SIGINT: draining and stopping"); control.stop(); }
             _ = hup.recv() => {
                 // Validate first: an invalid config leaves the running one in place.
-                match Config::load(&path) {
+                match balp_agent::check::load(&path) {
                     Err(e) => {
                         for p in &e.problems {
                             tracing::error!(problem = %p, "SIGHUP: new configuration rejected; keeping the running one");

@@ -121,12 +121,9 @@ pub struct SourceProcessor {
 /// The zone a source uses for stamps without offset: configured, else the system's.
 pub fn source_zone(source: &SourceConfig) -> Result<TimeZone, String> {
     match &source.timezone {
-        Some(name) => TimeZone::get(name).map_err(|e| {
-            format!(
-                "sources.{}.timezone: unknown zone {name:?}: {e}",
-                source.name
-            )
-        }),
+        Some(name) => {
+            crate::decode::zone(name).map_err(|e| format!("sources.{}.timezone: {e}", source.name))
+        }
         None => Ok(TimeZone::system()),
     }
 }

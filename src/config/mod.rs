@@ -1,10 +1,12 @@
-//! The configuration file (TOML, SPEC §3): typed structs with the documented defaults, and
-//! [`check`] which lists every problem of a file at once as `PATH:LINE:COL: key.path: message`.
+//! The configuration file (TOML, SPEC §3): typed structs with the documented defaults. The
+//! bottom of the house: plain settings every stage takes, depending on no stage. Reading and
+//! validating a file is [`crate::check`], which lists every problem of a file at once as
+//! `PATH:LINE:COL: key.path: message`.
 
-pub mod check;
+pub mod parser;
 pub mod units;
 
-use crate::parse::spec::ParserSpec;
+use parser::ParserSpec;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -201,6 +203,30 @@ impl DecodeKind {
     }
 }
 
+/// The `multiline` setting of a source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Multiline {
+    /// Every line is a record.
+    #[default]
+    None,
+    /// Lines starting with TAB or space continue the previous record (PostgreSQL stderr).
+    Indented,
+    /// A record ends when its double quotes are balanced (PostgreSQL csvlog).
+    Csv,
+}
+
+impl Multiline {
+    /// The name used in TOML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Multiline::None => "none",
+            Multiline::Indented => "indented",
+            Multiline::Csv => "csv",
+        }
+    }
+}
+
 /// A string or a list of strings.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
@@ -247,7 +273,7 @@ pub struct SourceConfig {
     pub parsers: Vec<String>,
     /// How physical lines join into records (`none`, `indented`, `csv`).
     #[serde(default)]
-    pub multiline: crate::decode::multiline::Multiline,
+    pub multiline: Multiline,
     /// Take the client from the first X-Forwarded-For hop a parser captured. Off by default:
     /// the header is set by the client unless a trusted proxy overwrites it.
     #[serde(default)]
@@ -639,15 +665,6 @@ pub struct ConfigError {
 }
 
 impl Config {
-    /// Read, validate and deserialize a config file. All problems are reported together.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let mut config = check::load(path)?;
-        if let Some(dir) = path.parent() {
-            config.resolve_relative(dir);
-        }
-        Ok(config)
-    }
-
     /// Make relative paths (state dir, include globs, output path, credential and TLS files)
     /// relative to `base`, the directory of the config file, so the agent behaves the same
     /// whatever its working directory.

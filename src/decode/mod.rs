@@ -22,6 +22,12 @@ pub mod syslog;
 use jiff::Timestamp;
 use jiff::tz::{Offset, TimeZone};
 
+/// The IANA zone named `name` (a source's `timezone`): the one rule `check` and the decoders
+/// apply to stamps written without an offset.
+pub fn zone(name: &str) -> Result<TimeZone, String> {
+    TimeZone::get(name).map_err(|e| format!("unknown time zone {name:?}: {e}"))
+}
+
 /// A point in time together with the UTC offset the log stated (or the configured zone gave).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {

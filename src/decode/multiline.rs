@@ -18,29 +18,7 @@ use crate::source::LogLine;
 /// How many physical lines a record may span unless configured otherwise.
 pub const DEFAULT_MAX_LINES: usize = 1000;
 
-/// The `multiline` setting of a source.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Multiline {
-    /// Every line is a record.
-    #[default]
-    None,
-    /// Lines starting with TAB or space continue the previous record (PostgreSQL stderr).
-    Indented,
-    /// A record ends when its double quotes are balanced (PostgreSQL csvlog).
-    Csv,
-}
-
-impl Multiline {
-    /// The name used in TOML.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Multiline::None => "none",
-            Multiline::Indented => "indented",
-            Multiline::Csv => "csv",
-        }
-    }
-}
+pub use crate::config::Multiline;
 
 /// Joins the physical lines of one stream into records.
 #[derive(Debug)]

@@ -389,13 +389,7 @@ impl HttpOutput {
             .url
             .as_deref()
             .ok_or_else(|| setup("output.url: required when output.type = \"http\"".into()))?;
-        let url = reqwest::Url::parse(raw_url).map_err(|e| setup(format!("output.url: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(setup(format!(
-                "output.url: scheme must be http or https, not {}",
-                url.scheme()
-            )));
-        }
+        let url = super::http_url(raw_url).map_err(|e| setup(format!("output.url: {e}")))?;
         let mut target_url = url.clone();
         if target_url.password().is_some() {
             let _ = target_url.set_password(Some("***"));
@@ -439,36 +433,33 @@ impl HttpOutput {
             }
             builder = builder.tls_certs_merge(certs);
         }
-        match (&tls.client_cert_file, &tls.client_key_file) {
-            (Some(cert), Some(key)) => {
-                let mut pem = std::fs::read(cert).map_err(|e| {
-                    setup(format!(
-                        "output.tls.client_cert_file: {}: {e}",
-                        cert.display()
-                    ))
-                })?;
-                pem.push(b'\n');
-                pem.extend(std::fs::read(key).map_err(|e| {
-                    setup(format!(
-                        "output.tls.client_key_file: {}: {e}",
-                        key.display()
-                    ))
-                })?);
-                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                    setup(format!(
-                        "output.tls.client_cert_file/client_key_file: {}, {}: {e}",
-                        cert.display(),
-                        key.display()
-                    ))
-                })?;
-                builder = builder.identity(identity);
-            }
-            (None, None) => {}
-            _ => {
-                return Err(setup(
-                    "output.tls: client_cert_file and client_key_file go together".into(),
-                ));
-            }
+        super::client_pair_complete(
+            tls.client_cert_file.is_some(),
+            tls.client_key_file.is_some(),
+        )
+        .map_err(|e| setup(format!("output.tls: {e}")))?;
+        if let (Some(cert), Some(key)) = (&tls.client_cert_file, &tls.client_key_file) {
+            let mut pem = std::fs::read(cert).map_err(|e| {
+                setup(format!(
+                    "output.tls.client_cert_file: {}: {e}",
+                    cert.display()
+                ))
+            })?;
+            pem.push(b'\n');
+            pem.extend(std::fs::read(key).map_err(|e| {
+                setup(format!(
+                    "output.tls.client_key_file: {}: {e}",
+                    key.display()
+                ))
+            })?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                setup(format!(
+                    "output.tls.client_cert_file/client_key_file: {}, {}: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?;
+            builder = builder.identity(identity);
         }
         if tls.insecure_skip_verify {
             tracing::warn!(

@@ -213,6 +213,28 @@ impl Output {
     }
 }
 
+/// An ARR or token endpoint URL: absolute, http or https, with a host. The one rule both
+/// `check` and the outputs apply.
+pub fn http_url(raw: &str) -> Result<reqwest::Url, String> {
+    match reqwest::Url::parse(raw) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(u),
+        Ok(u) => Err(format!(
+            "{raw:?}: expected an http:// or https:// URL, not {}:",
+            u.scheme()
+        )),
+        Err(e) => Err(format!("invalid URL {raw:?}: {e}")),
+    }
+}
+
+/// The rule for `[output.tls]`'s client certificate: its file and its key go together.
+pub fn client_pair_complete(has_cert: bool, has_key: bool) -> Result<(), &'static str> {
+    if has_cert == has_key {
+        Ok(())
+    } else {
+        Err("client_cert_file and client_key_file go together")
+    }
+}
+
 /// An error and its sources, joined by ": " (reqwest and rustls keep the cause in the
 /// sources; their `Display` alone says only "error sending request").
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {

@@ -75,14 +75,8 @@ impl OAuth2 {
         let setup = DeliverError::Setup;
         let need = |k: &str| setup(format!("output.auth.{k}: required for oauth2"));
         let raw = token_url.ok_or_else(|| need("token_url"))?;
-        let token_url = reqwest::Url::parse(raw)
-            .map_err(|e| setup(format!("output.auth.token_url: {raw}: {e}")))?;
-        if !matches!(token_url.scheme(), "http" | "https") {
-            return Err(setup(format!(
-                "output.auth.token_url: scheme must be http or https, not {}",
-                token_url.scheme()
-            )));
-        }
+        let token_url =
+            super::http_url(raw).map_err(|e| setup(format!("output.auth.token_url: {e}")))?;
         let client_id = client_id.ok_or_else(|| need("client_id"))?.to_owned();
         let secret_file = secret_file
             .ok_or_else(|| need("client_secret_file"))?
@@ -270,7 +264,11 @@ mod tests {
         let e = OAuth2::new(None, Some("c"), Some(&secret), None).unwrap_err();
         assert!(e.to_string().contains("output.auth.token_url"), "{e}");
         let e = OAuth2::new(Some("ftp://x/"), Some("c"), Some(&secret), None).unwrap_err();
-        assert!(e.to_string().contains("scheme"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("expected an http:// or https:// URL, not ftp"),
+            "{e}"
+        );
         let e = OAuth2::new(Some("http://x/t"), None, Some(&secret), None).unwrap_err();
         assert!(e.to_string().contains("client_id"), "{e}");
         let e = OAuth2::new(Some("http://x/t"), Some("c"), Some(&secret), None).unwrap_err();

@@ -15,7 +15,7 @@
 
 use crate::decode::syslog::parse_rfc3339;
 use crate::decode::{Decoded, Stamp};
-use crate::parse::spec::{ParserSpec, RuleSpec};
+use crate::config::parser::{ParserSpec, RuleSpec};
 use crate::parse::{Extracted, FieldName, Fields, Pattern, presets};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -191,7 +191,7 @@ struct CompiledRule {
     take: Option<(Template, Vec<FieldName>)>,
 }
 
-/// A compiled [`FoldSpec`](super::spec::FoldSpec).
+/// A compiled [`FoldSpec`](crate::config::parser::FoldSpec).
 #[derive(Debug, Clone)]
 struct FoldRule {
     group: Arc<str>,
@@ -1231,7 +1231,7 @@ fn parse_epoch(s: &str, unit: u32, tz: &TimeZone) -> Option<Stamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parse::spec::ParserFile;
+    use crate::config::parser::ParserFile;
 
     fn spec(toml_text: &str) -> ParserSpec {
         let f: ParserFile = toml::from_str(toml_text).unwrap();

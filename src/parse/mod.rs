@@ -5,7 +5,8 @@
 pub mod engine;
 pub mod fields;
 pub mod presets;
-pub mod spec;
+/// The TOML form of a parser (defined with the rest of the configuration).
+pub use crate::config::parser as spec;
 
 pub use fields::{FieldName, Fields};
 

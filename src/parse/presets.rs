@@ -3,7 +3,7 @@
 //! `balp-agent presets show NAME` prints something a user can copy and adapt. Every preset's
 //! `samples` are checked by tests.
 
-use super::spec::{ParserFile, ParserSpec};
+use crate::config::parser::{ParserFile, ParserSpec};
 use std::sync::OnceLock;
 
 /// (name, TOML text) of every preset, in listing order.

@@ -13,21 +13,30 @@
 //! small file in the directory (or in its nearest existing ancestor when it does not exist
 //! yet, since the agent creates it).
 
-use super::units::{parse_duration, parse_size};
-use super::{Config, ConfigError};
+use crate::config::parser::ParserSpec;
+use crate::config::units::{parse_duration, parse_size};
+use crate::config::{Config, ConfigError, DecodeKind};
 use crate::parse::engine::{
     PATTERN_NAMES, SpecProblem, compile_parser_located, quote_key, unknown_parser_message,
 };
 use crate::parse::presets;
-use crate::parse::spec::ParserSpec;
 use serde::Deserialize;
 use std::ops::Range;
 use std::path::Path;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-/// Load and validate: any problem makes this fail with all of them listed.
+/// Read, validate and deserialize a config file; relative paths are then taken relative to
+/// the file's directory. Any problem makes this fail with all of them listed.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let mut config = load_as_written(path)?;
+    if let Some(dir) = path.parent() {
+        config.resolve_relative(dir);
+    }
+    Ok(config)
+}
+
+fn load_as_written(path: &Path) -> Result<Config, ConfigError> {
     let label = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         problems: vec![format!("{label}:1:1: (file): cannot read: {e}")],
@@ -140,7 +149,7 @@ const fn req(name: &'static str, ty: Ty) -> Field {
 }
 
 const SOURCE_TYPES: &[&str] = &["file", "syslog", "journald"];
-const DECODERS: &[&str] = super::DecodeKind::NAMES;
+const DECODERS: &[&str] = DecodeKind::NAMES;
 const MULTILINE: &[&str] = &["none", "indented", "csv"];
 
 const ROOT: &[Field] = &[
@@ -645,13 +654,9 @@ impl Checker {
                 }
             }
             if let Some((tz, span)) = get_str(t, "timezone")
-                && let Err(e) = jiff::tz::TimeZone::get(tz)
+                && let Err(e) = crate::decode::zone(tz)
             {
-                self.report(
-                    &span,
-                    format!("{p}.timezone"),
-                    format!("unknown time zone {tz:?}: {}", one_line(&e.to_string())),
-                );
+                self.report(&span, format!("{p}.timezone"), one_line(&e));
             }
             let decode = get_str(t, "decode").map_or("syslog", |(d, _)| d);
             let multiline = get_str(t, "multiline").map_or("none", |(m, _)| m);
@@ -853,7 +858,7 @@ impl Checker {
         match ty {
             "http" => match get_str(out, "url") {
                 Some((url, span)) => {
-                    if let Err(e) = check_http_url(url) {
+                    if let Err(e) = crate::deliver::http_url(url).map(drop) {
                         self.report(&span, "output.url", e);
                     }
                 }
@@ -899,7 +904,7 @@ impl Checker {
                 self.check_readable(auth, k, "output.auth");
             }
             if let Some((url, span)) = get_str(auth, "token_url")
-                && let Err(e) = check_http_url(url)
+                && let Err(e) = crate::deliver::http_url(url).map(drop)
             {
                 self.report(&span, "output.auth.token_url", e);
             }
@@ -908,12 +913,11 @@ impl Checker {
             for k in ["ca_file", "client_cert_file", "client_key_file"] {
                 self.check_readable(tls, k, "output.tls");
             }
-            if get(tls, "client_cert_file").is_some() != get(tls, "client_key_file").is_some() {
-                self.report(
-                    &tspan,
-                    "output.tls",
-                    "client_cert_file and client_key_file go together",
-                );
+            if let Err(e) = crate::deliver::client_pair_complete(
+                get(tls, "client_cert_file").is_some(),
+                get(tls, "client_key_file").is_some(),
+            ) {
+                self.report(&tspan, "output.tls", e);
             }
         }
     }
@@ -935,17 +939,6 @@ impl Checker {
 /// reports would then be noise.
 fn tables_present_but_unread(c: &Checker) -> bool {
     c.problems.iter().any(|p| p.1.starts_with("parsers["))
-}
-
-fn check_http_url(url: &str) -> Result<(), String> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => Ok(()),
-        Ok(u) => Err(format!(
-            "{url:?}: expected an http:// or https:// URL, not {}:",
-            u.scheme()
-        )),
-        Err(e) => Err(format!("invalid URL {url:?}: {e}")),
-    }
 }
 
 fn valid_listen(s: &str) -> bool {
