@@ -13,9 +13,9 @@
 //! lines cost little), and capture positions are only computed for the rule that matched.
 //! The only per-line allocations are the output strings.
 
+use crate::config::parser::{ParserSpec, RuleSpec};
 use crate::decode::syslog::parse_rfc3339;
 use crate::decode::{Decoded, Stamp};
-use crate::config::parser::{ParserSpec, RuleSpec};
 use crate::parse::{Extracted, FieldName, Fields, Pattern, presets};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
