@@ -5,22 +5,34 @@
 //!
 //! ```text
 //! source ──LogLine──▶ decode ──Decoded──▶ parse ──Extracted──▶ balp (map) ──EventRecord──▶
-//!   batch ──Batch──▶ deliver ──ack──▶ source positions advance
+//!   spool (append, group commit = fsync) ──▶ read positions advance
+//!   spool ──SpooledEvent──▶ batch ──Batch──▶ deliver ──2xx──▶ spool ack (records deleted)
 //! ```
 //!
-//! * [`source`] reads lines (files today) and tags each with its [`source::StreamId`] and byte
-//!   range, so that every event has a stable identity and every read position can be
-//!   checkpointed.
+//! Two rules carry the durability: a line's read position advances only after the spool
+//! fsynced every event made from it and from the lines before it, and a spooled record is
+//! acknowledged (and may be deleted) only after the output accepted it (HTTP 2xx, or kept as a
+//! dead letter). A crash anywhere re-reads or resends; it never loses.
+//!
+//! * [`source`] reads lines (files, the journal, syslog over the network) and tags each with
+//!   its [`source::StreamId`] and byte range, so that every event has a stable identity and
+//!   every read position can be checkpointed.
 //! * [`decode`] splits a line into a header (time, host, program) and a message.
 //! * [`parse`] runs the configured parsers (user-defined or [`parse::presets`]) and yields the
 //!   pattern to emit plus the fields captured from the line.
 //! * [`balp`] maps that onto FHIR R4 AuditEvents that follow the BALP profiles.
-//! * [`batch`] groups events into FHIR Bundles by count, size and time.
+//! * [`spool`] keeps every event on disk (segments, CRC-framed, fsynced in group commits)
+//!   until the output has it.
+//! * [`batch`] cuts contiguous ranges of spooled events into FHIR Bundles by count, size and
+//!   time.
 //! * [`deliver`] writes Bundles to a directory, stdout, or POSTs them to the ARR with retry.
 //! * [`metrics`] serves `/metrics` (Prometheus text) and `/health` from [`events`] counters
 //!   and the shared [`metrics::Health`].
-//! * [`pipeline`] wires the stages together: read positions advance only after the output
-//!   has accepted every event read before them.
+//! * [`pipeline`] wires the stages together: the ingest loop (decode → parse → map → spool,
+//!   positions after the fsync) and the delivery task (spool → batch → deliver, acks after
+//!   2xx).
+//! * [`check`] validates a config (`balp-agent check`), reporting every problem at once;
+//!   [`config`] holds the plain settings every stage takes.
 
 pub mod balp;
 pub mod batch;

@@ -1,5 +1,10 @@
 //! HTTP output: POST each Bundle to the ARR and retry until every event is settled.
 //!
+//! The last stage of source → decode → parse → map → spool → batch → deliver. The Bundle's
+//! events are already fsynced in the spool (their read positions have advanced); the
+//! pipeline acknowledges them in the spool only once this returns a settled [`Delivery`], so
+//! a crash while a request is in flight resends the Bundle at the next start.
+//!
 //! In: a [`Batch`]. Out: [`Delivery::Accepted`] when the ARR took every event,
 //! [`Delivery::DeadLettered`] when it took all but some events it rejected for their content
 //! (each rejected event is kept, as a one-entry Bundle with the ARR's answer, under
@@ -33,10 +38,10 @@
 //! the Bundle is kept and retried every `max_backoff` with fresh credentials; the next 2xx
 //! resumes.
 //!
-//! **Circuit breaker.** The pipeline sends one Bundle at a time per endpoint and this output
-//! retries it in place, so while the endpoint fails no other Bundle is issued: the single
-//! Bundle in flight *is* the breaker's half-open probe, paced by the backoff. (Concurrency,
-//! with an `output.max_in_flight` setting, would need an explicit shared breaker.)
+//! **Circuit breaker.** Each Bundle is retried in place by its own output slot
+//! (`output.max_in_flight`, default 1). While deliveries fail ([`Health`] says so) the
+//! pipeline opens no new slot, so the Bundles already in flight are the breaker's half-open
+//! probes, paced by the backoff; the first 2xx reopens the other slots.
 //!
 //! `Retry-After` (seconds or HTTP-date) is a floor on the next wait. The Bundle JSON and its
 //! compressed body are built once per Bundle, so every retry sends the same bytes with the same

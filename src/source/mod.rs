@@ -3,8 +3,9 @@
 //! position can be checkpointed once the events are safe.
 //!
 //! Sources never advance a persisted position themselves: they report how far they have read
-//! (each line's `end`), and the pipeline persists a position only after the output accepted
-//! everything up to it.
+//! (each line's `end`, or a journal cursor), and the pipeline advances a position only after
+//! the spool has fsynced the events of every line up to it (delivery to the ARR happens later,
+//! from the spool). Syslog lines have no position to keep: they are safe once spooled.
 
 pub mod file;
 pub mod journald;

@@ -1,4 +1,9 @@
-//! The durable disk spool between batching and delivery (format and recovery: `docs/spool.md`).
+//! The durable disk spool between mapping and batching (format and recovery: `docs/spool.md`).
+//!
+//! Path of a line: source → decode → parse → map → **spool** → batch → deliver. The ingest
+//! loop appends and group-commits; read positions advance only after `commit` returned (the
+//! fsync). The delivery task reads durable records, cuts Bundles and calls `ack` only after
+//! the output accepted them (HTTP 2xx or dead-lettered), in order.
 //!
 //! In: [`EventRecord`]s with their [`Origin`] (`append`, then `commit` as one group commit).
 //! Out: the same records, byte-identical and in order, as [`SpooledEvent`]s (`read_range`), until

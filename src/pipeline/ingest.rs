@@ -1,0 +1,539 @@
+//! The ingest stage: lines from the sources → decode → parse → map → the spool.
+//!
+//! One loop takes [`SourceMsg`]es, runs each complete record through its source's
+//! [`SourceProcessor`] and appends the events to the spool. Group commit: appends are
+//! fsynced at most [`COMMIT_EVERY`] after the first (or at [`COMMIT_BYTES`]), and only then
+//! do the read positions of the lines they came from advance, in order. Lines without an
+//! event advance with the same commit, so a position never passes an unspooled event.
+//! While the spool is full the loop stops taking lines, the source channel fills, and the
+//! sources block: the log files are the overflow buffer.
+
+use super::process::{SourceProcessor, map_context};
+use super::{COMMIT_BYTES, COMMIT_EVERY, JOIN_IDLE, PERSIST_EVERY, PipelineError, SharedSpool};
+use crate::balp::{self, AppActivity, EventRecord, MapContext};
+use crate::config::Config;
+use crate::decode::Stamp;
+use crate::decode::multiline::{self, Joiner, Multiline};
+use crate::events;
+use crate::metrics::Health;
+use crate::shutdown::Shutdown;
+use crate::source::file::positions::Positions;
+use crate::source::{Checkpoint, LogLine, SourceMsg, StreamId};
+use crate::spool::{Origin, admin};
+use jiff::Timestamp;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc, watch};
+
+/// A read position waiting for the next group commit.
+enum PendingPosition {
+    At(Checkpoint),
+    Forget(Arc<StreamId>),
+}
+
+/// The ingest side: processes lines into the spool and advances positions at each commit.
+pub(super) struct Ingest {
+    spool: SharedSpool,
+    committed: Arc<Notify>,
+    /// Positions of lines processed since the last commit, in order.
+    pending: Vec<PendingPosition>,
+    uncommitted_bytes: usize,
+    commit_at: Option<tokio::time::Instant>,
+    /// Sources whose records span several lines: mode and record size limit.
+    multiline: HashMap<Arc<str>, (Multiline, usize)>,
+    /// Open multi-line records per stream, with the time of their last line.
+    joiners: HashMap<Arc<StreamId>, (Joiner, Instant)>,
+    /// Read positions; they advance only at a commit.
+    pub(super) positions: Positions,
+    processors: HashMap<Arc<str>, SourceProcessor>,
+    state_dir: PathBuf,
+    health: Arc<Health>,
+    /// Context and boot id of the agent's own start/stop events.
+    self_ctx: MapContext,
+    boot_id: String,
+    /// Tells the delivery task that no more events will come.
+    drain_tx: watch::Sender<bool>,
+    once: bool,
+    reloading: Arc<AtomicBool>,
+    /// File and journal sources not yet caught up (only those ever catch up).
+    pending_sources: usize,
+    sources_open: bool,
+    max_events: usize,
+    spool_max_bytes: u64,
+}
+
+/// What [`Ingest::new`] takes besides the config.
+pub(super) struct IngestParts {
+    pub(super) spool: SharedSpool,
+    pub(super) committed: Arc<Notify>,
+    pub(super) positions: Positions,
+    pub(super) processors: HashMap<Arc<str>, SourceProcessor>,
+    pub(super) health: Arc<Health>,
+    pub(super) drain_tx: watch::Sender<bool>,
+    /// File and journal sources started (their `CaughtUp` ends a `--once` run).
+    pub(super) replayable_sources: usize,
+    pub(super) once: bool,
+    pub(super) reloading: Arc<AtomicBool>,
+}
+
+impl Ingest {
+    /// The ingest loop's state, before any line is read.
+    pub(super) fn new(config: &Config, parts: IngestParts) -> Ingest {
+        let sources_open = !(parts.once && parts.replayable_sources == 0);
+        if !sources_open {
+            let _ = parts.drain_tx.send(true);
+        }
+        Ingest {
+            spool: parts.spool,
+            committed: parts.committed,
+            pending: Vec::new(),
+            uncommitted_bytes: 0,
+            commit_at: None,
+            multiline: config
+                .sources
+                .iter()
+                .filter(|s| s.multiline != Multiline::None)
+                .map(|s| {
+                    (
+                        Arc::from(s.name.as_str()),
+                        (s.multiline, s.max_line_bytes.0 as usize),
+                    )
+                })
+                .collect(),
+            joiners: HashMap::new(),
+            positions: parts.positions,
+            processors: parts.processors,
+            state_dir: config.agent.state_dir.clone(),
+            health: parts.health,
+            self_ctx: map_context(config, "self", Vec::new()),
+            boot_id: Timestamp::now().as_millisecond().to_string(),
+            drain_tx: parts.drain_tx,
+            once: parts.once,
+            reloading: parts.reloading,
+            pending_sources: parts.replayable_sources,
+            sources_open,
+            max_events: config.output.max_events,
+            spool_max_bytes: config.spool.max_bytes.0,
+        }
+    }
+
+    /// Take lines until every source has ended (stop signal, or `--once` caught up) and
+    /// the delivery task has drained, or until either side fails.
+    pub(super) async fn run(
+        &mut self,
+        line_rx: &mut mpsc::Receiver<SourceMsg>,
+        delivery: &mut tokio::task::JoinHandle<Result<(), PipelineError>>,
+        room: &Notify,
+        shutdown: &Shutdown,
+    ) -> Result<(), PipelineError> {
+        let mut joiner_tick = interval(JOIN_IDLE / 2);
+        let mut persist_tick = interval(PERSIST_EVERY);
+        let mut requeue_tick = interval(admin::REQUEUE_EVERY);
+        let watchdog = crate::systemd::watchdog_interval().is_some();
+        let mut full_since: Option<Instant> = None;
+        let mut stop = shutdown.clone();
+        let mut stopping = false;
+        loop {
+            let has_room = self.spool.lock()?.has_room();
+            report_room(has_room, &mut full_since);
+            tokio::select! {
+                biased;
+                res = &mut *delivery => {
+                    return match res {
+                        Ok(r) => r,
+                        Err(e) => Err(PipelineError::Internal(format!("delivery task: {e}"))),
+                    };
+                }
+                _ = stop.wait(), if !stopping => {
+                    stopping = true;
+                    // Sources stop on the same signal; their last lines still arrive below.
+                }
+                _ = sleep_until_opt(self.commit_at) => self.commit()?,
+                _ = room.notified(), if !has_room => {}
+                // While full, look again now and then: free disk space can change by itself.
+                _ = tokio::time::sleep(Duration::from_millis(250)), if !has_room => {}
+                msg = line_rx.recv(), if self.sources_open && has_room => {
+                    self.message(msg)?;
+                    if self.uncommitted_bytes >= COMMIT_BYTES {
+                        self.commit()?;
+                    }
+                }
+                _ = persist_tick.tick() => {
+                    self.persist_and_report();
+                    // The main loop turns: tell systemd we are alive (WatchdogSec).
+                    if watchdog {
+                        crate::systemd::watchdog_ping();
+                    }
+                }
+                _ = joiner_tick.tick(), if !self.joiners.is_empty() => {
+                    self.flush_joiners(Some(Instant::now()), Timestamp::now())?;
+                }
+                _ = requeue_tick.tick(), if has_room => self.requeue()?,
+            }
+        }
+    }
+
+    /// One message from the sources; `None` means every source has ended.
+    fn message(&mut self, msg: Option<SourceMsg>) -> Result<(), PipelineError> {
+        match msg {
+            Some(SourceMsg::Lines(lines)) => {
+                events::lines_read(lines.len() as u64);
+                self.lines(&lines, Timestamp::now())
+            }
+            Some(SourceMsg::Position(cp)) => {
+                self.pending.push(PendingPosition::At(cp));
+                self.arm();
+                Ok(())
+            }
+            Some(SourceMsg::Forget(stream)) => {
+                self.pending.push(PendingPosition::Forget(stream));
+                self.arm();
+                Ok(())
+            }
+            Some(SourceMsg::CaughtUp(_)) => {
+                self.pending_sources = self.pending_sources.saturating_sub(1);
+                if !(self.once && self.pending_sources == 0) {
+                    return Ok(());
+                }
+                self.sources_open = false;
+                // Files are complete: a record waiting for a continuation is done.
+                self.flush_joiners(None, Timestamp::now())?;
+                self.self_audit(AppActivity::Stop)?;
+                self.force_commit()?;
+                let _ = self.drain_tx.send(true);
+                Ok(())
+            }
+            None => {
+                // Every source has ended (stop signal): spool the rest, then drain. A
+                // multi-line record still open is not flushed: its position was not
+                // advanced, so the next start reads it whole.
+                self.sources_open = false;
+                if !self.reloading.load(Ordering::SeqCst) {
+                    self.self_audit(AppActivity::Stop)?;
+                }
+                self.force_commit()?;
+                let _ = self.drain_tx.send(true);
+                Ok(())
+            }
+        }
+    }
+
+    /// Save dirty positions and publish the spool's state (`/health`, `spool status`).
+    fn persist_and_report(&mut self) {
+        if self.positions.is_dirty() {
+            self.health
+                .positions_write_failed(!persist(&mut self.positions));
+        }
+        if let Ok(s) = self.spool.lock() {
+            let st = s.status();
+            self.health.set_spool(
+                st.pending_events,
+                st.bytes_on_disk,
+                self.spool_max_bytes,
+                st.oldest_pending_age,
+            );
+            let dead = admin::dead_letters(&self.state_dir).len();
+            admin::write_status(
+                &self.state_dir,
+                &admin::StatusReport::from_status("running agent", &st, self.max_events, dead),
+            );
+        }
+    }
+
+    /// Append and commit the agent's own start or stop event.
+    pub(super) fn self_audit(&mut self, kind: AppActivity) -> Result<(), PipelineError> {
+        let event = balp::self_audit(&self.self_ctx, kind, Stamp::now_utc(), &self.boot_id);
+        let json = serde_json::to_string(&event)
+            .map_err(|e| PipelineError::Internal(format!("self-audit event: {e}")))?;
+        let record = EventRecord {
+            id: event.uuid(),
+            pattern: "application-activity",
+            json,
+        };
+        let origin = Origin {
+            source: "self".into(),
+            stream_key: "self".into(),
+            path: PathBuf::new(),
+            start: 0,
+            end: 0,
+        };
+        events::event("application-activity");
+        self.spool.with(|s| {
+            s.append(&record, &origin)?;
+            s.commit().map(|_| ())
+        })
+    }
+    /// Process lines: spool their events, remember their positions for the next commit.
+    /// Lines of multi-line sources are first joined into records; a position only ever
+    /// advances to the end of a complete record.
+    fn lines(&mut self, lines: &[LogLine], now: Timestamp) -> Result<(), PipelineError> {
+        if self.multiline.is_empty() {
+            // Every line is a record: no copy needed.
+            return self.records(lines, now);
+        }
+        let mut records = Vec::new();
+        for line in lines {
+            match self.multiline.get(&line.stream.source) {
+                Some(&(mode, max_bytes)) => {
+                    let (joiner, last) =
+                        self.joiners.entry(line.stream.clone()).or_insert_with(|| {
+                            (
+                                Joiner::new(mode, max_bytes, multiline::DEFAULT_MAX_LINES),
+                                Instant::now(),
+                            )
+                        });
+                    *last = Instant::now();
+                    records.extend(joiner.push(line.clone()));
+                }
+                None => records.push(line.clone()),
+            }
+        }
+        self.records(&records, now)
+    }
+
+    /// Emit open multi-line records: all of them (`idle_since = None`, at the end of the
+    /// files with `--once`), or those whose stream was quiet for [`JOIN_IDLE`].
+    fn flush_joiners(
+        &mut self,
+        idle_since: Option<Instant>,
+        now: Timestamp,
+    ) -> Result<(), PipelineError> {
+        let mut records = Vec::new();
+        for (joiner, last) in self.joiners.values_mut() {
+            let due = idle_since.is_none_or(|t| t.duration_since(*last) >= JOIN_IDLE);
+            if due && let Some(r) = joiner.flush() {
+                records.push(r);
+            }
+        }
+        self.joiners.retain(|_, (j, _)| j.has_pending());
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.records(&records, now)
+    }
+
+    /// Spool the events of complete records and queue their positions.
+    fn records(&mut self, records: &[LogLine], now: Timestamp) -> Result<(), PipelineError> {
+        let mut guard = self.spool.lock()?;
+        for line in records {
+            let Some(proc_) = self.processors.get_mut(&line.stream.source) else {
+                continue;
+            };
+            let made = proc_.process(line, now);
+            if !made.is_empty() {
+                let origin = Origin::of_line(line);
+                for record in &made {
+                    self.uncommitted_bytes += record.json.len();
+                    guard.append(record, &origin)?;
+                }
+            }
+            // Network streams have no read position to keep; journal streams send their
+            // cursor as a `SourceMsg::Position` after their lines.
+            if !crate::source::syslog::is_syslog_stream(&line.stream)
+                && !crate::source::journald::is_journald_key(&line.stream.key)
+            {
+                self.pending.push(PendingPosition::At(Checkpoint {
+                    stream: line.stream.clone(),
+                    offset: line.end,
+                    cursor: None,
+                }));
+            }
+        }
+        drop(guard);
+        self.arm();
+        Ok(())
+    }
+
+    /// Start the commit clock if something waits for a commit.
+    fn arm(&mut self) {
+        if self.commit_at.is_none() && (!self.pending.is_empty() || self.uncommitted_bytes > 0) {
+            self.commit_at = Some(tokio::time::Instant::now() + COMMIT_EVERY);
+        }
+    }
+
+    /// Put requeued dead letters back into the spool; their files go after the commit.
+    fn requeue(&mut self) -> Result<(), PipelineError> {
+        let state_dir = self.state_dir.clone();
+        let taken = self.spool.with(|s| admin::take_requeued(&state_dir, s))?;
+        if taken.is_empty() {
+            return Ok(());
+        }
+        self.force_commit()?;
+        for path in &taken {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::error!(path = %path.display(), error = %e, "requeued dead letter could not be removed; it may be sent twice");
+            }
+        }
+        tracing::info!(files = taken.len(), "dead letters requeued into the spool");
+        Ok(())
+    }
+
+    /// Commit now, whatever was appended outside this struct (self-audit events) included.
+    fn force_commit(&mut self) -> Result<(), PipelineError> {
+        self.uncommitted_bytes += 1;
+        self.commit()
+    }
+
+    /// Group commit: fsync the spool, then let the covered positions advance.
+    fn commit(&mut self) -> Result<(), PipelineError> {
+        self.commit_at = None;
+        if self.uncommitted_bytes > 0 {
+            self.spool.with(|s| s.commit())?;
+            self.uncommitted_bytes = 0;
+            self.committed.notify_one();
+        }
+        for p in self.pending.drain(..) {
+            match p {
+                PendingPosition::At(cp) => self.positions.apply(&cp),
+                PendingPosition::Forget(stream) => self.positions.forget(&stream),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Log when the spool fills up and when it has room again.
+fn report_room(has_room: bool, full_since: &mut Option<Instant>) {
+    if !has_room && full_since.is_none() {
+        *full_since = Some(Instant::now());
+        tracing::warn!(
+            "spool full (spool.max_bytes or disk free space): sources paused until events are delivered"
+        );
+    } else if has_room && let Some(since) = full_since.take() {
+        tracing::info!(
+            paused_ms = since.elapsed().as_millis() as u64,
+            "spool has room again: sources resumed"
+        );
+    }
+}
+
+/// A ticker that does not burst after a stall.
+fn interval(every: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Save positions; false (logged and counted) if that failed.
+fn persist(positions: &mut Positions) -> bool {
+    match positions.persist() {
+        Ok(()) => true,
+        Err(e) => {
+            events::position_write_failed("positions", &e.to_string());
+            false
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::Spool;
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    const ACCEPTED: &str = "2026-11-25T15:22:44.172367+00:00 fhir-app01 sshd[24192]: Accepted password for alice from 127.0.0.1 port 55224 ssh2";
+    const NOISE: &str = "2026-11-25T15:22:45.000000+00:00 fhir-app01 CRON[1]: (root) CMD (true)";
+
+    fn setup(dir: &Path) -> (Ingest, Arc<StreamId>) {
+        let text = format!(
+            "[agent]\nstate_dir = {:?}\nhostname = \"h\"\n\
+             [[sources]]\nname = \"auth\"\ntype = \"file\"\ninclude = [\"/x/auth.log\"]\nparsers = [\"sshd\"]\n\
+             [output]\ntype = \"directory\"\npath = {:?}\n",
+            dir.join("state"),
+            dir.join("out"),
+        );
+        let config: Config = toml::from_str(&text).unwrap();
+        crate::private::create_dir(&config.agent.state_dir).unwrap();
+        let positions = Positions::load(&config.agent.state_dir).unwrap();
+        let (spool, _) = Spool::open(&config.agent.state_dir, &config.spool).unwrap();
+        let processors = super::super::build_processors(&config).unwrap();
+        let ingest = Ingest::new(
+            &config,
+            IngestParts {
+                spool: SharedSpool(Arc::new(Mutex::new(spool))),
+                committed: Arc::new(Notify::new()),
+                positions,
+                processors,
+                health: Arc::new(Health::default()),
+                drain_tx: watch::channel(false).0,
+                replayable_sources: 1,
+                once: false,
+                reloading: Arc::new(AtomicBool::new(false)),
+            },
+        );
+        let stream = Arc::new(StreamId {
+            source: Arc::from("auth"),
+            key: "file:1:2:3".into(),
+            path: "/x/auth.log".into(),
+        });
+        (ingest, stream)
+    }
+
+    fn line(stream: &Arc<StreamId>, offset: u64, text: &str) -> LogLine {
+        LogLine {
+            stream: stream.clone(),
+            offset,
+            end: offset + text.len() as u64 + 1,
+            text: text.into(),
+            flags: Default::default(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn positions_advance_only_at_the_commit_that_fsynced_the_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ingest, stream) = setup(dir.path());
+        let first = line(&stream, 0, ACCEPTED);
+        let second = line(&stream, first.end, NOISE);
+        let end = second.end;
+        ingest
+            .message(Some(SourceMsg::Lines(vec![first, second])))
+            .unwrap();
+        {
+            let spool = ingest.spool.lock().unwrap();
+            assert_eq!(spool.next_seq(), 2, "one event appended");
+            assert_eq!(spool.durable_seq(), 0, "not yet fsynced");
+        }
+        assert!(
+            ingest.positions.known("auth").is_empty(),
+            "no position before the commit"
+        );
+        assert!(ingest.commit_at.is_some(), "the commit clock is running");
+
+        ingest.commit().unwrap();
+        assert_eq!(ingest.spool.lock().unwrap().durable_seq(), 1);
+        assert_eq!(
+            ingest.positions.known("auth").get("file:1:2:3"),
+            Some(&end),
+            "after the commit the position covers the event-less line too"
+        );
+        assert!(ingest.commit_at.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_end_of_the_sources_spools_the_stop_event_commits_and_starts_the_drain() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ingest, stream) = setup(dir.path());
+        let mut drain = ingest.drain_tx.subscribe();
+        ingest
+            .message(Some(SourceMsg::Lines(vec![line(&stream, 0, ACCEPTED)])))
+            .unwrap();
+        ingest.message(None).unwrap();
+        assert!(*drain.borrow_and_update(), "delivery is told to drain");
+        assert!(!ingest.sources_open);
+        let spool = ingest.spool.lock().unwrap();
+        assert_eq!(spool.durable_seq(), 2, "the login and the Application Stop");
+        assert!(ingest.positions.known("auth").contains_key("file:1:2:3"));
+    }
+}
