@@ -106,7 +106,10 @@ max_events = 500
     );
     println!("median wall: {secs:.3} s");
     println!("lines/s: {:.0}", lines as f64 / secs);
-    println!("events/s: {:.0} ({events} events at the sink)", events as f64 / secs);
+    println!(
+        "events/s: {:.0} ({events} events at the sink)",
+        events as f64 / secs
+    );
     println!(
         "CPU-seconds: {cpu:.2} ({:.2} per 1 M lines)",
         cpu * 1e6 / lines as f64
