@@ -50,32 +50,7 @@ fn main() {
 
         let state = dir.path().join(format!("state{i}"));
         let cfg = dir.path().join(format!("bench{i}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                r#"[agent]
-state_dir = "{state}"
-hostname = "bench-host"
-[[sources]]
-name = "fhir"
-type = "file"
-include = ["{log}"]
-read_from = "beginning"
-decode = "raw"
-parsers = ["fhir_access"]
-[output]
-type = "http"
-url = "http://{addr}/fhir/Bundle"
-bundle_type = "collection"
-compression = "gzip"
-max_events = 500
-"#,
-                state = state.display(),
-                log = log.display(),
-                addr = sink.addr,
-            ),
-        )
-        .expect("config");
+        write_config(&cfg, &state, &log, sink.addr, "");
         sink.events.store(0, Ordering::SeqCst);
         runs.push(run_agent(bin, &cfg, &sink));
         let _ = std::fs::remove_dir_all(&state);
@@ -119,6 +94,179 @@ max_events = 500
         "baseline LC_ALL=C grep -cE: {base:.3} s; agent/grep wall ratio: {:.1}",
         secs / base
     );
+    if std::env::var("BALP_BENCH_OUTAGE").as_deref() != Ok("0") {
+        outage(bin, dir.path(), &sink);
+    }
+}
+
+fn write_config(cfg: &Path, state: &Path, log: &Path, addr: std::net::SocketAddr, extra: &str) {
+    std::fs::write(
+        cfg,
+        format!(
+            r#"[agent]
+state_dir = "{state}"
+hostname = "bench-host"
+[[sources]]
+name = "fhir"
+type = "file"
+include = ["{log}"]
+read_from = "beginning"
+decode = "raw"
+parsers = ["fhir_access"]
+[output]
+type = "http"
+url = "http://{addr}/fhir/Bundle"
+bundle_type = "collection"
+compression = "gzip"
+max_events = 500
+{extra}
+"#,
+            state = state.display(),
+            log = log.display(),
+        ),
+    )
+    .expect("config");
+}
+
+/// The ARR is down (503) while 1 M events arrive: RSS is sampled as the spool fills; then the
+/// agent is stopped, the ARR comes back, and a fresh start must deliver its first Bundle from
+/// the full spool at once and drain it.
+fn outage(bin: &str, dir: &Path, sink: &Sink) {
+    let lines: usize = std::env::var("BALP_BENCH_OUTAGE_LINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_250_000);
+    let expected = (lines / 10 * 8) as u64 + 1; // + Application Start
+    let log = dir.join("outage.log");
+    generate(&log, lines);
+    let state = dir.join("state-outage");
+    let cfg = dir.join("outage.toml");
+    write_config(
+        &cfg,
+        &state,
+        &log,
+        sink.addr,
+        "[spool]\nmax_bytes = \"8GiB\"",
+    );
+    sink.state.fail.store(true, Ordering::SeqCst);
+    sink.events.store(0, Ordering::SeqCst);
+    let t = Instant::now();
+    let mut child = Command::new(bin)
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    let mut samples: Vec<(u64, i64)> = Vec::new();
+    let mut next_mark = expected / 10;
+    let mut peak = 0;
+    let spooled = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(hwm) = vm_hwm_kib(child.id()) {
+            peak = peak.max(hwm);
+        }
+        let pending = spool_pending(bin, &cfg);
+        if pending >= next_mark {
+            samples.push((pending, vm_rss_kib(child.id()).unwrap_or(0)));
+            while next_mark <= pending {
+                next_mark += expected / 10;
+            }
+        }
+        if pending >= expected || t.elapsed() > Duration::from_secs(600) {
+            break pending;
+        }
+    };
+    let fill_secs = t.elapsed().as_secs_f64();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let _ = child.wait();
+    let spool_bytes = dir_bytes(&state.join("spool"));
+
+    sink.state.fail.store(false, Ordering::SeqCst);
+    sink.events.store(0, Ordering::SeqCst);
+    if let Ok(mut first) = sink.state.first_ok.lock() {
+        *first = None;
+    }
+    let t = Instant::now();
+    let status = Command::new(bin)
+        .args(["run", "--once", "-c"])
+        .arg(&cfg)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .status()
+        .expect("restart agent");
+    let drain_secs = t.elapsed().as_secs_f64();
+    assert!(status.success(), "restarted agent exited with {status}");
+    let first = sink
+        .state
+        .first_ok
+        .lock()
+        .ok()
+        .and_then(|f| *f)
+        .map(|f| f.duration_since(t).as_secs_f64());
+    let delivered = sink.events.load(Ordering::SeqCst);
+    println!("outage: ARR answering 503 while {lines} lines arrive");
+    println!(
+        "  spooled {spooled} events in {fill_secs:.1} s; spool {:.2} GiB on disk",
+        spool_bytes as f64 / (1u64 << 30) as f64
+    );
+    println!(
+        "  RSS while filling (MiB at pending events): {}",
+        samples
+            .iter()
+            .map(|(p, kib)| format!("{:.1}@{}k", *kib as f64 / 1024.0, p / 1000))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  peak RSS during the outage: {:.1} MiB",
+        peak as f64 / 1024.0
+    );
+    println!(
+        "restart with the full spool: first Bundle accepted after {} s; {delivered} events delivered in {drain_secs:.1} s ({:.0} events/s)",
+        first.map_or("(none)".to_owned(), |f| format!("{f:.3}")),
+        delivered as f64 / drain_secs
+    );
+}
+
+/// Pending events as the running agent reports them (`spool status`).
+fn spool_pending(bin: &str, cfg: &Path) -> u64 {
+    let out = Command::new(bin)
+        .args(["spool", "status", "-c"])
+        .arg(cfg)
+        .output();
+    let Ok(out) = out else {
+        return 0;
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("pending events:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Current resident set size of a running process, KiB.
+fn vm_rss_kib(pid: u32) -> Option<i64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }
 
 /// One agent run.
@@ -206,6 +354,16 @@ fn grep_regex() -> String {
 struct Sink {
     addr: std::net::SocketAddr,
     events: Arc<AtomicU64>,
+    state: Arc<SinkState>,
+}
+
+/// What the sink's connections share besides the count.
+#[derive(Default)]
+struct SinkState {
+    /// Answer 503 (an ARR outage) instead of 200.
+    fail: std::sync::atomic::AtomicBool,
+    /// When the first Bundle was accepted since the last reset.
+    first_ok: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Sink {
@@ -213,18 +371,23 @@ impl Sink {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind sink");
         let addr = listener.local_addr().expect("sink addr");
         let events = Arc::new(AtomicU64::new(0));
-        let counter = events.clone();
+        let state = Arc::new(SinkState::default());
+        let (counter, shared) = (events.clone(), state.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let counter = counter.clone();
-                std::thread::spawn(move || serve(conn, &counter));
+                let (counter, shared) = (counter.clone(), shared.clone());
+                std::thread::spawn(move || serve(conn, &counter, &shared));
             }
         });
-        Sink { addr, events }
+        Sink {
+            addr,
+            events,
+            state,
+        }
     }
 }
 
-fn serve(conn: TcpStream, events: &AtomicU64) {
+fn serve(conn: TcpStream, events: &AtomicU64, state: &SinkState) {
     let _ = conn.set_nodelay(true);
     let Ok(mut writer) = conn.try_clone() else {
         return;
@@ -256,6 +419,15 @@ fn serve(conn: TcpStream, events: &AtomicU64) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
+        if state.fail.load(Ordering::SeqCst) {
+            if writer
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
         let text = if gzip {
             let mut s = Vec::new();
             if flate2::read::GzDecoder::new(&body[..])
@@ -270,6 +442,9 @@ fn serve(conn: TcpStream, events: &AtomicU64) {
         };
         let n = memchr::memmem::find_iter(&text, b"\"fullUrl\":").count();
         events.fetch_add(n as u64, Ordering::SeqCst);
+        if let Ok(mut first) = state.first_ok.lock() {
+            first.get_or_insert_with(Instant::now);
+        }
         if writer
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
             .is_err()

@@ -155,12 +155,6 @@ impl Ingest {
                 _ = room.notified(), if !has_room => {}
                 // While full, look again now and then: free disk space can change by itself.
                 _ = tokio::time::sleep(Duration::from_millis(250)), if !has_room => {}
-                msg = line_rx.recv(), if self.sources_open && has_room => {
-                    self.message(msg)?;
-                    if self.uncommitted_bytes >= COMMIT_BYTES {
-                        self.commit()?;
-                    }
-                }
                 _ = persist_tick.tick() => {
                     self.persist_and_report();
                     // The main loop turns: tell systemd we are alive (WatchdogSec).
@@ -172,6 +166,14 @@ impl Ingest {
                     self.flush_joiners(Some(Instant::now()), Timestamp::now())?;
                 }
                 _ = requeue_tick.tick(), if has_room => self.requeue()?,
+                // Last: with `biased`, a branch below a busy source channel would never run, and
+                // the ticks above (positions, status, watchdog) must keep turning in a burst.
+                msg = line_rx.recv(), if self.sources_open && has_room => {
+                    self.message(msg)?;
+                    if self.uncommitted_bytes >= COMMIT_BYTES {
+                        self.commit()?;
+                    }
+                }
             }
         }
     }
@@ -535,5 +537,56 @@ mod tests {
         let spool = ingest.spool.lock().unwrap();
         assert_eq!(spool.durable_seq(), 2, "the login and the Application Stop");
         assert!(ingest.positions.known("auth").contains_key("file:1:2:3"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn positions_are_saved_while_a_burst_keeps_the_source_channel_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ingest, stream) = setup(dir.path());
+        let state = dir.path().join("state");
+        let mut drain = ingest.drain_tx.subscribe();
+        // Stands in for the delivery task: done once told to drain.
+        let mut delivery = tokio::spawn(async move {
+            while !*drain.borrow_and_update() {
+                if drain.changed().await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        // Like a file source that reads faster than lines are mapped: the channel stays full.
+        let (tx, mut rx) = mpsc::channel::<SourceMsg>(16);
+        let producer = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut offset = 0;
+            let mut saved_during_burst = false;
+            while started.elapsed() < Duration::from_millis(2500) {
+                let batch: Vec<LogLine> = (0..200)
+                    .map(|_| {
+                        let l = line(&stream, offset, ACCEPTED);
+                        offset = l.end;
+                        l
+                    })
+                    .collect();
+                if tx.send(SourceMsg::Lines(batch)).await.is_err() {
+                    break;
+                }
+                if started.elapsed() > PERSIST_EVERY * 2 && !saved_during_burst {
+                    saved_during_burst = std::fs::read_to_string(state.join("positions.json"))
+                        .is_ok_and(|t| t.contains("file:1:2:3"));
+                }
+            }
+            saved_during_burst
+        });
+        let room = Notify::new();
+        let (_trigger, shutdown) = crate::shutdown::channel();
+        ingest
+            .run(&mut rx, &mut delivery, &room, &shutdown)
+            .await
+            .unwrap();
+        assert!(
+            producer.await.unwrap(),
+            "positions reached the disk while lines kept coming"
+        );
     }
 }
