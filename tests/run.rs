@@ -513,3 +513,32 @@ fn running_agent_serves_metrics_and_health() {
     assert!(health.contains("deliver"), "the reason is given: {health}");
     assert!(agent.stop().success());
 }
+
+#[test]
+fn spool_status_answers_from_the_moment_the_agent_is_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let arr = Arr::start();
+    let log = dir.path().join("access.log");
+    // Enough lines to keep the agent busy reading while it is asked.
+    append(&log, &fhir_lines(0, 50_000));
+    let cfg = http_config(dir.path(), log.to_str().unwrap(), &arr, 10000, "1h");
+    let mut agent = Agent::start(&cfg, &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .log()
+            .contains("balp-agent running")),
+        "{}",
+        agent.log()
+    );
+    // The running agent holds the spool lock: the answer comes from its snapshot, which
+    // must exist before the first 1 s tick.
+    let out = common::agent::run(&["spool", "status", "-c", cfg.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "spool status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("running agent"), "{stdout}");
+    assert!(agent.stop().success(), "{}", agent.log());
+}

@@ -224,7 +224,7 @@ impl Ingest {
     }
 
     /// Save dirty positions and publish the spool's state (`/health`, `spool status`).
-    fn persist_and_report(&mut self) {
+    pub(super) fn persist_and_report(&mut self) {
         if self.positions.is_dirty() {
             self.health
                 .positions_write_failed(!persist(&mut self.positions));

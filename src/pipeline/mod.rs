@@ -198,6 +198,9 @@ pub async fn run(
     if !options.resumed {
         ingest.self_audit(AppActivity::Start)?;
     }
+    // The spool is locked from here on: `spool status` reads this snapshot instead, so it
+    // must exist from the start, not only after the first tick.
+    ingest.persist_and_report();
     crate::systemd::notify("READY=1");
     tracing::info!(
         sources = config.sources.len(),
