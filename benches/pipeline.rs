@@ -163,12 +163,12 @@ fn outage(bin: &str, dir: &Path, sink: &Sink) {
     let mut peak = 0;
     let spooled = loop {
         std::thread::sleep(Duration::from_millis(100));
-        if let Some(hwm) = vm_hwm_kib(child.id()) {
+        if let Some(hwm) = proc_kib(child.id(), "VmHWM") {
             peak = peak.max(hwm);
         }
         let pending = spool_pending(bin, &cfg);
         if pending >= next_mark {
-            samples.push((pending, vm_rss_kib(child.id()).unwrap_or(0)));
+            samples.push((pending, proc_kib(child.id(), "VmRSS").unwrap_or(0)));
             while next_mark <= pending {
                 next_mark += expected / 10;
             }
@@ -259,16 +259,6 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Current resident set size of a running process, KiB.
-fn vm_rss_kib(pid: u32) -> Option<i64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
 /// One agent run.
 struct Run {
     secs: f64,
@@ -291,7 +281,7 @@ fn run_agent(bin: &str, cfg: &Path, sink: &Sink) -> Run {
     // pages it shared with this process before exec).
     let mut peak = 0;
     let status = loop {
-        if let Some(hwm) = vm_hwm_kib(child.id()) {
+        if let Some(hwm) = proc_kib(child.id(), "VmHWM") {
             peak = peak.max(hwm);
         }
         match child.try_wait() {
@@ -487,12 +477,12 @@ fn generate(path: &Path, n: usize) {
     w.flush().expect("flush");
 }
 
-/// Peak resident set size of a running process, KiB.
-fn vm_hwm_kib(pid: u32) -> Option<i64> {
+/// A `/proc/PID/status` figure in KiB: `VmHWM` (peak RSS) or `VmRSS` (current).
+fn proc_kib(pid: u32, key: &str) -> Option<i64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|l| l.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
