@@ -6,7 +6,9 @@
 //! events/s, CPU-seconds and peak RSS, next to `LC_ALL=C grep -cE` with the preset's matching
 //! regex over the same file, measured in the same command, so machine noise shows as a ratio.
 //!
-//! `cargo bench --bench pipeline` (BALP_BENCH_LINES changes the line count).
+//! `cargo bench --bench pipeline` (BALP_BENCH_LINES changes the line count; BALP_BENCH_BIN
+//! runs another build of the agent, e.g. one of an earlier commit, for an A/B comparison on
+//! the same input).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -25,7 +27,11 @@ fn main() {
     let log = dir.path().join("access.log");
     generate(&log, lines);
     let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-    let bin = env!("CARGO_BIN_EXE_balp-agent");
+    let bin_override = std::env::var("BALP_BENCH_BIN").ok();
+    let bin = bin_override
+        .as_deref()
+        .unwrap_or(env!("CARGO_BIN_EXE_balp-agent"));
+    println!("agent: {bin}");
     let regex = grep_regex();
     let sink = Sink::start();
 

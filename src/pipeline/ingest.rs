@@ -5,6 +5,9 @@
 //! fsynced at most [`COMMIT_EVERY`] after the first (or at [`COMMIT_BYTES`]), and only then
 //! do the read positions of the lines they came from advance, in order. Lines without an
 //! event advance with the same commit, so a position never passes an unspooled event.
+//! The commit's write and fdatasync run on a blocking thread without the spool's lock
+//! ([`crate::spool::CommitJob`]): lines keep being processed into the next commit meanwhile
+//! (up to [`COMMIT_BYTES`]), and the delivery task keeps reading. One commit is out at a time.
 //! While the spool is full the loop stops taking lines, the source channel fills, and the
 //! sources block: the log files are the overflow buffer.
 
@@ -19,7 +22,7 @@ use crate::metrics::Health;
 use crate::shutdown::Shutdown;
 use crate::source::file::positions::Positions;
 use crate::source::{Checkpoint, LogLine, SourceMsg, StreamId};
-use crate::spool::{Origin, admin};
+use crate::spool::{CommitDone, Origin, SpoolError, admin};
 use jiff::Timestamp;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,12 +37,23 @@ enum PendingPosition {
     Forget(Arc<StreamId>),
 }
 
+/// What a commit job answers: its write and fsync, or why the thread that ran it failed.
+type JobResult = Result<Result<CommitDone, SpoolError>, tokio::task::JoinError>;
+
+/// A commit being written and fsynced, with the positions it makes safe to advance.
+struct InFlight {
+    job: tokio::task::JoinHandle<Result<CommitDone, SpoolError>>,
+    positions: Vec<PendingPosition>,
+}
+
 /// The ingest side: processes lines into the spool and advances positions at each commit.
 pub(super) struct Ingest {
     spool: SharedSpool,
     committed: Arc<Notify>,
     /// Positions of lines processed since the last commit, in order.
     pending: Vec<PendingPosition>,
+    /// The commit being written, if any.
+    in_flight: Option<InFlight>,
     uncommitted_bytes: usize,
     commit_at: Option<tokio::time::Instant>,
     /// Sources whose records span several lines: mode and record size limit.
@@ -90,6 +104,7 @@ impl Ingest {
             spool: parts.spool,
             committed: parts.committed,
             pending: Vec::new(),
+            in_flight: None,
             uncommitted_bytes: 0,
             commit_at: None,
             multiline: config
@@ -151,7 +166,15 @@ impl Ingest {
                     stopping = true;
                     // Sources stop on the same signal; their last lines still arrive below.
                 }
-                _ = sleep_until_opt(self.commit_at) => self.commit()?,
+                res = job_done(&mut self.in_flight), if self.in_flight.is_some() => {
+                    self.finish_commit(res)?;
+                    if self.uncommitted_bytes >= COMMIT_BYTES {
+                        self.start_commit()?;
+                    }
+                }
+                _ = sleep_until_opt(self.commit_at), if self.in_flight.is_none() => {
+                    self.start_commit()?;
+                }
                 _ = room.notified(), if !has_room => {}
                 // While full, look again now and then: free disk space can change by itself.
                 _ = tokio::time::sleep(Duration::from_millis(250)), if !has_room => {}
@@ -168,10 +191,11 @@ impl Ingest {
                 _ = requeue_tick.tick(), if has_room => self.requeue()?,
                 // Last: with `biased`, a branch below a busy source channel would never run, and
                 // the ticks above (positions, status, watchdog) must keep turning in a burst.
-                msg = line_rx.recv(), if self.sources_open && has_room => {
+                // While a commit is out and the next one is full, wait for the first.
+                msg = line_rx.recv(), if self.sources_open && has_room && !self.backlogged() => {
                     self.message(msg)?;
-                    if self.uncommitted_bytes >= COMMIT_BYTES {
-                        self.commit()?;
+                    if self.uncommitted_bytes >= COMMIT_BYTES && self.in_flight.is_none() {
+                        self.start_commit()?;
                     }
                 }
             }
@@ -263,10 +287,8 @@ impl Ingest {
             end: 0,
         };
         events::event("application-activity");
-        self.spool.with(|s| {
-            s.append(&record, &origin)?;
-            s.commit().map(|_| ())
-        })
+        self.spool.lock()?.append(&record, &origin)?;
+        self.force_commit()
     }
     /// Process lines: spool their events, remember their positions for the next commit.
     /// Lines of multi-line sources are first joined into records; a position only ever
@@ -379,21 +401,83 @@ impl Ingest {
         self.commit()
     }
 
-    /// Group commit: fsync the spool, then let the covered positions advance.
+    /// Commit everything appended so far and wait until it is durable (the commit in
+    /// flight first, then the rest); the covered positions advance.
     fn commit(&mut self) -> Result<(), PipelineError> {
+        self.wait_commit()?;
+        self.start_commit()?;
+        self.wait_commit()
+    }
+
+    /// Hand what was appended since the last commit to a blocking thread for its write and
+    /// fsync; with nothing to write, the pending positions advance at once. Only when no
+    /// commit is in flight.
+    fn start_commit(&mut self) -> Result<(), PipelineError> {
         self.commit_at = None;
-        if self.uncommitted_bytes > 0 {
-            self.spool.with(|s| s.commit())?;
-            self.uncommitted_bytes = 0;
-            self.committed.notify_one();
+        let job = if self.uncommitted_bytes > 0 {
+            self.spool.lock()?.stage_commit()?
+        } else {
+            None
+        };
+        self.uncommitted_bytes = 0;
+        let positions = std::mem::take(&mut self.pending);
+        match job {
+            Some(job) => {
+                self.in_flight = Some(InFlight {
+                    job: tokio::task::spawn_blocking(move || job.run()),
+                    positions,
+                });
+            }
+            // Everything appended is durable already.
+            None => self.advance(positions),
         }
-        for p in self.pending.drain(..) {
+        Ok(())
+    }
+
+    /// The commit in flight ended: its events are durable (the delivery task is told) and
+    /// its positions advance; or it failed, and so does the agent.
+    fn finish_commit(&mut self, res: JobResult) -> Result<(), PipelineError> {
+        let Some(flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let done = res.map_err(|e| PipelineError::Internal(format!("spool commit: {e}")))?;
+        self.spool.lock()?.finish_commit(done)?;
+        self.committed.notify_one();
+        self.advance(flight.positions);
+        Ok(())
+    }
+
+    /// Block until the commit in flight (if any) has ended.
+    fn wait_commit(&mut self) -> Result<(), PipelineError> {
+        let Some(flight) = self.in_flight.as_mut() else {
+            return Ok(());
+        };
+        let res = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(&mut flight.job)
+        });
+        self.finish_commit(res)
+    }
+
+    /// A commit is out and the next one already holds [`COMMIT_BYTES`]: take no more lines.
+    fn backlogged(&self) -> bool {
+        self.in_flight.is_some() && self.uncommitted_bytes >= COMMIT_BYTES
+    }
+
+    fn advance(&mut self, positions: Vec<PendingPosition>) {
+        for p in positions {
             match p {
                 PendingPosition::At(cp) => self.positions.apply(&cp),
                 PendingPosition::Forget(stream) => self.positions.forget(&stream),
             }
         }
-        Ok(())
+    }
+}
+
+/// Wait for the commit in flight; never ready without one.
+async fn job_done(flight: &mut Option<InFlight>) -> JobResult {
+    match flight {
+        Some(f) => (&mut f.job).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -521,6 +605,46 @@ mod tests {
             "after the commit the position covers the event-less line too"
         );
         assert!(ingest.commit_at.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lines_read_while_a_commit_is_written_advance_only_with_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ingest, stream) = setup(dir.path());
+        let first = line(&stream, 0, ACCEPTED);
+        let second = line(&stream, first.end, ACCEPTED);
+        let (end1, end2) = (first.end, second.end);
+        ingest.message(Some(SourceMsg::Lines(vec![first]))).unwrap();
+        ingest.start_commit().unwrap();
+        assert!(ingest.in_flight.is_some(), "the first commit is out");
+        // Processed while the first commit is written: appended, not covered by it.
+        ingest
+            .message(Some(SourceMsg::Lines(vec![second])))
+            .unwrap();
+        assert_eq!(ingest.spool.lock().unwrap().next_seq(), 3);
+        assert!(!ingest.backlogged(), "the next commit is far from full");
+        ingest.uncommitted_bytes += COMMIT_BYTES;
+        assert!(
+            ingest.backlogged(),
+            "a full next commit waits for the first"
+        );
+        ingest.uncommitted_bytes -= COMMIT_BYTES;
+
+        let res = job_done(&mut ingest.in_flight).await;
+        ingest.finish_commit(res).unwrap();
+        assert_eq!(ingest.spool.lock().unwrap().durable_seq(), 1);
+        assert_eq!(
+            ingest.positions.known("auth").get("file:1:2:3"),
+            Some(&end1),
+            "only the line the first commit made durable advances"
+        );
+
+        ingest.commit().unwrap();
+        assert_eq!(ingest.spool.lock().unwrap().durable_seq(), 2);
+        assert_eq!(
+            ingest.positions.known("auth").get("file:1:2:3"),
+            Some(&end2)
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

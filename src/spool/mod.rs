@@ -26,6 +26,7 @@ mod verify;
 mod writer;
 
 pub use verify::{VerifyProblem, VerifyReport, verify};
+pub use writer::{CommitDone, CommitJob};
 
 use crate::balp::EventRecord;
 use crate::config::SpoolConfig;
@@ -194,6 +195,9 @@ pub enum SpoolError {
     /// An earlier write failed, so the files are in an unknown state.
     #[error("spool: unusable after an earlier write failure; restart to recover")]
     Poisoned,
+    /// A commit was started while another one was still being written (a bug in the caller).
+    #[error("spool: a commit was started while the previous one was still being written")]
+    CommitInFlight,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
@@ -229,6 +233,8 @@ struct Segment {
     path: PathBuf,
     /// Bytes durably in the file.
     len: u64,
+    /// Bytes after `len` handed to a [`CommitJob`] that has not finished.
+    staged: u64,
     /// Highest seq in it (buffered ones included).
     last_seq: Option<u64>,
     /// Records in it (buffered ones included).
@@ -290,6 +296,10 @@ pub struct Spool {
     oldest_pending_ms: Option<u64>,
     cursor: Option<ReadCursor>,
     scratch: Vec<u8>,
+    /// A cleared commit buffer kept for the next one (saves growing a fresh 1 MiB buffer).
+    spare: Option<Vec<u8>>,
+    /// A [`CommitJob`] is out: no other commit may start until it is finished.
+    staging: bool,
     poisoned: bool,
     room: Cell<Option<(Instant, bool)>>,
 }

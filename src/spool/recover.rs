@@ -83,6 +83,7 @@ impl Spool {
                 first_seq: first,
                 path: path.clone(),
                 len,
+                staged: 0,
                 last_seq: None,
                 records: 0,
                 index: Vec::new(),
@@ -220,6 +221,8 @@ impl Spool {
             oldest_pending_ms: None,
             cursor: None,
             scratch: Vec::new(),
+            spare: None,
+            staging: false,
             poisoned: false,
             room: Cell::new(None),
         };

@@ -1,7 +1,79 @@
 //! Appending, group commit and acknowledgement: the only code that writes segments and the
 //! ack file.
+//!
+//! A group commit has three steps so that its write and fdatasync can run without the spool's
+//! lock while appends go on: [`Spool::stage_commit`] takes the buffered bytes out (under the
+//! lock), [`CommitJob::run`] writes them at their offsets and fsyncs (no lock), and
+//! [`Spool::finish_commit`] makes them count as durable (under the lock). Only then may
+//! anything that depends on them (read positions, delivery) move. [`Spool::commit`] does all
+//! three in a row.
 
 use super::*;
+use std::os::unix::fs::FileExt;
+
+/// Bytes taken out of the spool by [`Spool::stage_commit`], to be written and fsynced by
+/// [`CommitJob::run`] on any thread.
+#[derive(Debug)]
+pub struct CommitJob {
+    writes: Vec<StagedWrite>,
+    /// The spool directory, when a segment file was created since the last commit.
+    dir: Option<PathBuf>,
+    durable_to: u64,
+}
+
+#[derive(Debug)]
+struct StagedWrite {
+    file: File,
+    path: PathBuf,
+    first_seq: u64,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+/// A [`CommitJob`] that was written and fsynced; hand it to [`Spool::finish_commit`].
+#[derive(Debug)]
+pub struct CommitDone {
+    /// (segment first seq, bytes made durable).
+    written: Vec<(u64, u64)>,
+    durable_to: u64,
+    spare: Option<Vec<u8>>,
+}
+
+impl CommitJob {
+    /// Write every staged buffer at its offset and `fdatasync` it (and the directory, when a
+    /// segment was created). Blocking; needs no access to the spool.
+    pub fn run(self) -> Result<CommitDone, SpoolError> {
+        let mut written = Vec::with_capacity(self.writes.len());
+        let mut spare = None;
+        for w in self.writes {
+            // Explicit offsets: the active segment's handle is shared with later appends.
+            w.file
+                .write_all_at(&w.buf, w.offset)
+                .map_err(io_err("write segment", &w.path))?;
+            w.file.sync_data().map_err(|source| SpoolError::Fsync {
+                path: w.path.clone(),
+                source,
+            })?;
+            written.push((w.first_seq, w.buf.len() as u64));
+            let mut buf = w.buf;
+            buf.clear();
+            spare = Some(buf);
+        }
+        if let Some(dir) = &self.dir {
+            fsync_dir(dir)?;
+        }
+        Ok(CommitDone {
+            written,
+            durable_to: self.durable_to,
+            spare,
+        })
+    }
+
+    /// Bytes this job writes.
+    pub fn bytes(&self) -> u64 {
+        self.writes.iter().map(|w| w.buf.len() as u64).sum()
+    }
+}
 
 impl Spool {
     /// Buffered append (not durable until `commit`); returns the seq assigned.
@@ -34,7 +106,7 @@ impl Spool {
         let frame_len = (REC_OVERHEAD + payload.len()) as u64;
         let roll = match (&self.active, self.segments.last()) {
             (Some(a), Some(seg)) => {
-                let used = seg.len + a.buf.len() as u64;
+                let used = seg.len + seg.staged + a.buf.len() as u64;
                 used > SEG_HDR_LEN as u64 && used + frame_len > self.opts.segment_bytes
             }
             _ => true,
@@ -46,7 +118,7 @@ impl Spool {
             return Err(SpoolError::Poisoned);
         };
         let seq = self.next_seq;
-        let offset = seg.len + active.buf.len() as u64;
+        let offset = seg.len + seg.staged + active.buf.len() as u64;
         format::encode_record(&mut active.buf, seq, payload);
         seg.note_record(seq, offset);
         self.next_seq += 1;
@@ -73,6 +145,7 @@ impl Spool {
             first_seq: first,
             path,
             len: 0,
+            staged: 0,
             last_seq: None,
             records: 0,
             index: Vec::new(),
@@ -92,59 +165,128 @@ impl Spool {
     /// Group commit: write and `fdatasync` everything appended; returns the highest durable
     /// seq. Any error leaves the spool unusable; `SpoolError::Fsync` means: exit, never retry.
     pub fn commit(&mut self) -> Result<u64, SpoolError> {
+        match self.stage_commit()? {
+            None => Ok(self.durable_seq),
+            Some(job) => {
+                let done = job.run();
+                self.finish_commit(done)
+            }
+        }
+    }
+
+    /// First step of a group commit: take every buffered byte out for a [`CommitJob`]
+    /// (`None`: nothing to write). Appends may go on at once; they go to the next commit.
+    /// Until [`finish_commit`](Self::finish_commit), no other commit may start.
+    pub fn stage_commit(&mut self) -> Result<Option<CommitJob>, SpoolError> {
         if self.poisoned {
             return Err(SpoolError::Poisoned);
         }
+        if self.staging {
+            return Err(SpoolError::CommitInFlight);
+        }
         if self.buffered == 0 {
-            return Ok(self.durable_seq);
+            return Ok(None);
         }
-        let result = self.flush_all();
-        if result.is_err() {
-            self.poisoned = true;
+        let result = self.stage();
+        match &result {
+            Ok(_) => self.staging = true,
+            Err(_) => self.poisoned = true,
         }
-        result
+        result.map(Some)
     }
 
-    fn flush_all(&mut self) -> Result<u64, SpoolError> {
+    fn stage(&mut self) -> Result<CommitJob, SpoolError> {
+        let mut writes = Vec::new();
         let mut created = false;
-        let mut pending: Vec<Pending> = self.sealed.drain(..).collect();
-        let active = self.active.take();
-        pending.extend(active);
-        let count = pending.len();
-        for (i, mut p) in pending.into_iter().enumerate() {
-            let Some(seg) = self
-                .segments
-                .iter_mut()
-                .find(|s| s.first_seq == p.first_seq)
-            else {
+        let sealed: Vec<Pending> = self.sealed.drain(..).collect();
+        for p in sealed {
+            created |= p.created;
+            if p.buf.is_empty() {
+                continue;
+            }
+            // A sealed segment is never appended to again: its handle goes with the job.
+            let seg = self.segment_mut(p.first_seq)?;
+            let offset = seg.len + seg.staged;
+            seg.staged += p.buf.len() as u64;
+            writes.push(StagedWrite {
+                file: p.file,
+                path: seg.path.clone(),
+                first_seq: p.first_seq,
+                offset,
+                buf: p.buf,
+            });
+        }
+        if let Some(mut a) = self.active.take() {
+            created |= a.created;
+            a.created = false;
+            if !a.buf.is_empty() {
+                let fresh = self
+                    .spare
+                    .take()
+                    .unwrap_or_else(|| Vec::with_capacity(a.buf.capacity()));
+                let buf = std::mem::replace(&mut a.buf, fresh);
+                let seg = self.segment_mut(a.first_seq)?;
+                let file = a
+                    .file
+                    .try_clone()
+                    .map_err(io_err("duplicate handle of", &seg.path))?;
+                let offset = seg.len + seg.staged;
+                seg.staged += buf.len() as u64;
+                writes.push(StagedWrite {
+                    file,
+                    path: seg.path.clone(),
+                    first_seq: a.first_seq,
+                    offset,
+                    buf,
+                });
+            }
+            self.active = Some(a);
+        }
+        Ok(CommitJob {
+            writes,
+            dir: created.then(|| self.dir.clone()),
+            durable_to: self.next_seq - 1,
+        })
+    }
+
+    /// Last step of a group commit: the job's bytes are durable (or, on an error, the spool
+    /// is unusable from now on). Returns the highest durable seq.
+    pub fn finish_commit(
+        &mut self,
+        done: Result<CommitDone, SpoolError>,
+    ) -> Result<u64, SpoolError> {
+        self.staging = false;
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                self.poisoned = true;
+                return Err(e);
+            }
+        };
+        for (first_seq, n) in done.written {
+            let Ok(seg) = self.segment_mut(first_seq) else {
+                self.poisoned = true;
                 return Err(SpoolError::Poisoned);
             };
-            if !p.buf.is_empty() {
-                p.file
-                    .write_all(&p.buf)
-                    .map_err(io_err("write segment", &seg.path))?;
-                p.file.sync_data().map_err(|source| SpoolError::Fsync {
-                    path: seg.path.clone(),
-                    source,
-                })?;
-                let n = p.buf.len() as u64;
-                seg.len += n;
-                self.disk_bytes += n;
-                self.buffered -= n;
-                p.buf.clear();
-            }
-            created |= p.created;
-            p.created = false;
-            if i + 1 == count {
-                self.active = Some(p);
-            }
+            seg.len += n;
+            seg.staged -= n;
+            self.disk_bytes += n;
+            self.buffered -= n;
         }
-        if created {
-            fsync_dir(&self.dir)?;
+        if self.spare.is_none() {
+            self.spare = done.spare;
         }
-        self.durable_seq = self.next_seq - 1;
+        self.durable_seq = self.durable_seq.max(done.durable_to);
         Ok(self.durable_seq)
     }
+
+    fn segment_mut(&mut self, first_seq: u64) -> Result<&mut Segment, SpoolError> {
+        self.segments
+            .iter_mut()
+            .find(|s| s.first_seq == first_seq)
+            .ok_or(SpoolError::Poisoned)
+    }
+
     /// Everything up to and including `seq` was accepted by the ARR (or dead-lettered):
     /// persist that, then delete the segments whose records are all acknowledged.
     pub fn ack(&mut self, seq: u64) -> Result<(), SpoolError> {
