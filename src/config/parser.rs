@@ -85,6 +85,10 @@ pub struct RuleSpec {
     /// Field templates.
     #[serde(default)]
     pub fields: BTreeMap<String, String>,
+    /// A capture of `regex` read as whitespace-separated `key="value"` / `key=value` pairs
+    /// (the fields access logs append), each available to templates as `{kv.<key>}`.
+    #[serde(default)]
+    pub pairs: Option<String>,
     /// Fold this line into an earlier event it only repeats (see [`FoldSpec`]).
     #[serde(default)]
     pub fold: Option<FoldSpec>,

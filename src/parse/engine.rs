@@ -186,6 +186,8 @@ struct CompiledRule {
     time: Option<(Template, TimeFormat)>,
     fields: Vec<(FieldName, Template)>,
     needs_captures: bool,
+    /// The capture read as `key=value` pairs (`pairs`).
+    pairs: Option<usize>,
     fold: Option<FoldRule>,
     stash: Option<(Template, Vec<(FieldName, Template)>)>,
     take: Option<(Template, Vec<FieldName>)>,
@@ -372,12 +374,17 @@ enum Filter {
     Unquote,
     /// Upper-case.
     Upper,
+    /// `first`: the first item of a list separated by commas or spaces (the client's own
+    /// address in an `X-Forwarded-For` value).
+    First,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 enum Var {
     Filtered(Box<Var>, Filter),
     Capture(usize),
+    /// `kv.<key>`: the value of a pair of the rule's `pairs` capture.
+    Pair(String),
     Json(Vec<String>),
     Host,
     Program,
@@ -690,6 +697,46 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(Vec<String>, String)>
             "a rule either stashes values or takes them, not both".into(),
         ));
     }
+    let pairs = match (&r.pairs, capture_names.as_deref()) {
+        (None, _) => None,
+        (Some(name), Some(names)) => {
+            let idx = names
+                .iter()
+                .position(|n| n.as_deref() == Some(name.as_str()));
+            if idx.is_none() {
+                errs.push((
+                    vec!["pairs".into()],
+                    format!("the regex has no capture named {name:?}"),
+                ));
+            }
+            idx
+        }
+        (Some(_), None) => {
+            if !regex_failed {
+                errs.push((
+                    vec!["pairs".into()],
+                    "names a regex capture but the rule has no regex".into(),
+                ));
+            }
+            None
+        }
+    };
+    if r.pairs.is_none() {
+        let uses_pairs = |t: &Template| {
+            t.pieces.iter().any(|p| match p {
+                Piece::Vars(vs) => vs.iter().any(is_pair),
+                Piece::Literal(_) => false,
+            })
+        };
+        for (name, tpl) in &fields {
+            if uses_pairs(tpl) {
+                errs.push((
+                    vec!["fields".into(), name.as_str().to_owned()],
+                    "uses {kv.…} but the rule has no `pairs` capture to read them from".into(),
+                ));
+            }
+        }
+    }
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -717,6 +764,7 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(Vec<String>, String)>
         time: time_template.map(|t| (t, time_format)),
         fields,
         needs_captures,
+        pairs,
         fold,
         stash,
         take,
@@ -725,7 +773,7 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(Vec<String>, String)>
 
 fn uses_capture(v: &Var) -> bool {
     match v {
-        Var::Capture(_) => true,
+        Var::Capture(_) | Var::Pair(_) => true,
         Var::Filtered(inner, _) => uses_capture(inner),
         _ => false,
     }
@@ -843,13 +891,14 @@ fn parse_var(name: &str, captures: Option<&[Option<&str>]>, t: &str) -> Result<V
             "unquote" => Filter::Unquote,
             "upper" => Filter::Upper,
             "bearer" => Filter::Bearer,
+            "first" => Filter::First,
             other => match other.strip_prefix("jwt.") {
                 Some(path) if !path.split('.').any(str::is_empty) => {
                     Filter::JwtClaim(path.split('.').map(str::to_owned).collect())
                 }
                 _ => {
                     return Err(format!(
-                        "template {t:?}: unknown filter {other:?} (allowed: unquote, upper, bearer, jwt.<claim>)"
+                        "template {t:?}: unknown filter {other:?} (allowed: unquote, upper, bearer, first, jwt.<claim>)"
                     ));
                 }
             },
@@ -864,6 +913,14 @@ fn parse_var(name: &str, captures: Option<&[Option<&str>]>, t: &str) -> Result<V
     }
     if name.is_empty() {
         return Err(format!("template {t:?}: empty `{{}}`"));
+    }
+    if let Some(key) = name.strip_prefix("kv.") {
+        if !is_pair_key(key) {
+            return Err(format!(
+                "template {t:?}: {{{name}}}: a pair key is a letter or `_` followed by letters, digits, `_`, `.` or `-`"
+            ));
+        }
+        return Ok(Var::Pair(key.to_owned()));
     }
     if let Some(idx) = captures.and_then(|c| c.iter().position(|n| *n == Some(name))) {
         return Ok(Var::Capture(idx));
@@ -938,8 +995,13 @@ impl CompiledParser {
                     continue;
                 }
             }
+            let pairs = match (rule.pairs, caps.as_ref()) {
+                (Some(i), Some(c)) => c.get(i).map(|m| scan_pairs(m.as_str())),
+                _ => None,
+            };
             let ctx = Ctx {
                 caps: caps.as_ref(),
+                pairs: pairs.as_deref().unwrap_or_default(),
                 decoded,
             };
             let carry = match (&rule.stash, &rule.take) {
@@ -1002,7 +1064,83 @@ impl CompiledParser {
 
 struct Ctx<'a> {
     caps: Option<&'a Captures<'a>>,
+    /// The rule's `pairs`, in line order.
+    pairs: &'a [(&'a str, &'a str)],
     decoded: &'a Decoded,
+}
+
+fn is_pair(v: &Var) -> bool {
+    match v {
+        Var::Pair(_) => true,
+        Var::Filtered(inner, _) => is_pair(inner),
+        _ => false,
+    }
+}
+
+fn is_pair_key(k: &str) -> bool {
+    let mut b = k.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// Read `key="value"` and `key=value` pairs, each after whitespace, as access logs append
+/// them. The scan ends at the first token that is not a pair, as the regex repetition it
+/// replaces did, so text after junk is never read as a pair. A quoted value ends at the
+/// first `"` not escaped by a backslash and is kept raw (escapes included, quotes removed);
+/// a value whose quote never closes is skipped. A key that appears twice keeps its last
+/// value (lookups search from the end).
+fn scan_pairs(s: &str) -> Vec<(&str, &str)> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    loop {
+        let start = i;
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i == start || i == b.len() {
+            return out;
+        }
+        let key_start = i;
+        if !(b[i].is_ascii_alphabetic() || b[i] == b'_') {
+            return out;
+        }
+        while i < b.len() && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'_' | b'.' | b'-')) {
+            i += 1;
+        }
+        if i == b.len() || b[i] != b'=' {
+            return out;
+        }
+        let key = &s[key_start..i];
+        i += 1;
+        if i < b.len() && b[i] == b'"' {
+            let mut j = i + 1;
+            let mut closed = false;
+            while j < b.len() {
+                match b[j] {
+                    b'\\' => j += 2,
+                    b'"' => {
+                        closed = true;
+                        break;
+                    }
+                    _ => j += 1,
+                }
+            }
+            if closed {
+                out.push((key, &s[i + 1..j]));
+                i = j + 1;
+                continue;
+            }
+        }
+        let value_start = i;
+        while i < b.len() && !b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if b.get(value_start) != Some(&b'"') {
+            out.push((key, &s[value_start..i]));
+        }
+    }
 }
 
 impl Template {
@@ -1033,6 +1171,12 @@ fn var_value<'a>(v: &Var, ctx: &Ctx<'a>) -> Option<Cow<'a, str>> {
             .caps
             .and_then(|c| c.get(*i))
             .map(|m| Cow::Borrowed(m.as_str())),
+        Var::Pair(key) => ctx
+            .pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| Cow::Borrowed(*v)),
         Var::Json(path) => ctx
             .decoded
             .json
@@ -1047,6 +1191,7 @@ fn var_value<'a>(v: &Var, ctx: &Ctx<'a>) -> Option<Cow<'a, str>> {
             Some(Cow::Owned(match filter {
                 Filter::Unquote => unquote(&v),
                 Filter::Upper => v.to_uppercase(),
+                Filter::First => v.split([',', ' ']).next().unwrap_or_default().to_owned(),
                 Filter::Bearer => {
                     let t = bearer_token(&v)?;
                     if jwt_payload(t).is_some() {
@@ -1665,6 +1810,90 @@ mod tests {
         let errs = ParserSet::build(&["nope".into(), "fhir_access".into()], &[]).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert!(errs[0].contains("unknown parser \"nope\""), "{errs:?}");
+    }
+
+    #[test]
+    fn pairs_are_read_until_the_first_token_that_is_not_one() {
+        assert_eq!(
+            scan_pairs(r#" a="1" b=2  c="x \"y\" z" d= e="""#),
+            [
+                ("a", "1"),
+                ("b", "2"),
+                ("c", r#"x \"y\" z"#),
+                ("d", ""),
+                ("e", "")
+            ]
+        );
+        // Junk ends the scan: nothing after it is read as a pair.
+        assert_eq!(scan_pairs(r#" a=1 junk user="x""#), [("a", "1")]);
+        assert_eq!(scan_pairs(r#" a=1 ="x" user="x""#), [("a", "1")]);
+        assert_eq!(scan_pairs(r#" a="1"b=2"#), [("a", "1")]);
+        // A pair must follow whitespace; an unclosed quote is skipped as one token.
+        assert_eq!(scan_pairs(r#"a=1"#), []);
+        assert_eq!(scan_pairs(r#" a="open b=2 c=3"#), [("b", "2"), ("c", "3")]);
+        assert_eq!(scan_pairs(" a=\"tail\\"), []);
+        assert_eq!(scan_pairs(" k.x-y_1=v ä=1"), [("k.x-y_1", "v")]);
+        assert_eq!(scan_pairs(""), []);
+    }
+
+    #[test]
+    fn pair_values_reach_templates_last_one_winning() {
+        let p = compile_parser(&spec(
+            r#"
+            [[parsers]]
+            name = "kv"
+            [[parsers.rules]]
+            regex = '^GET (?P<path>\S+)(?P<tail>.*)'
+            pairs = "tail"
+            pattern = "read"
+            fields = { user = "{kv.user|kv.uid}", resource = "{path}", client_address = "{kv.xff:first}", request_id = "{kv.rid}" }
+            "#,
+        ))
+        .unwrap();
+        let get = |line: &str| {
+            p.parse(&raw(line), &TimeZone::UTC)
+                .flatten()
+                .map(|e| {
+                    [
+                        FieldName::User,
+                        FieldName::ClientAddress,
+                        FieldName::RequestId,
+                    ]
+                    .map(|f| e.fields.get(f).unwrap_or("").to_owned())
+                })
+                .unwrap()
+        };
+        assert_eq!(
+            get(r#"GET /a user="x" xff="203.0.113.7, 10.0.0.1" rid=r1 user="y""#),
+            ["y", "203.0.113.7", "r1"]
+        );
+        assert_eq!(get("GET /a uid=7"), ["7", "", ""]);
+        assert_eq!(get("GET /a"), ["", "", ""]);
+    }
+
+    #[test]
+    fn pairs_mistakes_are_named() {
+        let errs = |rule: &str| {
+            compile_parser(&spec(&format!(
+                "[[parsers]]\nname = \"p\"\n[[parsers.rules]]\npattern = \"read\"\n{rule}\n"
+            )))
+            .unwrap_err()
+            .join("\n")
+        };
+        assert!(
+            errs("regex = '(?P<a>.*)'\npairs = \"b\"")
+                .contains("rules[0].pairs: the regex has no capture named \"b\""),
+            "{}",
+            errs("regex = '(?P<a>.*)'\npairs = \"b\"")
+        );
+        assert!(
+            errs("regex = '(?P<a>.*)'\nfields = { user = \"{kv.user}\" }")
+                .contains("rules[0].fields.user: uses {kv.…} but the rule has no `pairs` capture"),
+        );
+        assert!(
+            errs("regex = '(?P<a>.*)'\npairs = \"a\"\nfields = { user = \"{kv.9x}\" }")
+                .contains("a pair key is a letter"),
+        );
     }
 
     #[test]

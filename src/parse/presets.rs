@@ -176,6 +176,118 @@ mod tests {
         assert!(get("nope").is_none());
     }
 
+    /// Access-log lines with every kind of appended field the preset reads, in varied order,
+    /// with escapes, junk tokens, empty values and keys that only start like known ones.
+    fn access_lines_with_pairs() -> Vec<String> {
+        let jwt = |payload: &str| {
+            use base64::Engine as _;
+            let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            format!(
+                "{}.{}.sig",
+                b.encode(r#"{"alg":"RS256"}"#),
+                b.encode(payload)
+            )
+        };
+        let token = jwt(
+            r#"{"sub":"u-7","iss":"https://idp","jti":"j1","azp":"app","extensions":{"ihe_iua":{"subject_name":"Dr A","subject_role":"doc","purpose_of_use":"TREAT"}}}"#,
+        );
+        let pairs: Vec<String> = vec![
+            r#"user="dr.smith""#.into(),
+            r#"user="dr \"q\" smith""#.into(),
+            r#"user="""#.into(),
+            r#"user="-""#.into(),
+            r#"xff="203.0.113.7, 10.0.0.5""#.into(),
+            r#"xff="198.51.100.2""#.into(),
+            r#"rid="16b6136b00ec0305fdec37584699ea65""#.into(),
+            r#"jwt_sub="s-1""#.into(),
+            r#"jwt_iss="https://iss""#.into(),
+            r#"jwt_jti="jti-9""#.into(),
+            r#"jwt_client_id="cid""#.into(),
+            r#"jwt_purpose_of_use="ETREAT""#.into(),
+            r#"jwt_subject_name="Jo\x22e""#.into(),
+            r#"jwt_subject_role="nurse""#.into(),
+            format!(r#"authorization="Bearer {token}""#),
+            r#"auth="Bearer opaque-token-0123456789abcdef0123456789abcdef""#.into(),
+            r#"authorization="Basic dXNlcjpwYXNz""#.into(),
+            "rt=0.002".into(),
+            "rt=".into(),
+            r#"upstream="a b c""#.into(),
+            r#"user_agent2="x""#.into(),
+            r#"users="not-the-user""#.into(),
+            "ju.nk-key=1".into(),
+            "junk".into(),
+            "=x".into(),
+        ];
+        let heads = [
+            r#"10.0.0.7 - - [25/Nov/2026:15:25:33 +0000] "GET /fhir/Patient/1 HTTP/1.1" 200 40 "-" "curl/8""#,
+            r#"10.0.0.7 - bob [25/Nov/2026:15:25:33 +0000] "GET /fhir/Patient/1 HTTP/1.1" 401 40 "-" "x \"y\" z""#,
+            r#"::1 - - [25/Nov/2026:15:25:33 +0000] "POST /fhir/Observation HTTP/2.0" 201 40 "https://r/?a=\x22b" "ua""#,
+            r#"10.0.0.7 - alice [25/Nov/2026:15:25:33 +0000] "DELETE /fhir/Condition/2" 407 0"#,
+            r#"10.0.0.7 - - [25/Nov/2026:15:25:33 +0000] "GET /fhir/Patient?name=a%20b HTTP/1.1" 200 40 "user=\"planted\"""#,
+        ];
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut lines = Vec::new();
+        for _ in 0..3000 {
+            let head = heads[rng.usize(..heads.len())];
+            let mut line = head.to_owned();
+            for _ in 0..rng.usize(0..7) {
+                line.push_str(if rng.u8(..8) == 0 { "  " } else { " " });
+                line.push_str(&pairs[rng.usize(..pairs.len())]);
+            }
+            lines.push(line);
+        }
+        lines
+    }
+
+    #[test]
+    fn the_pair_scanner_reads_what_one_capture_per_key_read() {
+        // The fhir_access rules as they were (a regex capture per key) against the preset's
+        // one `pairs` capture: the same event from every line of the corpus and of thousands
+        // of generated lines. Known, deliberate differences are not generated: an unquoted
+        // known key (user=bob: read now, skipped before) and both authorization= and auth=
+        // on one line (authorization wins now; the later one did before).
+        let old: ParserFile =
+            toml::from_str(include_str!("testdata/fhir_access_regex_pairs.toml")).unwrap();
+        let old = crate::parse::engine::compile_parser(&old.parsers[0]).unwrap();
+        let new = crate::parse::engine::compile_parser(&get("fhir_access").unwrap()).unwrap();
+        let mut lines = access_lines_with_pairs();
+        let corpus = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/corpus/generated/nginx1.22-apache2.4-fhir"
+        );
+        for f in [
+            "nginx-access.log",
+            "nginx-access-fhir_audit.log",
+            "apache-access.log",
+            "apache-access-fhir_audit.log",
+        ] {
+            let text = std::fs::read_to_string(format!("{corpus}/{f}")).unwrap();
+            lines.extend(text.lines().map(str::to_owned));
+        }
+        let mut with_user = 0;
+        for line in &lines {
+            if line.contains("authorization=") && line.contains(" auth=") {
+                continue;
+            }
+            let d = crate::decode::raw::decode(line);
+            let b = new.parse(&d, &TimeZone::UTC);
+            let a = old.parse(&d, &TimeZone::UTC).map(|o| {
+                o.map(|mut e| {
+                    e.parser = new.name().clone();
+                    e
+                })
+            });
+            assert_eq!(b, a, "{line}");
+            with_user +=
+                usize::from(matches!(&b, Some(Some(e)) if e.fields.get(FieldName::User).is_some()));
+        }
+        assert!(
+            lines.len() > 2500 && with_user > 500,
+            "{} lines, {with_user} with a user",
+            lines.len()
+        );
+    }
+
     #[test]
     fn every_sample_yields_what_it_says() {
         for spec in all() {
