@@ -6,18 +6,20 @@
 //!   run below means something).
 //! * Every event every preset makes from the corpus is accepted, for `collection` (POSTed to
 //!   `[base]/Bundle`), `batch` and `transaction` (POSTed to the base).
+//! * Redelivery is idempotent: the agent SIGKILLed 25 times while delivering, and the server
+//!   holds exactly one AuditEvent per line.
 //!
 //! Needs Node.js 20.19+ and `npm ci` in `tests/fhir_server` (`.ci/run` does it); skipped with
 //! a note without them, except when `CI` is set.
 
 mod common;
 
-use common::agent::{Agent, append, corpus, fhir_lines, run, write_config};
+use common::agent::{Agent, append, corpus, fhir_lines, run, wait_until, write_config};
 use common::e2e::kinds;
 use common::fhir_server::{FhirServer, missing};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The server, or `None` (test skipped) when Node.js or its packages are missing outside CI.
 fn server(test: &str) -> Option<FhirServer> {
@@ -360,6 +362,17 @@ fn every_preset_s_corpus_events_are_accepted_by_a_real_fhir_server() {
             .map(|e| e["id"].as_str().unwrap())
             .collect();
         assert_eq!(ids.len(), expected.len(), "{kind}: ids are unique");
+        if kind != "collection" {
+            // PUT AuditEvent/<id> keeps the agent's ids (UUID v5); a create would have got
+            // ids the server generates (Medplum: v4).
+            for id in &ids {
+                assert_eq!(
+                    id.as_bytes()[14],
+                    b'5',
+                    "{kind}: {id} is not the agent's id"
+                );
+            }
+        }
         eprintln!(
             "{kind}: {} events from lines + {} of the agent accepted with validation on \
              ({} requests)",
@@ -368,4 +381,135 @@ fn every_preset_s_corpus_events_are_accepted_by_a_real_fhir_server() {
             s.stored().requests
         );
     }
+}
+
+fn kill_config(
+    dir: &Path,
+    log: &Path,
+    url: &str,
+    kind: &str,
+    max_events: usize,
+) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            r#"
+[agent]
+state_dir = "state"
+hostname = "test-host"
+[[sources]]
+name = "fhir"
+type = "file"
+include = ["{log}"]
+read_from = "beginning"
+decode = "raw"
+parsers = ["fhir_access"]
+poll_interval = "50ms"
+[output]
+type = "http"
+url = "{url}"
+bundle_type = "{kind}"
+max_events = {max_events}
+flush_interval = "100ms"
+timeout = "5s"
+[output.retry]
+initial_backoff = "20ms"
+max_backoff = "200ms"
+"#,
+            log = log.display(),
+        ),
+    )
+}
+
+/// Stored AuditEvents made from lines (not the agent's own) by request id (`req########`).
+fn stored_by_request_id(s: &FhirServer) -> BTreeMap<String, Vec<u64>> {
+    let mut m: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for e in s.stored().audit_events.into_values() {
+        if e.type_code == "110100" {
+            continue;
+        }
+        let rid = e
+            .what
+            .iter()
+            .find(|w| w.starts_with("req"))
+            .cloned()
+            .unwrap_or_default();
+        m.entry(rid).or_default().push(e.versions);
+    }
+    m
+}
+
+/// SIGKILL the agent 25 times while it delivers `transaction` Bundles of PUT entries; each
+/// restart resends what was in flight. The server ends with exactly one AuditEvent per line.
+#[test]
+fn sigkill_during_delivery_leaves_exactly_one_audit_event_per_line() {
+    let Some(s) = server("the real FHIR server SIGKILL test") else {
+        return;
+    };
+    const LINES: usize = 30_000;
+    const KILLS: usize = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    append(&log, &fhir_lines(0, LINES));
+    let cfg = kill_config(dir.path(), &log, &s.base_url(), "transaction", 10);
+    let started = Instant::now();
+    let mut kills = 0;
+    let mut last = 0;
+    while kills < KILLS {
+        let agent = Agent::start(&cfg, &[]);
+        // Kill only while delivery is under way: once something new arrived, after a random
+        // short delay (a request may be in flight, or its answer on the way back).
+        let grew = wait_until(Duration::from_secs(60), || s.audit_event_count() > last);
+        assert!(grew, "no progress after restart {kills}:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(fastrand::u64(20..300)));
+        agent.signal("KILL");
+        drop(agent);
+        kills += 1;
+        last = s.audit_event_count();
+        assert!(
+            last < LINES,
+            "delivery finished before kill {kills}: make it slower"
+        );
+    }
+    let mut agent = Agent::start(&cfg, &["--once"]);
+    let status = agent
+        .wait(Duration::from_secs(600))
+        .expect("run --once ends");
+    assert!(status.success(), "{}", agent.log());
+
+    let by_rid = stored_by_request_id(&s);
+    let expected: BTreeSet<String> = (0..LINES).map(|i| format!("req{i:08}")).collect();
+    let got: BTreeSet<String> = by_rid.keys().cloned().collect();
+    assert_eq!(got.len(), LINES, "{} request ids stored", got.len());
+    assert_eq!(got, expected);
+    let duplicated: Vec<_> = by_rid.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(duplicated.is_empty(), "duplicates: {:?}", &duplicated[..1]);
+    let from_lines = s
+        .stored()
+        .audit_events
+        .values()
+        .filter(|e| e.type_code != "110100")
+        .count();
+    assert_eq!(from_lines, LINES);
+    // Cross-check with plain FHIR search: AuditEvents from lines + the agent's own.
+    let own = s
+        .stored()
+        .audit_events
+        .values()
+        .filter(|e| e.type_code == "110100")
+        .count();
+    assert_eq!(
+        s.search_total("AuditEvent", "_count=1"),
+        (LINES + own) as u64
+    );
+    let updated: u64 = by_rid.values().map(|v| v[0] - 1).sum();
+    eprintln!(
+        "{kills} SIGKILLs in {:?}; {LINES} lines -> {from_lines} AuditEvents from lines \
+         (+{own} start/stop of the agent); {updated} redelivered entries were updates",
+        started.elapsed()
+    );
+    assert!(
+        updated > 0,
+        "no redelivery happened: the kills came at the wrong time"
+    );
 }
