@@ -8,12 +8,17 @@
 //!   `[base]/Bundle`), `batch` and `transaction` (POSTed to the base).
 //! * Redelivery is idempotent: the agent SIGKILLed 25 times while delivering, and the server
 //!   holds exactly one AuditEvent per line.
+//! * A batch-response with a failed entry dead-letters only that entry.
 //!
 //! Needs Node.js 20.19+ and `npm ci` in `tests/fhir_server` (`.ci/run` does it); skipped with
 //! a note without them, except when `CI` is set.
 
 mod common;
 
+use balp_agent::batch::Batch;
+use balp_agent::config::{BundleType, OutputConfig, OutputType};
+use balp_agent::deliver::Delivery;
+use balp_agent::deliver::http::HttpOutput;
 use common::agent::{Agent, append, corpus, fhir_lines, run, wait_until, write_config};
 use common::e2e::kinds;
 use common::fhir_server::{FhirServer, missing};
@@ -512,4 +517,74 @@ fn sigkill_during_delivery_leaves_exactly_one_audit_event_per_line() {
         updated > 0,
         "no redelivery happened: the kills came at the wrong time"
     );
+}
+
+/// A batch whose second entry fails the server's validation: only that entry is
+/// dead-lettered, with the server's OperationOutcome; the others are stored.
+#[tokio::test]
+async fn batch_response_from_a_real_server_dead_letters_only_the_invalid_entry() {
+    let Some(s) = server("the real FHIR server batch-response test") else {
+        return;
+    };
+    let mut events = sample_events(4);
+    events[1].as_object_mut().unwrap().remove("recorded");
+    let batch = Batch {
+        events: events
+            .iter()
+            .map(|e| balp_agent::balp::EventRecord {
+                id: e["id"].as_str().unwrap().parse().unwrap(),
+                pattern: "read",
+                json: e.to_string(),
+            })
+            .collect(),
+        ..Batch::default()
+    };
+    for kind in [BundleType::Batch, BundleType::Transaction] {
+        let state = tempfile::tempdir().unwrap();
+        let o = OutputConfig {
+            output_type: OutputType::Http,
+            url: Some(s.base_url()),
+            bundle_type: kind,
+            ..OutputConfig::default()
+        };
+        let mut out = HttpOutput::new(&o, state.path()).unwrap();
+        let got = out
+            .deliver(&batch, &balp_agent::shutdown::Shutdown::never())
+            .await
+            .unwrap();
+        let Delivery::DeadLettered {
+            status,
+            accepted,
+            dead_lettered,
+            files,
+            ..
+        } = got
+        else {
+            panic!("{kind:?}: expected a dead letter, got {got:?}");
+        };
+        assert_eq!((status, accepted, dead_lettered), (400, 3, 1), "{kind:?}");
+        let letter: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
+        assert_eq!(
+            letter["bundle"]["entry"][0]["resource"]["id"],
+            events[1]["id"]
+        );
+        assert!(
+            letter["response"]
+                .as_str()
+                .unwrap()
+                .contains("OperationOutcome"),
+            "{letter}"
+        );
+        assert!(
+            letter["response"].as_str().unwrap().contains("recorded"),
+            "{letter}"
+        );
+        let stored: BTreeSet<String> = s.stored().audit_events.into_keys().collect();
+        let want: BTreeSet<String> = [0, 2, 3]
+            .iter()
+            .map(|&i| events[i]["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(stored, want, "{kind:?}");
+    }
 }
