@@ -509,8 +509,9 @@ fn sigkill_during_delivery_leaves_exactly_one_audit_event_per_line() {
     );
     let updated: u64 = by_rid.values().map(|v| v[0] - 1).sum();
     eprintln!(
-        "{kills} SIGKILLs in {:?}; {LINES} lines -> {from_lines} AuditEvents from lines \
-         (+{own} start/stop of the agent); {updated} redelivered entries were updates",
+        "{kills} SIGKILLs in {:?} ({last} AuditEvents stored at the last); {LINES} lines -> \
+         {from_lines} AuditEvents from lines (+{own} start/stop of the agent); {updated} \
+         redelivered entries were updates",
         started.elapsed()
     );
     assert!(
