@@ -14,10 +14,13 @@ use uuid::Uuid;
 /// Namespace for Bundle ids (UUID v5 over the ids of the entries).
 const BUNDLE_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_0c5e_2d3a_4f6e_9b8a_b41b_a1e7_0002);
 
-/// Fixed JSON around each entry; used to keep the byte count exact.
+/// Fixed JSON around each entry (with the comma before the next one) of a `batch` or
+/// `transaction` Bundle, so the byte count is exact for those and an upper bound for a
+/// `collection` (whose entries have no `request`).
 const ENTRY_OVERHEAD: usize =
     r#"{"fullUrl":"urn:uuid:00000000-0000-0000-0000-000000000000","resource":},"#.len()
-        + r#","request":{"method":"POST","url":"AuditEvent"}"#.len();
+        + r#","request":{"method":"PUT","url":"AuditEvent/00000000-0000-0000-0000-000000000000"}"#
+            .len();
 
 /// A group of events that is delivered as one Bundle.
 #[derive(Debug, Clone, Default)]
@@ -95,6 +98,11 @@ impl Batch {
 }
 
 /// Assemble a Bundle from already-serialized events (no re-serialization of the events).
+///
+/// `batch` and `transaction` entries are updates of the event's own id,
+/// `request: {method: "PUT", url: "AuditEvent/<id>"}`: a redelivery (after a crash, a retry
+/// whose answer was lost) overwrites the stored event instead of adding a copy, and servers
+/// that assign their own id on create keep ours. `collection` entries carry no request.
 pub fn bundle_json(
     id: &Uuid,
     events: &[EventRecord],
@@ -119,7 +127,9 @@ pub fn bundle_json(
         out.push_str(r#"","resource":"#);
         out.push_str(&e.json);
         if bundle_type != BundleType::Collection {
-            out.push_str(r#","request":{"method":"POST","url":"AuditEvent"}"#);
+            out.push_str(r#","request":{"method":"PUT","url":"AuditEvent/"#);
+            out.push_str(&e.id.to_string());
+            out.push_str(r#""}"#);
         }
         out.push('}');
     }
@@ -175,7 +185,11 @@ mod tests {
         assert_eq!(v["type"], "batch");
         assert_eq!(v["id"], batch.id().to_string());
         assert_eq!(v["timestamp"], "2026-11-18T11:06:40.123+00:00");
-        assert_eq!(v["entry"][1]["request"]["url"], "AuditEvent");
+        assert_eq!(v["entry"][1]["request"]["method"], "PUT");
+        assert_eq!(
+            v["entry"][1]["request"]["url"],
+            format!("AuditEvent/{}", Uuid::from_u128(2))
+        );
         assert_eq!(
             v["entry"][0]["fullUrl"],
             format!("urn:uuid:{}", Uuid::from_u128(1))
@@ -183,5 +197,28 @@ mod tests {
         assert_eq!(json, batch.clone().bundle_json(BundleType::Batch));
         let collection = batch.bundle_json(BundleType::Collection);
         assert!(!collection.contains("request"));
+    }
+
+    #[test]
+    fn entry_overhead_is_exact_for_batch_and_transaction_and_bounds_collection() {
+        let events = vec![ev(1, 3), ev(0xffff_ffff_ffff, 50), ev(u128::MAX, 0)];
+        let ts = "2026-11-18T11:06:40.123+00:00";
+        let id = Uuid::from_u128(9);
+        let counted: usize = events.iter().map(|e| e.json.len() + ENTRY_OVERHEAD).sum();
+        for t in [BundleType::Batch, BundleType::Transaction] {
+            let empty = bundle_json(&id, &[], t, ts).len();
+            let json = bundle_json(&id, &events, t, ts);
+            // One comma fewer than entries: the last entry has none after it.
+            assert_eq!(json.len(), empty + counted - 1, "{t:?}");
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            for (entry, e) in v["entry"].as_array().unwrap().iter().zip(&events) {
+                assert_eq!(entry["request"]["method"], "PUT");
+                assert_eq!(entry["request"]["url"], format!("AuditEvent/{}", e.id));
+                assert_eq!(entry["fullUrl"], format!("urn:uuid:{}", e.id));
+            }
+        }
+        let collection = bundle_json(&id, &events, BundleType::Collection, ts);
+        let empty = bundle_json(&id, &[], BundleType::Collection, ts).len();
+        assert!(collection.len() < empty + counted);
     }
 }

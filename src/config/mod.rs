@@ -384,9 +384,9 @@ pub enum BundleType {
     /// `collection` (no `request` on entries).
     #[default]
     Collection,
-    /// `batch`: entries carry `request: POST AuditEvent`.
+    /// `batch`: entries carry `request: PUT AuditEvent/<id>` (idempotent).
     Batch,
-    /// `transaction`: entries carry `request: POST AuditEvent`.
+    /// `transaction`: entries carry `request: PUT AuditEvent/<id>` (idempotent).
     Transaction,
 }
 

@@ -4,3 +4,4 @@
 pub mod agent;
 pub mod arr;
 pub mod e2e;
+pub mod fhir_server;
