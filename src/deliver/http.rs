@@ -669,11 +669,15 @@ impl HttpOutput {
     ) -> Result<Sent, DeliverError> {
         let id = batch.id().to_string();
         let events_n = batch.events.len();
-        let json = batch.bundle_json(self.bundle_type);
-        let body = if self.gzip {
-            gzip(json.as_bytes())
-        } else {
-            json.clone().into_bytes()
+        // The JSON is dropped once compressed (a 500-event Bundle is ~1 MiB, its gzip ~40 KiB);
+        // a dead letter rebuilds it: the same batch always gives the same bytes.
+        let body = {
+            let json = batch.bundle_json(self.bundle_type);
+            if self.gzip {
+                gzip(json.as_bytes())
+            } else {
+                json.into_bytes()
+            }
         };
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
         let mut refreshed_after_401 = false;
@@ -736,7 +740,13 @@ impl HttpOutput {
                         self.report(Health::delivery_ok);
                         let path = self
                             .dead_letters
-                            .write(&id, &json, status, &response, &self.target)
+                            .write(
+                                &id,
+                                &batch.bundle_json(self.bundle_type),
+                                status,
+                                &response,
+                                &self.target,
+                            )
                             .await?;
                         events::dead_lettered(
                             &id,

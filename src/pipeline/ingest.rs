@@ -343,6 +343,14 @@ impl Ingest {
     fn records(&mut self, records: &[LogLine], now: Timestamp) -> Result<(), PipelineError> {
         let mut guard = self.spool.lock()?;
         for line in records {
+            // A batch of 1 000 lines makes ~2 MiB of events: commit inside it, so that the
+            // spool's buffers stay near COMMIT_BYTES instead of growing with the batch.
+            if self.uncommitted_bytes >= COMMIT_BYTES {
+                drop(guard);
+                self.wait_commit()?;
+                self.start_commit()?;
+                guard = self.spool.lock()?;
+            }
             let Some(proc_) = self.processors.get_mut(&line.stream.source) else {
                 continue;
             };

@@ -37,9 +37,12 @@ use watcher::{Discovery, Follower, Start};
 pub use positions::{Positions, PositionsError, Saved};
 
 /// A batch is sent once it holds this many lines…
-const BATCH_LINES: usize = 1000;
+///
+/// The ingest channel holds 16 batches, so these bound the memory lines can take while they
+/// wait (16 × 256 KiB at most); 256 lines already make the per-message cost negligible.
+const BATCH_LINES: usize = 256;
 /// …or this many bytes of text.
-const BATCH_BYTES: usize = 1 << 20;
+const BATCH_BYTES: usize = 256 << 10;
 /// Size of the one read buffer the thread shares between its files.
 const READ_BUFFER: usize = 64 * 1024;
 /// Bytes read from one file per poll before the others get their turn.
