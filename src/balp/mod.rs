@@ -17,6 +17,7 @@ pub mod database;
 pub mod disclosure;
 #[cfg(test)]
 mod ig_examples;
+pub mod json;
 pub mod map;
 pub mod model;
 pub mod parts;
@@ -91,19 +92,14 @@ pub struct LineRef<'a> {
 
 /// Serialize an event for batching.
 pub fn to_record(event: &model::AuditEvent, pattern: crate::parse::Pattern) -> EventRecord {
-    // Sized for a typical event up front: growing from serde_json's default 128 bytes would
-    // copy it four times.
-    let mut buf = Vec::with_capacity(2048);
-    let json = serde_json::to_writer(&mut buf, event)
-        .map_err(|e| e.to_string())
-        .and_then(|()| String::from_utf8(buf).map_err(|e| e.to_string()))
-        .unwrap_or_else(|e| {
-            // The model only holds strings, numbers and booleans, so this cannot fail; if it
-            // ever did, an empty object would be rejected by the ARR and dead-lettered, not
-            // lost.
-            tracing::error!(error = %e, "AuditEvent serialization failed");
-            "{}".to_owned()
-        });
+    let json = json::audit_event(event);
+    // Every event of every test (unit tests and the debug binary the integration tests run)
+    // proves the hand-written JSON equal to serde's.
+    debug_assert_eq!(
+        Some(&json),
+        serde_json::to_string(event).ok().as_ref(),
+        "balp::json differs from serde_json"
+    );
     EventRecord {
         id: event.uuid(),
         pattern: pattern.as_str(),

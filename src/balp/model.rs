@@ -451,10 +451,11 @@ impl AuditEvent {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn examples() -> Vec<(String, serde_json::Value)> {
+    /// The IG's example AuditEvents: (path, JSON), sorted by path.
+    pub(crate) fn examples() -> Vec<(String, serde_json::Value)> {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/balp/examples");
         let mut out = Vec::new();
         for entry in std::fs::read_dir(dir).unwrap() {
