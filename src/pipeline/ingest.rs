@@ -341,40 +341,51 @@ impl Ingest {
 
     /// Spool the events of complete records and queue their positions.
     fn records(&mut self, records: &[LogLine], now: Timestamp) -> Result<(), PipelineError> {
-        let mut guard = self.spool.lock()?;
-        for line in records {
-            // A batch of 1 000 lines makes ~2 MiB of events: commit inside it, so that the
-            // spool's buffers stay near COMMIT_BYTES instead of growing with the batch.
+        // Lines are parsed and mapped without the spool's lock, which the delivery task needs
+        // to read Bundles meanwhile (holding it across a batch made the two take turns); the
+        // events of each chunk are appended under one short lock.
+        const CHUNK: usize = 64;
+        let mut made: Vec<(usize, EventRecord)> = Vec::new();
+        for chunk in records.chunks(CHUNK) {
+            // A batch makes ~0.5 MiB of events: commit inside it, so that the spool's buffers
+            // stay near COMMIT_BYTES instead of growing with the batch.
             if self.uncommitted_bytes >= COMMIT_BYTES {
-                drop(guard);
                 self.wait_commit()?;
                 self.start_commit()?;
-                guard = self.spool.lock()?;
             }
-            let Some(proc_) = self.processors.get_mut(&line.stream.source) else {
-                continue;
-            };
-            let made = proc_.process(line, now);
-            if !made.is_empty() {
-                let origin = Origin::of_line(line);
-                for record in &made {
-                    self.uncommitted_bytes += record.json.len();
-                    guard.append(record, &origin)?;
+            for (i, line) in chunk.iter().enumerate() {
+                let Some(proc_) = self.processors.get_mut(&line.stream.source) else {
+                    continue;
+                };
+                made.extend(proc_.process(line, now).into_iter().map(|r| (i, r)));
+                // Network streams have no read position to keep; journal streams send their
+                // cursor as a `SourceMsg::Position` after their lines.
+                if !crate::source::syslog::is_syslog_stream(&line.stream)
+                    && !crate::source::journald::is_journald_key(&line.stream.key)
+                {
+                    self.pending.push(PendingPosition::At(Checkpoint {
+                        stream: line.stream.clone(),
+                        offset: line.end,
+                        cursor: None,
+                    }));
                 }
             }
-            // Network streams have no read position to keep; journal streams send their
-            // cursor as a `SourceMsg::Position` after their lines.
-            if !crate::source::syslog::is_syslog_stream(&line.stream)
-                && !crate::source::journald::is_journald_key(&line.stream.key)
-            {
-                self.pending.push(PendingPosition::At(Checkpoint {
-                    stream: line.stream.clone(),
-                    offset: line.end,
-                    cursor: None,
-                }));
+            if made.is_empty() {
+                continue;
+            }
+            let mut guard = self.spool.lock()?;
+            let mut origin: Option<(usize, Origin)> = None;
+            for (i, record) in made.drain(..) {
+                if origin.as_ref().is_none_or(|(at, _)| *at != i) {
+                    origin = Some((i, Origin::of_line(&chunk[i])));
+                }
+                let Some((_, o)) = &origin else {
+                    continue;
+                };
+                self.uncommitted_bytes += record.json.len();
+                guard.append(&record, o)?;
             }
         }
-        drop(guard);
         self.arm();
         Ok(())
     }
