@@ -8,7 +8,7 @@
 //!
 //! `cargo bench --bench pipeline` (BALP_BENCH_LINES changes the line count; BALP_BENCH_BIN
 //! runs another build of the agent, e.g. one of an earlier commit, for an A/B comparison on
-//! the same input).
+//! the same input; BALP_BENCH_OUTPUT adds `[output]` keys to the throughput runs).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -33,6 +33,8 @@ fn main() {
         .unwrap_or(env!("CARGO_BIN_EXE_balp-agent"));
     println!("agent: {bin}");
     let regex = grep_regex();
+    // More `[output]` keys for the throughput runs, e.g. BALP_BENCH_OUTPUT='max_in_flight = 2'.
+    let output_extra = std::env::var("BALP_BENCH_OUTPUT").unwrap_or_default();
     let sink = Sink::start();
 
     let mut baseline = Vec::new();
@@ -56,7 +58,7 @@ fn main() {
 
         let state = dir.path().join(format!("state{i}"));
         let cfg = dir.path().join(format!("bench{i}.toml"));
-        write_config(&cfg, &state, &log, sink.addr, "");
+        write_config(&cfg, &state, &log, sink.addr, &output_extra);
         sink.events.store(0, Ordering::SeqCst);
         runs.push(run_agent(bin, &cfg, &sink));
         let _ = std::fs::remove_dir_all(&state);
