@@ -300,6 +300,69 @@ impl Arr {
     }
 }
 
+/// The two sides of the comparison, as read.
+struct Sides<'a> {
+    /// Delivered-log entries in the window, read before the search.
+    delivered: &'a HashMap<Uuid, DeliveredEntry>,
+    /// This agent's events at the ARR in the window: our id → (recorded, ARR id).
+    at_arr: &'a HashMap<String, (String, String)>,
+    /// Ids still in the spool, read after the search.
+    pending: &'a HashSet<Uuid>,
+    /// The whole delivered log, read after the search.
+    log_after: &'a HashMap<Uuid, DeliveredEntry>,
+    /// Ids in dead letters (and requeued ones).
+    dead: &'a HashSet<String>,
+}
+
+/// What the comparison alone decides.
+#[derive(Debug)]
+struct Judged<'a> {
+    /// Delivered, not found, not excused: missing unless a look-up by id finds them.
+    candidates: Vec<&'a DeliveredEntry>,
+    /// At the ARR, never delivered and not pending.
+    extra: Vec<Finding>,
+    /// Delivered, not found, but dead letters.
+    dead_lettered: usize,
+}
+
+fn judge<'a>(s: &Sides<'a>) -> Judged<'a> {
+    let mut dead_lettered = 0;
+    let mut candidates: Vec<&DeliveredEntry> = Vec::new();
+    for e in s.delivered.values() {
+        let id = e.id.to_string();
+        // Requeued dead letters are back in the spool: not missing yet.
+        if s.at_arr.contains_key(&id) || s.pending.contains(&e.id) {
+            continue;
+        }
+        if s.dead.contains(&id) {
+            dead_lettered += 1;
+            continue;
+        }
+        candidates.push(e);
+    }
+    candidates.sort_by_key(|e| e.seq);
+    let mut extra: Vec<Finding> = s
+        .at_arr
+        .iter()
+        .filter(|(id, _)| {
+            let uuid = Uuid::parse_str(id).ok();
+            !uuid.is_some_and(|u| s.log_after.contains_key(&u) || s.pending.contains(&u))
+        })
+        .map(|(id, (recorded, arr_id))| Finding {
+            id: id.clone(),
+            recorded: recorded.clone(),
+            seq: None,
+            arr_id: (arr_id != id).then(|| arr_id.clone()),
+        })
+        .collect();
+    extra.sort_by(|a, b| (&a.recorded, &a.id).cmp(&(&b.recorded, &b.id)));
+    Judged {
+        candidates,
+        extra,
+        dead_lettered,
+    }
+}
+
 /// Run the check (see the module doc).
 pub async fn check(config: &Config, opts: &CheckOptions) -> Result<Report, CheckError> {
     let o = &config.output;
@@ -390,19 +453,14 @@ pub async fn check(config: &Config, opts: &CheckOptions) -> Result<Report, Check
     let log_after = delivered::read(state)?;
     let dead = dead_letter_ids(state);
 
-    let mut dead_lettered = 0;
-    let mut candidates: Vec<&DeliveredEntry> = Vec::new();
-    for e in delivered.values() {
-        let id = e.id.to_string();
-        if at_arr.contains_key(&id) || spooled.pending.contains(&e.id) {
-            continue;
-        }
-        if dead.contains(&id) {
-            dead_lettered += 1;
-            continue;
-        }
-        candidates.push(e);
-    }
+    let judged = judge(&Sides {
+        delivered: &delivered,
+        at_arr: &at_arr,
+        pending: &spooled.pending,
+        log_after: &log_after.events,
+        dead: &dead,
+    });
+    let candidates = judged.candidates;
     // Look each candidate up by id once more before calling it missing.
     let mut found_late = HashSet::new();
     for chunk in candidates.chunks(ID_BATCH) {
@@ -418,7 +476,8 @@ pub async fn check(config: &Config, opts: &CheckOptions) -> Result<Report, Check
             }
         }
     }
-    let mut missing: Vec<Finding> = candidates
+    // In seq order already (judge sorts the candidates).
+    let missing: Vec<Finding> = candidates
         .into_iter()
         .filter(|e| !found_late.contains(&e.id.to_string()))
         .map(|e| Finding {
@@ -428,22 +487,7 @@ pub async fn check(config: &Config, opts: &CheckOptions) -> Result<Report, Check
             arr_id: None,
         })
         .collect();
-    missing.sort_by_key(|f| f.seq);
-
-    let mut extra: Vec<Finding> = at_arr
-        .iter()
-        .filter(|(id, _)| {
-            let uuid = Uuid::parse_str(id).ok();
-            !uuid.is_some_and(|u| log_after.events.contains_key(&u) || spooled.pending.contains(&u))
-        })
-        .map(|(id, (recorded, arr_id))| Finding {
-            id: id.clone(),
-            recorded: recorded.clone(),
-            seq: None,
-            arr_id: (arr_id != id).then(|| arr_id.clone()),
-        })
-        .collect();
-    extra.sort_by(|a, b| (&a.recorded, &a.id).cmp(&(&b.recorded, &b.id)));
+    let extra = judged.extra;
 
     Ok(Report {
         search,
@@ -454,7 +498,7 @@ pub async fn check(config: &Config, opts: &CheckOptions) -> Result<Report, Check
         at_arr: at_arr.len(),
         other_sources,
         pending: spooled.pending.len(),
-        dead_lettered,
+        dead_lettered: judged.dead_lettered,
         log_lines_skipped: log.skipped,
         missing,
         extra,
@@ -489,6 +533,70 @@ mod tests {
             "https://arr.example/audit/"
         );
         assert!(fhir_base("ftp://x/", BundleType::Batch).is_err());
+    }
+
+    fn entry(n: u128) -> (Uuid, DeliveredEntry) {
+        let id = Uuid::from_u128(n);
+        let recorded = format!("2026-11-25T15:00:{:02}Z", n % 60);
+        (
+            id,
+            DeliveredEntry {
+                seq: n as u64,
+                id,
+                recorded,
+            },
+        )
+    }
+
+    #[test]
+    fn pending_acknowledged_meanwhile_and_dead_lettered_events_are_not_discrepancies() {
+        // Delivered before the search: 1..=5. At the ARR: 1, 2, and 7 (pending in the
+        // spool: sent, not acknowledged), 8 (acknowledged while the search ran), 9 (never
+        // delivered), and "x" (an id that is not a UUID). 3 is a dead letter, 4 was requeued
+        // (back in the spool), 5 is gone.
+        let delivered: HashMap<Uuid, DeliveredEntry> = (1..=5).map(entry).collect();
+        let at = |n: u128| {
+            let id = Uuid::from_u128(n).to_string();
+            (id.clone(), ("2026-11-25T15:00:00Z".to_owned(), id))
+        };
+        let mut at_arr: HashMap<String, (String, String)> =
+            [1, 2, 7, 8, 9].into_iter().map(at).collect();
+        at_arr.insert("x".into(), ("2026-11-25T15:01:00Z".into(), "srv-1".into()));
+        let pending: HashSet<Uuid> = [4, 7].into_iter().map(Uuid::from_u128).collect();
+        let mut log_after = delivered.clone();
+        log_after.extend([entry(8)]);
+        let dead: HashSet<String> = [Uuid::from_u128(3).to_string()].into();
+        let j = judge(&Sides {
+            delivered: &delivered,
+            at_arr: &at_arr,
+            pending: &pending,
+            log_after: &log_after,
+            dead: &dead,
+        });
+        let seqs: Vec<u64> = j.candidates.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [5]);
+        assert_eq!(j.dead_lettered, 1);
+        let extra: Vec<(&str, Option<&str>)> = j
+            .extra
+            .iter()
+            .map(|f| (f.id.as_str(), f.arr_id.as_deref()))
+            .collect();
+        let nine = Uuid::from_u128(9).to_string();
+        assert_eq!(extra, [(nine.as_str(), None), ("x", Some("srv-1"))]);
+    }
+
+    #[test]
+    fn dead_letter_ids_come_from_dead_letters_and_requeued_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        for (sub, id) in [(DEAD_LETTER_DIR, "a"), (REQUEUE_DIR, "b")] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+            let letter = serde_json::json!({"bundle": {"entry": [{"resource": {"id": id}}]},
+                "status": 400});
+            std::fs::write(dir.path().join(sub).join("1-x.json"), letter.to_string()).unwrap();
+        }
+        std::fs::write(dir.path().join(DEAD_LETTER_DIR).join("junk.json"), "{").unwrap();
+        let ids = dead_letter_ids(dir.path());
+        assert_eq!(ids, HashSet::from(["a".to_owned(), "b".to_owned()]));
     }
 
     #[test]

@@ -223,3 +223,61 @@ fn arr_check_is_clean_then_names_a_deleted_and_a_foreign_event_and_fails_when_th
         "{err}"
     );
 }
+
+/// SIGKILLs while delivering leave the delivered log consistent with the ARR: a Bundle the
+/// ARR stored but the agent had not acknowledged is sent again and logged at its ack, a
+/// torn last line is cut at the next start, and `arr check` is clean once everything is
+/// delivered.
+#[test]
+fn arr_check_is_clean_after_sigkills_during_delivery() {
+    let Some(s) = server("the arr check SIGKILL test") else {
+        return;
+    };
+    const LINES: usize = 3_000;
+    const KILLS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    append(&log, &fhir_lines(0, LINES));
+    let cfg = config(dir.path(), &s.base_url(), &[&log]);
+    let cfg_text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("max_events = 50", "max_events = 10");
+    std::fs::write(&cfg, cfg_text).unwrap();
+    let mut last = 0;
+    for kill in 0..KILLS {
+        let agent = Agent::start(&cfg, &[]);
+        let grew = wait_until(Duration::from_secs(60), || s.audit_event_count() > last);
+        assert!(grew, "no progress after restart {kill}:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(fastrand::u64(20..300)));
+        agent.signal("KILL");
+        drop(agent);
+        last = s.audit_event_count();
+        assert!(last < LINES, "delivery finished before kill {kill}");
+    }
+    let mut agent = Agent::start(&cfg, &["--once"]);
+    let status = agent
+        .wait(Duration::from_secs(300))
+        .expect("run --once ends");
+    assert!(status.success(), "{}", agent.log());
+    let stored = s.audit_event_count();
+    assert!(stored > LINES, "{stored}");
+
+    let (out, report) = arr_check(&cfg, &["--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["delivered"], stored, "{report}");
+    assert_eq!(report["at_arr"], stored, "{report}");
+    assert_eq!(report["pending"], 0, "{report}");
+    let read = balp_agent::spool::delivered::read(&dir.path().join("state")).unwrap();
+    eprintln!(
+        "{KILLS} SIGKILLs: {stored} AuditEvents stored; delivered log: {} lines for {} ids, \
+         {} skipped",
+        read.lines,
+        read.events.len(),
+        read.skipped
+    );
+}
