@@ -211,6 +211,18 @@ fn arr_check_is_clean_then_names_a_deleted_and_a_foreign_event_and_fails_when_th
     assert_eq!(report["delivered"], 1, "{report}");
     assert_eq!(report["at_arr"], 1, "{report}");
 
+    // A wrong base: the server's 404 is an error, named with the URL and the status.
+    let wrong_dir = tempfile::tempdir().unwrap();
+    let wrong_url = s.base_url().replace("/fhir", "/other");
+    let wrong = config(wrong_dir.path(), &wrong_url, &[&generated]);
+    let (out, _) = arr_check(&wrong, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("GET {wrong_url}/AuditEvent?")) && err.contains("HTTP 404"),
+        "{err}"
+    );
+
     agent.stop();
     let url = s.base_url();
     drop(s);
@@ -280,4 +292,20 @@ fn arr_check_is_clean_after_sigkills_during_delivery() {
         read.events.len(),
         read.skipped
     );
+}
+
+/// A config whose output is not HTTP has no ARR to check: exit 2, saying why.
+#[test]
+fn arr_check_without_an_http_output_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "[agent]\nstate_dir = \"state\"\n[output]\ntype = \"directory\"\npath = \"out\"\n",
+    );
+    let (out, _) = arr_check(&cfg, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("output.type = \"http\""), "{err}");
+    let (out, _) = arr_check(&cfg, &["--since", "soon"]);
+    assert_eq!(out.status.code(), Some(2), "a bad --since is a usage error");
 }
