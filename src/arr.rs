@@ -227,10 +227,15 @@ impl Arr {
         Ok(v)
     }
 
-    /// Every resource of a search, following `next` links (same origin as the base only:
-    /// the credentials must not go elsewhere). Returns the resources and the pages read.
-    async fn search(&mut self, first: Url) -> Result<(Vec<serde_json::Value>, usize), CheckError> {
-        let mut out = Vec::new();
+    /// Hand every resource of a search to `each`, page by page (an ARR may hold millions:
+    /// only one page is in memory), following `next` links (same origin as the base only:
+    /// the credentials must not go elsewhere). Returns the pages read.
+    async fn search(
+        &mut self,
+        first: Url,
+        mut each: impl FnMut(&serde_json::Value),
+    ) -> Result<usize, CheckError> {
+        let mut matches = 0usize;
         let mut url = first;
         let mut seen = HashSet::new();
         let mut pages = 0;
@@ -243,13 +248,12 @@ impl Arr {
                 });
             }
             let page = self.get_bundle(&url).await?;
-            let entries = page["entry"].as_array().cloned().unwrap_or_default();
-            out.extend(
-                entries
-                    .into_iter()
-                    .filter(|e| e["search"]["mode"] != "include")
-                    .map(|mut e| e["resource"].take()),
-            );
+            for e in page["entry"].as_array().into_iter().flatten() {
+                if e["search"]["mode"] != "include" {
+                    matches += 1;
+                    each(&e["resource"]);
+                }
+            }
             let next = page["link"].as_array().and_then(|links| {
                 links
                     .iter()
@@ -259,17 +263,16 @@ impl Arr {
             let Some(next) = next else {
                 // A server that pages by `total` without links would be read only in part.
                 if let Some(total) = page["total"].as_u64()
-                    && total as usize > out.len()
+                    && total as usize > matches
                 {
                     return Err(CheckError::Arr {
                         url: Arr::shown(&url),
                         reason: format!(
-                            "the ARR reports {total} matches but gave {} and no next link",
-                            out.len()
+                            "the ARR reports {total} matches but gave {matches} and no next link"
                         ),
                     });
                 }
-                return Ok((out, pages));
+                return Ok(pages);
             };
             let next = self.base.join(next).map_err(|e| CheckError::Arr {
                 url: Arr::shown(&url),
@@ -304,12 +307,12 @@ impl Arr {
 struct Sides<'a> {
     /// Delivered-log entries in the window, read before the search.
     delivered: &'a HashMap<Uuid, DeliveredEntry>,
-    /// This agent's events at the ARR in the window: our id → (recorded, ARR id).
-    at_arr: &'a HashMap<String, (String, String)>,
+    /// This agent's events at the ARR in the window: our id → (recorded, ARR id if other).
+    at_arr: &'a HashMap<String, (String, Option<String>)>,
     /// Ids still in the spool, read after the search.
     pending: &'a HashSet<Uuid>,
-    /// The whole delivered log, read after the search.
-    log_after: &'a HashMap<Uuid, DeliveredEntry>,
+    /// The ids of the whole delivered log, read after the search.
+    log_after: &'a HashSet<Uuid>,
     /// Ids in dead letters (and requeued ones).
     dead: &'a HashSet<String>,
 }
@@ -346,13 +349,13 @@ fn judge<'a>(s: &Sides<'a>) -> Judged<'a> {
         .iter()
         .filter(|(id, _)| {
             let uuid = Uuid::parse_str(id).ok();
-            !uuid.is_some_and(|u| s.log_after.contains_key(&u) || s.pending.contains(&u))
+            !uuid.is_some_and(|u| s.log_after.contains(&u) || s.pending.contains(&u))
         })
         .map(|(id, (recorded, arr_id))| Finding {
             id: id.clone(),
             recorded: recorded.clone(),
             seq: None,
-            arr_id: (arr_id != id).then(|| arr_id.clone()),
+            arr_id: arr_id.clone(),
         })
         .collect();
     extra.sort_by(|a, b| (&a.recorded, &a.id).cmp(&(&b.recorded, &b.id)));
@@ -425,39 +428,39 @@ pub async fn check(config: &Config, opts: &CheckOptions) -> Result<Report, Check
     query.push(("_count", opts.page_size.max(1).to_string()));
     let first = arr.url(&query)?;
     let search = Arr::shown(&first);
-    let (resources, pages) = arr.search(first).await?;
-
-    let mut at_arr: HashMap<String, (String, String)> = HashMap::new();
+    let mut at_arr: HashMap<String, (String, Option<String>)> = HashMap::new();
     let mut other_sources = 0;
-    for r in &resources {
-        if r["resourceType"] != "AuditEvent" {
-            continue;
-        }
-        if r["source"]["observer"]["display"] != observer.as_str() {
-            other_sources += 1;
-            continue;
-        }
-        let recorded = r["recorded"].as_str().unwrap_or("").to_owned();
-        if since.is_some_and(|s| parse_time(&recorded).is_none_or(|t| t < s)) {
-            continue;
-        }
-        let Some(id) = event_id(r, ext_url) else {
-            continue;
-        };
-        let arr_id = r["id"].as_str().unwrap_or("").to_owned();
-        at_arr.insert(id, (recorded, arr_id));
-    }
+    let pages = arr
+        .search(first, |r| {
+            if r["resourceType"] != "AuditEvent" {
+                return;
+            }
+            if r["source"]["observer"]["display"] != observer.as_str() {
+                other_sources += 1;
+                return;
+            }
+            let recorded = r["recorded"].as_str().unwrap_or("");
+            if since.is_some_and(|s| parse_time(recorded).is_none_or(|t| t < s)) {
+                return;
+            }
+            let Some(id) = event_id(r, ext_url) else {
+                return;
+            };
+            let arr_id = r["id"].as_str().filter(|a| *a != id).map(str::to_owned);
+            at_arr.insert(id, (recorded.to_owned(), arr_id));
+        })
+        .await?;
 
     // Read after the search: events delivered while it ran are in one of these.
     let spooled = delivered::spool_ids(state)?;
-    let log_after = delivered::read(state)?;
+    let log_after = delivered::read_ids(state)?;
     let dead = dead_letter_ids(state);
 
     let judged = judge(&Sides {
         delivered: &delivered,
         at_arr: &at_arr,
         pending: &spooled.pending,
-        log_after: &log_after.events,
+        log_after: &log_after,
         dead: &dead,
     });
     let candidates = judged.candidates;
@@ -466,15 +469,15 @@ pub async fn check(config: &Config, opts: &CheckOptions) -> Result<Report, Check
     for chunk in candidates.chunks(ID_BATCH) {
         let ids: Vec<String> = chunk.iter().map(|e| e.id.to_string()).collect();
         let url = arr.url(&[("_id", ids.join(",")), ("_count", ID_BATCH.to_string())])?;
-        let (resources, _) = arr.search(url).await?;
-        for r in &resources {
+        arr.search(url, |r| {
             if let Some(id) = event_id(r, ext_url) {
                 found_late.insert(id);
             }
             if let Some(id) = r["id"].as_str() {
                 found_late.insert(id.to_owned());
             }
-        }
+        })
+        .await?;
     }
     // In seq order already (judge sorts the candidates).
     let missing: Vec<Finding> = candidates
@@ -557,14 +560,16 @@ mod tests {
         let delivered: HashMap<Uuid, DeliveredEntry> = (1..=5).map(entry).collect();
         let at = |n: u128| {
             let id = Uuid::from_u128(n).to_string();
-            (id.clone(), ("2026-11-25T15:00:00Z".to_owned(), id))
+            (id, ("2026-11-25T15:00:00Z".to_owned(), None))
         };
-        let mut at_arr: HashMap<String, (String, String)> =
+        let mut at_arr: HashMap<String, (String, Option<String>)> =
             [1, 2, 7, 8, 9].into_iter().map(at).collect();
-        at_arr.insert("x".into(), ("2026-11-25T15:01:00Z".into(), "srv-1".into()));
+        at_arr.insert(
+            "x".into(),
+            ("2026-11-25T15:01:00Z".into(), Some("srv-1".into())),
+        );
         let pending: HashSet<Uuid> = [4, 7].into_iter().map(Uuid::from_u128).collect();
-        let mut log_after = delivered.clone();
-        log_after.extend([entry(8)]);
+        let log_after: HashSet<Uuid> = (1..=5).chain([8]).map(Uuid::from_u128).collect();
         let dead: HashSet<String> = [Uuid::from_u128(3).to_string()].into();
         let j = judge(&Sides {
             delivered: &delivered,
