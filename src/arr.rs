@@ -12,6 +12,9 @@
 //! server) and the events are attributed to this agent client-side, by
 //! `source.observer.display` equal to the agent's observer display.
 //!
+//! **Base.** `output.fhir_base` if set; else `output.url` for `batch`/`transaction`, and
+//! `output.url` without a trailing `/Bundle` for `collection`.
+//!
 //! **Window.** `--since D` checks events recorded in the last `D` on both sides; without
 //! it, the window starts at the oldest `recorded` in the delivered log (older events cannot
 //! be judged: the log no longer names them).
@@ -137,6 +140,14 @@ pub fn fhir_base(output_url: &str, bundle_type: BundleType) -> Result<Url, Strin
         BundleType::Batch | BundleType::Transaction => path,
     };
     url.set_path(&format!("{path}/"));
+    Ok(url)
+}
+
+/// `output.fhir_base` as given, with the one trailing `/` that `Url::join` needs.
+fn explicit_base(raw: &str) -> Result<Url, String> {
+    let mut url = crate::deliver::http_url(raw).map_err(|e| format!("output.fhir_base: {e}"))?;
+    let path = format!("{}/", url.path().trim_end_matches('/'));
+    url.set_path(&path);
     Ok(url)
 }
 
@@ -379,7 +390,11 @@ pub async fn check(config: &Config, opts: &CheckOptions) -> Result<Report, Check
         .url
         .as_deref()
         .ok_or_else(|| CheckError::Setup("output.url: required for arr check".into()))?;
-    let base = fhir_base(raw, o.bundle_type).map_err(CheckError::Setup)?;
+    let base = match &o.fhir_base {
+        Some(b) => explicit_base(b),
+        None => fhir_base(raw, o.bundle_type),
+    }
+    .map_err(CheckError::Setup)?;
     let http = HttpOutput::new(o, &config.agent.state_dir)
         .map_err(|e| CheckError::Setup(e.to_string()))?;
     let mut arr = Arr { http, base };
@@ -536,6 +551,11 @@ mod tests {
             "https://arr.example/audit/"
         );
         assert!(fhir_base("ftp://x/", BundleType::Batch).is_err());
+        assert_eq!(
+            explicit_base("https://arr.example/r4").unwrap().to_string(),
+            "https://arr.example/r4/"
+        );
+        assert!(explicit_base("arr.example/r4").is_err());
     }
 
     fn entry(n: u128) -> (Uuid, DeliveredEntry) {

@@ -204,6 +204,31 @@ fn arr_check_is_clean_then_names_a_deleted_and_a_foreign_event_and_fails_when_th
         "{text}"
     );
 
+    // The same state seen through other output settings: the base derived from a collection
+    // URL, and an explicit `fhir_base` beside a URL that is no FHIR base.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let base = s.base_url();
+    let variants = [
+        text.replace("bundle_type = \"batch\"", "bundle_type = \"collection\"")
+            .replace(
+                &format!("url = \"{base}\""),
+                &format!("url = \"{base}/Bundle\""),
+            ),
+        text.replace(
+            &format!("url = \"{base}\""),
+            &format!("url = \"{base}/ingest\"\nfhir_base = \"{base}\""),
+        ),
+    ];
+    for (i, variant) in variants.iter().enumerate() {
+        assert_ne!(variant, &text);
+        let other = dir.path().join(format!("variant{i}.toml"));
+        std::fs::write(&other, variant).unwrap();
+        let (out, report) = arr_check(&other, &["--json"]);
+        assert_eq!(out.status.code(), Some(1), "{variant}\n{report}");
+        assert_eq!(ids(&report["missing"]), [gone.id.to_string()], "{report}");
+        assert_eq!(ids(&report["extra"]), [foreign_id], "{report}");
+    }
+
     // The lines are of 25 Nov 2026: a window of the last 10 minutes holds only the agent's own
     // start event, so neither discrepancy is in it.
     let (out, report) = arr_check(&cfg, &["--json", "--since", "10m"]);
