@@ -6,8 +6,8 @@
 //! or the events were dead-lettered) and every range before it was settled too. A Bundle in
 //! flight when the agent stops is resent at the next start with exactly its range (the
 //! `inflight` file), so a resend carries the same Bundle id and the same event ids.
-//! Before each ack, the settled events are appended to the delivered log
-//! ([`DeliveredLog`]: seq, id, recorded; one write and one fdatasync per ack), which
+//! Each ack hands the spool the settled events' lines for the delivered log
+//! (`spool::delivered`: seq, id, recorded; written without an fsync of their own), which
 //! `balp-agent arr check` compares with the ARR.
 
 use super::{ACK_EVERY, DRAIN_FOR, PipelineError, SharedSpool};
@@ -15,7 +15,7 @@ use crate::batch::{Batch, BatchPolicy};
 use crate::deliver::{DeliverError, Delivery, Output};
 use crate::metrics::Health;
 use crate::shutdown::Shutdown;
-use crate::spool::delivered::{DeliveredLog, push_line};
+use crate::spool::delivered::push_line;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,8 +38,6 @@ pub(super) struct DeliveryCtx {
     pub(super) shutdown: Shutdown,
     /// Records the ranges of the Bundles in flight, so a restart resends exactly those.
     pub(super) inflight_path: PathBuf,
-    /// Where settled events are recorded before they are acknowledged.
-    pub(super) delivered: DeliveredLog,
 }
 
 /// What a delivery task hands back: its output (for the next Bundle) and the outcome.
@@ -176,13 +174,11 @@ impl Deliverer {
         Ok(())
     }
 
-    /// Record the settled events in the delivered log, then acknowledge them in the spool
-    /// (in this order: a crash between the two only repeats ids in the log).
+    /// Acknowledge the settled events in the spool, which records them in the delivered log
+    /// first (a crash between the two only repeats ids in the log).
     fn ack(&mut self, seq: u64) -> Result<(), PipelineError> {
         let lines = std::mem::take(&mut self.to_log);
-        let delivered = &mut self.cx.delivered;
-        tokio::task::block_in_place(|| delivered.append(&lines))?;
-        self.cx.spool.with(|s| s.ack(seq))
+        self.cx.spool.with(|s| s.ack_delivered(seq, &lines))
     }
 
     /// Open slots while a Bundle is ready and the ARR is not failing. Returns when the next
@@ -458,7 +454,6 @@ mod tests {
                 drain: self.drain_tx.subscribe(),
                 shutdown: self.shutdown.clone(),
                 inflight_path: self.state.join("inflight"),
-                delivered: DeliveredLog::open(&self.state).unwrap(),
             }
         }
 

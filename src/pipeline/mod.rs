@@ -42,7 +42,6 @@ use crate::metrics::Health;
 use crate::shutdown::ShutdownTrigger;
 use crate::source::file::positions::{Positions, PositionsError};
 use crate::source::{Checkpoint, SourceMsg, StreamId};
-use crate::spool::delivered::DeliveredLog;
 use crate::spool::{Spool, SpoolError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -147,7 +146,6 @@ pub async fn run(
     let (line_tx, mut line_rx) = mpsc::channel::<SourceMsg>(16);
     let started = sources::start(&config, &positions, line_tx, &shutdown, options.once)?;
 
-    let delivered = DeliveredLog::open(&config.agent.state_dir)?;
     let spool = SharedSpool(Arc::new(Mutex::new(spool)));
     let committed = Arc::new(Notify::new());
     let room = Arc::new(Notify::new());
@@ -166,7 +164,6 @@ pub async fn run(
         drain: drain_rx,
         shutdown: shutdown.clone(),
         inflight_path: config.agent.state_dir.join("inflight"),
-        delivered,
     }));
 
     let metrics_task = match &config.metrics {

@@ -3,12 +3,19 @@
 //!
 //! `<state_dir>/delivered` (and the previous file, `delivered.1`) holds one line per settled
 //! event, `seq TAB event-id TAB recorded LF`, after a `# balp-agent delivered v1` header:
-//! the spool seq, the event's UUID and its `AuditEvent.recorded` as sent. The delivery task
-//! appends the lines of every Bundle settled since the last ack with one `write` and one
-//! `fdatasync`, just before the spool's ack file is replaced ([`DeliveredLog::append`]):
-//! acks are already coalesced (at most one per `ACK_EVERY`), so this adds one fdatasync per
-//! ack, not per Bundle. A crash between the two leaves lines for events the spool sends
-//! again, which only repeats ids; the log never lacks an event the spool has forgotten.
+//! the spool seq, the event's UUID and its `AuditEvent.recorded` as sent.
+//!
+//! Cost: the delivery task hands the lines of every Bundle settled since the last ack to
+//! [`Spool::ack_delivered`], which writes them with one `write` (no fsync) just before the
+//! ack file is replaced: the ack's own fsyncs are the only ones on that path. The log is
+//! `fdatasync`ed only right before the spool deletes a segment (once per 64 MiB segment
+//! under load), because until then the records are still on disk: a power failure that
+//! loses unsynced lines is repaired when the spool is opened, from the segments, for every
+//! acknowledged seq above the log's last one ([`DeliveredLog::last_seq`]). A crash between
+//! the write and the ack leaves lines for events the spool sends again, which only repeats
+//! ids: the log never lacks an event the spool has forgotten.
+//!
+//! [`Spool::ack_delivered`]: super::Spool::ack_delivered
 //!
 //! When `delivered` would pass [`ROTATE_BYTES`], it becomes `delivered.1` (the old one is
 //! dropped), so the log keeps at least the last `ROTATE_BYTES` of lines (about 700 000
@@ -57,13 +64,19 @@ pub fn push_line(out: &mut String, seq: u64, id: &Uuid, json: &str) {
     let _ = writeln!(out, "{seq}\t{}\t{recorded}", id.hyphenated());
 }
 
-/// The writer, owned by the delivery task.
+/// The writer, owned by the spool (lines go in with [`Spool::ack_delivered`]).
+///
+/// [`Spool::ack_delivered`]: super::Spool::ack_delivered
 #[derive(Debug)]
 pub struct DeliveredLog {
     dir: PathBuf,
     file: File,
     len: u64,
     rotate_at: u64,
+    /// Lines written since the last `fdatasync`.
+    dirty: bool,
+    /// The highest seq in the file's last lines (0: none).
+    last_seq: u64,
 }
 
 impl DeliveredLog {
@@ -82,11 +95,14 @@ impl DeliveredLog {
             .open(&path)
             .map_err(io_err("open", &path))?;
         let len = complete_len(&mut file).map_err(io_err("read", &path))?;
+        let last_seq = tail_max_seq(&mut file, len).map_err(io_err("read", &path))?;
         let mut log = DeliveredLog {
             dir: state_dir.to_path_buf(),
             file,
             len,
             rotate_at,
+            dirty: false,
+            last_seq,
         };
         if len == 0 {
             log.file.set_len(0).map_err(io_err("truncate", &path))?;
@@ -98,9 +114,17 @@ impl DeliveredLog {
         Ok(log)
     }
 
-    /// Append lines made by [`push_line`] and make them durable (one write, one
-    /// `fdatasync`). Call it before the spool acknowledges the events they name.
-    pub fn append(&mut self, lines: &str) -> Result<(), SpoolError> {
+    /// The highest seq the log names at its end (lines are appended in seq order; only a
+    /// Bundle sent again after a crash repeats lower ones). Recovery rebuilds the lines of
+    /// acknowledged records above it from the segments.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Append lines made by [`push_line`] (in seq order), without `fdatasync`: they are
+    /// visible to readers at once, and [`sync`](Self::sync) makes them durable before the
+    /// spool deletes a segment holding their records.
+    pub fn write(&mut self, lines: &str) -> Result<(), SpoolError> {
         if lines.is_empty() {
             return Ok(());
         }
@@ -108,10 +132,41 @@ impl DeliveredLog {
             self.rotate()?;
         }
         self.write_raw(lines.as_bytes())?;
+        self.dirty = true;
+        if let Some(seq) = lines
+            .lines()
+            .next_back()
+            .and_then(|l| parse_line(l.as_bytes()))
+            .map(|e| e.seq)
+        {
+            self.last_seq = self.last_seq.max(seq);
+        }
+        Ok(())
+    }
+
+    /// `fdatasync` what [`write`](Self::write) added, if anything.
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        if !self.dirty {
+            return Ok(());
+        }
         let path = self.dir.join(DELIVERED_FILE);
         self.file
             .sync_data()
-            .map_err(|source| SpoolError::Fsync { path, source })
+            .map_err(|source| SpoolError::Fsync { path, source })?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Whether everything written is synced (tests).
+    #[cfg(test)]
+    pub(crate) fn is_synced(&self) -> bool {
+        !self.dirty
+    }
+
+    /// [`write`](Self::write), then [`sync`](Self::sync).
+    pub fn append(&mut self, lines: &str) -> Result<(), SpoolError> {
+        self.write(lines)?;
+        self.sync()
     }
 
     fn write_raw(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
@@ -126,9 +181,11 @@ impl DeliveredLog {
 
     /// `delivered` → `delivered.1` (replacing it), then a fresh `delivered`.
     fn rotate(&mut self) -> Result<(), SpoolError> {
+        // The retired file's lines become durable first: recovery rebuilds only the end of
+        // the current file.
+        self.sync()?;
         let path = self.dir.join(DELIVERED_FILE);
         let old = self.dir.join(DELIVERED_OLD_FILE);
-        // The lines in the file being retired are durable already (each append synced them).
         std::fs::rename(&path, &old).map_err(io_err("rename into place", &old))?;
         self.file = crate::private::options()
             .create(true)
@@ -143,6 +200,29 @@ impl DeliveredLog {
         })?;
         fsync_dir(&self.dir)
     }
+}
+
+/// How far back [`DeliveredLog::last_seq`] looks: past any Bundle resent after a crash.
+const TAIL_BYTES: u64 = 1 << 20;
+
+/// The highest seq in the complete lines of the last [`TAIL_BYTES`] before `len`.
+fn tail_max_seq(file: &mut File, len: u64) -> io::Result<u64> {
+    let start = len.saturating_sub(TAIL_BYTES);
+    let mut buf = vec![0u8; (len - start) as usize];
+    file.seek(SeekFrom::Start(start))?;
+    file.read_exact(&mut buf)?;
+    // A window that starts mid-line skips that first, partial line.
+    let from = if start == 0 {
+        0
+    } else {
+        memchr::memchr(b'\n', &buf).map_or(buf.len(), |i| i + 1)
+    };
+    Ok(buf[from..]
+        .split(|b| *b == b'\n')
+        .filter_map(parse_line)
+        .map(|e| e.seq)
+        .max()
+        .unwrap_or(0))
 }
 
 /// The length of the file up to and including its last line feed (0 if it has none).
@@ -468,6 +548,94 @@ mod tests {
         assert_eq!(ids.acked, 2);
         let want: std::collections::HashSet<Uuid> = (3..=5).map(Uuid::from_u128).collect();
         assert_eq!(ids.pending, want);
+    }
+
+    #[test]
+    fn last_seq_is_the_highest_seq_at_the_end_also_after_a_resend() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = DeliveredLog::open(dir.path()).unwrap();
+        assert_eq!(log.last_seq(), 0);
+        log.write(&lines(1..8)).unwrap();
+        assert_eq!(log.last_seq(), 7);
+        // A Bundle resent after a crash logs lower seqs again.
+        log.write(&lines(5..7)).unwrap();
+        assert_eq!(log.last_seq(), 7);
+        drop(log);
+        assert_eq!(DeliveredLog::open(dir.path()).unwrap().last_seq(), 7);
+    }
+
+    fn spool_with(dir: &Path, n: u128) -> crate::spool::Spool {
+        use crate::balp::EventRecord;
+        use crate::config::SpoolConfig;
+        use crate::spool::{Origin, Spool};
+        let (mut spool, _) = Spool::open(dir, &SpoolConfig::default()).unwrap();
+        for k in 1..=n {
+            let (id, json) = event(k);
+            let record = EventRecord {
+                id,
+                pattern: "read",
+                json,
+            };
+            let origin = Origin {
+                source: "s".into(),
+                stream_key: "k".into(),
+                path: "/p".into(),
+                start: 0,
+                end: 1,
+            };
+            spool.append(&record, &origin).unwrap();
+        }
+        spool.commit().unwrap();
+        spool
+    }
+
+    #[test]
+    fn lines_lost_with_the_power_are_rebuilt_from_the_segments_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = spool_with(dir.path(), 5);
+        spool.ack_delivered(3, &lines(1..4)).unwrap();
+        assert!(
+            !spool.delivered.is_synced(),
+            "no segment was deleted, so no fdatasync was needed"
+        );
+        drop(spool);
+        // What a power failure may leave of lines that were written but not synced.
+        std::fs::write(dir.path().join(DELIVERED_FILE), HEADER).unwrap();
+        assert!(read(dir.path()).unwrap().events.is_empty());
+        let spool = spool_with(dir.path(), 0);
+        assert!(spool.delivered.is_synced());
+        let r = read(dir.path()).unwrap();
+        let mut got: Vec<(u64, String)> = r
+            .events
+            .values()
+            .map(|e| (e.seq, e.recorded.clone()))
+            .collect();
+        got.sort_unstable();
+        let want: Vec<(u64, String)> = (1..=3u64)
+            .map(|k| (k, format!("2026-11-25T15:22:{k:02}+01:00")))
+            .collect();
+        assert_eq!(got, want, "the acknowledged records' lines are back");
+        drop(spool);
+        // Nothing lost: a reopen adds nothing.
+        let _spool = spool_with(dir.path(), 0);
+        assert_eq!(read(dir.path()).unwrap().lines, 3);
+    }
+
+    #[test]
+    fn the_log_is_synced_before_a_segment_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = spool_with(dir.path(), 5);
+        spool.ack_delivered(5, &lines(1..6)).unwrap();
+        assert_eq!(
+            spool.status().segments,
+            0,
+            "the fully acknowledged segment is gone"
+        );
+        assert!(
+            spool.delivered.is_synced(),
+            "so its lines were synced first"
+        );
+        assert_eq!(read(dir.path()).unwrap().events.len(), 5);
     }
 
     #[test]

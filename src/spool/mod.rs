@@ -305,6 +305,8 @@ pub struct Spool {
     staging: bool,
     poisoned: bool,
     room: Cell<Option<(Instant, bool)>>,
+    /// Which events were acknowledged, kept after their segments are deleted.
+    delivered: delivered::DeliveredLog,
 }
 
 fn create_dir(path: &Path) -> Result<(), SpoolError> {
