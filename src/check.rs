@@ -232,6 +232,7 @@ const SAMPLE: &[Field] = &[req("line", Ty::Str), req("yields", Ty::Str)];
 const OUTPUT: &[Field] = &[
     opt("type", Ty::Enum(&["http", "directory", "stdout"])),
     opt("url", Ty::Str),
+    opt("fhir_base", Ty::Str),
     opt("path", Ty::Str),
     opt(
         "bundle_type",
@@ -874,6 +875,11 @@ impl Checker {
             },
             _ => {}
         }
+        if let Some((base, span)) = get_str(out, "fhir_base")
+            && let Err(e) = crate::deliver::http_url(base).map(drop)
+        {
+            self.report(&span, "output.fhir_base", e);
+        }
         if let Some((retry, _)) = get_table(out, "retry")
             && let (Some((a, _)), Some((b, bspan))) = (
                 get_str(retry, "initial_backoff"),
@@ -1257,6 +1263,7 @@ fields = {{ user = "{{b}}" }}
 [output]
 type = "http"
 url = "ftp://arr.example.org"
+fhir_base = "arr.example.org/fhir"
 max_events = "many"
 [output.retry]
 max_backoff = "5"
@@ -1278,9 +1285,10 @@ ca_file = "/nonexistent/ca.pem"
             "c.toml:19:1: sources[2]: missing required key `name`",
             "c.toml:30:19: parsers[0].rules[0].fields.user: template \"{b}\": the regex has no capture named \"b\" (captures: a)",
             "c.toml:34:7: output.url: \"ftp://arr.example.org\": expected an http:// or https:// URL",
-            "c.toml:35:14: output.max_events: expected an integer, found a string",
-            "c.toml:37:15: output.retry.max_backoff: invalid duration \"5\": a unit is required",
-            "c.toml:39:11: output.tls.ca_file: cannot read \"/nonexistent/ca.pem\"",
+            "c.toml:35:13: output.fhir_base: invalid URL \"arr.example.org/fhir\"",
+            "c.toml:36:14: output.max_events: expected an integer, found a string",
+            "c.toml:38:15: output.retry.max_backoff: invalid duration \"5\": a unit is required",
+            "c.toml:40:11: output.tls.ca_file: cannot read \"/nonexistent/ca.pem\"",
         ];
         for e in expect {
             assert!(

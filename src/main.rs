@@ -68,6 +68,34 @@ enum Command {
         #[command(subcommand)]
         action: SpoolAction,
     },
+    /// Compare what the agent delivered with what the ARR holds.
+    Arr {
+        #[command(subcommand)]
+        action: ArrAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ArrAction {
+    /// Search the ARR and report events delivered but absent there (missing) and events
+    /// there with this agent's observer that it never delivered (extra). Exit 0 clean,
+    /// 1 discrepancies, 2 errors.
+    Check {
+        /// Only events recorded within this last stretch (e.g. 24h, 7d); default: since the
+        /// oldest event in the delivered log.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<std::time::Duration>,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Search page size (`_count`).
+        #[arg(long, default_value_t = 500)]
+        page_size: usize,
+    },
+}
+
+fn parse_since(s: &str) -> Result<std::time::Duration, String> {
+    config::units::parse_duration(s)
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,6 +145,14 @@ fn main() -> ExitCode {
         Command::Test { source, file } => cmd_test(&cli.config, source, file.as_deref()),
         Command::Presets { action } => cmd_presets(action.as_ref()),
         Command::Spool { action } => cmd_spool(&cli.config, action),
+        Command::Arr {
+            action:
+                ArrAction::Check {
+                    since,
+                    json,
+                    page_size,
+                },
+        } => Ok(cmd_arr_check(&cli.config, *since, *json, *page_size)),
     };
     match result {
         Ok(code) => code,
@@ -440,6 +476,99 @@ fn cmd_presets(action: Option<&PresetsAction>) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+    }
+}
+
+/// `arr check`: 0 clean, 1 discrepancies, 2 when the check could not be made (config, local
+/// state, the ARR unreachable or answering wrongly).
+fn cmd_arr_check(
+    path: &std::path::Path,
+    since: Option<std::time::Duration>,
+    json: bool,
+    page_size: usize,
+) -> ExitCode {
+    use balp_agent::arr::{self, CheckOptions};
+    const ERROR: u8 = 2;
+    let Ok(cfg) = load_config(path) else {
+        return ExitCode::from(ERROR);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("balp-agent arr check: starting the async runtime: {e}");
+            return ExitCode::from(ERROR);
+        }
+    };
+    let opts = CheckOptions { since, page_size };
+    let report = match runtime.block_on(arr::check(&cfg, &opts)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("balp-agent arr check: {e}");
+            return ExitCode::from(ERROR);
+        }
+    };
+    if json {
+        match serde_json::to_string(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("balp-agent arr check: {e}");
+                return ExitCode::from(ERROR);
+            }
+        }
+    } else {
+        print_arr_report(&report);
+    }
+    if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn print_arr_report(r: &balp_agent::arr::Report) {
+    println!("search:            {} ({} page(s))", r.search, r.pages);
+    println!(
+        "window:            {}",
+        r.window_start
+            .as_deref()
+            .map_or("everything".to_owned(), |s| format!("recorded >= {s}"))
+    );
+    println!("observer:          {}", r.observer);
+    println!("delivered:         {}", r.delivered);
+    println!("at the ARR:        {}", r.at_arr);
+    println!("other observers:   {}", r.other_sources);
+    println!("pending in spool:  {}", r.pending);
+    println!("dead-lettered:     {}", r.dead_lettered);
+    if r.log_lines_skipped > 0 {
+        println!("log lines skipped: {}", r.log_lines_skipped);
+    }
+    println!("missing:           {}", r.missing.len());
+    for f in &r.missing {
+        println!(
+            "  missing {}  recorded {}  seq {}",
+            f.id,
+            f.recorded,
+            f.seq.map_or("-".to_owned(), |s| s.to_string())
+        );
+    }
+    println!("extra:             {}", r.extra.len());
+    for f in &r.extra {
+        match &f.arr_id {
+            Some(a) => println!("  extra {}  recorded {}  ARR id {a}", f.id, f.recorded),
+            None => println!("  extra {}  recorded {}", f.id, f.recorded),
+        }
+    }
+    if r.is_clean() {
+        println!("result: clean");
+    } else {
+        println!(
+            "result: {} missing, {} extra",
+            r.missing.len(),
+            r.extra.len()
+        );
     }
 }
 

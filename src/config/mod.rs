@@ -422,6 +422,9 @@ pub struct OutputConfig {
     /// `http`: the Bundle is POSTed to exactly this URL.
     #[serde(default)]
     pub url: Option<String>,
+    /// `http`: the FHIR base `balp-agent arr check` searches (default: derived from `url`).
+    #[serde(default)]
+    pub fhir_base: Option<String>,
     /// `directory`: where Bundle files are written.
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -465,6 +468,7 @@ impl Default for OutputConfig {
         OutputConfig {
             output_type: OutputType::default(),
             url: None,
+            fhir_base: None,
             path: None,
             bundle_type: BundleType::default(),
             max_events: default_max_events(),

@@ -500,6 +500,74 @@ impl HttpOutput {
         self.status.clone()
     }
 
+    /// The configured `output.url`.
+    pub fn url(&self) -> &reqwest::Url {
+        &self.url
+    }
+
+    /// `GET url` (a FHIR read or search) with the output's client, TLS, headers and
+    /// credentials; a 401 refreshes them once. Returns the status and up to `limit` bytes of
+    /// the body, or why no answer came (for `balp-agent arr check`, which never retries).
+    pub async fn get(
+        &mut self,
+        url: &reqwest::Url,
+        limit: usize,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let mut headers = self.headers.clone();
+        // The configured headers stay (tenant, API key); the ones about a request body go.
+        headers.remove(header::CONTENT_TYPE);
+        headers.remove(header::CONTENT_ENCODING);
+        let mut refreshed = false;
+        loop {
+            self.auth
+                .ensure(&self.client, self.timeout)
+                .await
+                .map_err(|e| match e {
+                    TokenError::Transient(r) | TokenError::Refused(r) => {
+                        format!("token endpoint: {r}")
+                    }
+                })?;
+            let mut h = headers.clone();
+            if let Some(v) = self.auth.header() {
+                h.insert(header::AUTHORIZATION, v.clone());
+            }
+            let sent = self
+                .client
+                .get(url.clone())
+                .headers(h)
+                .timeout(self.timeout)
+                .send()
+                .await;
+            let mut resp = match sent {
+                Ok(r) => r,
+                Err(e) if e.is_timeout() => {
+                    return Err(format!("no answer within {:?}", self.timeout));
+                }
+                Err(e) => return Err(error_chain(&e.without_url())),
+            };
+            let status = resp.status().as_u16();
+            if status == 401 && !refreshed {
+                refreshed = true;
+                self.auth.refresh();
+                continue;
+            }
+            let mut body = Vec::new();
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => {
+                        if body.len() + chunk.len() > limit {
+                            return Err(format!("answer larger than {limit} bytes"));
+                        }
+                        body.extend_from_slice(&chunk);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(error_chain(&e.without_url())),
+                }
+            }
+            return Ok((status, body));
+        }
+    }
+
     /// Deliver one batch until every event is accepted or dead-lettered (see the module doc).
     pub async fn deliver(
         &mut self,

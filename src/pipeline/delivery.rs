@@ -6,12 +6,16 @@
 //! or the events were dead-lettered) and every range before it was settled too. A Bundle in
 //! flight when the agent stops is resent at the next start with exactly its range (the
 //! `inflight` file), so a resend carries the same Bundle id and the same event ids.
+//! Each ack hands the spool the settled events' lines for the delivered log
+//! (`spool::delivered`: seq, id, recorded; written without an fsync of their own), which
+//! `balp-agent arr check` compares with the ARR.
 
 use super::{ACK_EVERY, DRAIN_FOR, PipelineError, SharedSpool};
 use crate::batch::{Batch, BatchPolicy};
 use crate::deliver::{DeliverError, Delivery, Output};
 use crate::metrics::Health;
 use crate::shutdown::Shutdown;
+use crate::spool::delivered::push_line;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +47,8 @@ type Joined = Result<(Output, Result<Delivery, DeliverError>), tokio::task::Join
 struct InFlight {
     first: u64,
     last: u64,
+    /// The Bundle's lines for the delivered log, made while its events were at hand.
+    lines: String,
     task: tokio::task::JoinHandle<(Output, Result<Delivery, DeliverError>)>,
 }
 
@@ -60,6 +66,8 @@ struct Deliverer {
     waiting_since: Option<(u64, Instant)>,
     /// Settled but not yet acknowledged in the spool: acks (two fsyncs each) are coalesced.
     to_ack: Option<u64>,
+    /// Delivered-log lines of the events up to `to_ack`, written just before its ack.
+    to_log: String,
     last_ack: Instant,
     /// A backlog found at start-up goes out at once, without waiting for a full Bundle.
     send_now: bool,
@@ -90,6 +98,7 @@ impl Deliverer {
             window: VecDeque::new(),
             waiting_since: None,
             to_ack: None,
+            to_log: String::new(),
             last_ack: Instant::now(),
             send_now: durable >= next,
             drain_deadline: None,
@@ -157,12 +166,19 @@ impl Deliverer {
             || self.last_ack.elapsed() >= ACK_EVERY
             || !self.cx.spool.lock()?.has_room();
         if due {
-            self.cx.spool.with(|s| s.ack(seq))?;
+            self.ack(seq)?;
             self.cx.room.notify_one();
             self.to_ack = None;
             self.last_ack = Instant::now();
         }
         Ok(())
+    }
+
+    /// Acknowledge the settled events in the spool, which records them in the delivered log
+    /// first (a crash between the two only repeats ids in the log).
+    fn ack(&mut self, seq: u64) -> Result<(), PipelineError> {
+        let lines = std::mem::take(&mut self.to_log);
+        self.cx.spool.with(|s| s.ack_delivered(seq, &lines))
     }
 
     /// Open slots while a Bundle is ready and the ARR is not failing. Returns when the next
@@ -207,6 +223,10 @@ impl Deliverer {
                 .cx
                 .spool
                 .with(|s| s.read_range(next, max_events, max_bytes))?;
+            let mut lines = String::with_capacity(spooled.len() * 96);
+            for e in &spooled {
+                push_line(&mut lines, e.seq, &e.record.id, &e.record.json);
+            }
             let batch = Batch::from_spooled(spooled);
             let Some((first, last)) = batch.seqs else {
                 // Nothing readable (quarantined on the way): look again from the top.
@@ -220,7 +240,12 @@ impl Deliverer {
                 let result = output.deliver(&batch, &shutdown).await;
                 (output, result)
             });
-            self.window.push_back(InFlight { first, last, task });
+            self.window.push_back(InFlight {
+                first,
+                last,
+                lines,
+                task,
+            });
             self.next = last + 1;
             unsent = self.unsent(durable);
             self.waiting_since = None;
@@ -269,6 +294,7 @@ impl Deliverer {
             Delivery::Accepted | Delivery::DeadLettered { .. } => {
                 if let Some(f) = done {
                     self.to_ack = Some(f.last);
+                    self.to_log.push_str(&f.lines);
                 }
                 Ok(true)
             }
@@ -283,7 +309,7 @@ impl Deliverer {
             f.task.abort();
         }
         if let Some(seq) = self.to_ack.take() {
-            self.cx.spool.with(|s| s.ack(seq))?;
+            self.ack(seq)?;
         }
         Ok(())
     }
@@ -476,6 +502,11 @@ mod tests {
             11,
             "every delivered event is acknowledged"
         );
+        let log = crate::spool::delivered::read(&h.state).unwrap();
+        let mut seqs: Vec<(u64, Uuid)> = log.events.values().map(|e| (e.seq, e.id)).collect();
+        seqs.sort_unstable();
+        let want: Vec<(u64, Uuid)> = (1..=10).map(|k| (k, Uuid::from_u128(k.into()))).collect();
+        assert_eq!(seqs, want, "and recorded in the delivered log");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -585,5 +616,7 @@ mod tests {
         let err = delivery_task(cx).await.unwrap_err();
         assert!(matches!(err, PipelineError::Deliver(_)), "{err}");
         assert_eq!(h.first_unacked(), 1, "the events stay in the spool");
+        let log = crate::spool::delivered::read(&h.state).unwrap();
+        assert!(log.events.is_empty(), "nothing settled, nothing logged");
     }
 }

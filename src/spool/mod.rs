@@ -14,10 +14,13 @@
 //!
 //! * [`format`](mod@format): the bytes (segment header, record frame, payload, ack file).
 //! * [`scan`]: walks the frames of one segment, resyncing after damage.
+//! * [`delivered`]: the delivered log (what the output settled, kept after the segments are
+//!   deleted) and a lock-free read of the ids still spooled, for `balp-agent arr check`.
 //! * `recover`: `open`, the recovery cases; `writer`: append, commit, ack; `reader`:
 //!   `read_range`; `verify`: the offline check. This file: the types, status and `has_room`.
 
 pub mod admin;
+pub mod delivered;
 pub mod format;
 mod reader;
 mod recover;
@@ -302,6 +305,8 @@ pub struct Spool {
     staging: bool,
     poisoned: bool,
     room: Cell<Option<(Instant, bool)>>,
+    /// Which events were acknowledged, kept after their segments are deleted.
+    delivered: delivered::DeliveredLog,
 }
 
 fn create_dir(path: &Path) -> Result<(), SpoolError> {

@@ -201,6 +201,7 @@ impl Spool {
         };
         let next_seq = prev_seq.max(acked) + 1;
         let disk_bytes = segments.iter().map(|s| s.len).sum();
+        let delivered = delivered::DeliveredLog::open(state_dir)?;
         let mut spool = Spool {
             dir,
             qdir,
@@ -225,8 +226,12 @@ impl Spool {
             staging: false,
             poisoned: false,
             room: Cell::new(None),
+            delivered,
         };
         spool.trim_gaps();
+        // Before any acknowledged segment goes: it may hold the only trace of lines the
+        // delivered log lost (written, not yet synced, when the power went).
+        spool.repair_delivered()?;
         spool.delete_acked_segments()?;
         rec.pending_events = spool.pending_events();
         if rec.pending_events > 0 {
@@ -237,6 +242,44 @@ impl Spool {
             };
         }
         Ok((spool, rec))
+    }
+
+    /// Give the delivered log the lines of acknowledged records it lacks at its end (seq
+    /// above its last one, up to the ack), from the segments still present, and sync it.
+    fn repair_delivered(&mut self) -> Result<(), SpoolError> {
+        let from = self.delivered.last_seq() + 1;
+        let to = self.acked;
+        if from > to {
+            return Ok(());
+        }
+        let mut lines = String::new();
+        for seg in &self.segments {
+            if seg.last_seq.is_none_or(|l| l < from) || seg.first_seq > to {
+                continue;
+            }
+            let file = File::open(&seg.path).map_err(io_err("open", &seg.path))?;
+            let mut scanner = Scanner::new(file, SEG_HDR_LEN as u64, seg.len)
+                .map_err(io_err("read", &seg.path))?;
+            loop {
+                match scanner.next_frame().map_err(io_err("read", &seg.path))? {
+                    Frame::Record { seq, payload, .. } if (from..=to).contains(&seq) => {
+                        if let Some(p) = format::decode_payload(&payload) {
+                            delivered::push_line(&mut lines, seq, &p.id, &p.json);
+                        }
+                    }
+                    Frame::Record { .. } | Frame::Corrupt { .. } => {}
+                    Frame::Torn { .. } | Frame::UnknownVersion { .. } | Frame::End => break,
+                }
+            }
+        }
+        if !lines.is_empty() {
+            tracing::warn!(
+                lines = lines.lines().count(),
+                "delivered log: lines of acknowledged events rebuilt from the spool"
+            );
+        }
+        self.delivered.write(&lines)?;
+        self.delivered.sync()
     }
 
     pub(super) fn trim_gaps(&mut self) {

@@ -287,6 +287,17 @@ impl Spool {
             .ok_or(SpoolError::Poisoned)
     }
 
+    /// [`ack`](Self::ack), with the delivered-log lines of the events it settles
+    /// ([`delivered::push_line`]): written (not synced) before the ack file; synced only
+    /// before a segment is deleted, since until then recovery can rebuild them.
+    pub fn ack_delivered(&mut self, seq: u64, lines: &str) -> Result<(), SpoolError> {
+        if self.poisoned {
+            return Err(SpoolError::Poisoned);
+        }
+        self.delivered.write(lines)?;
+        self.ack(seq)
+    }
+
     /// Everything up to and including `seq` was accepted by the ARR (or dead-lettered):
     /// persist that, then delete the segments whose records are all acknowledged.
     pub fn ack(&mut self, seq: u64) -> Result<(), SpoolError> {
@@ -356,6 +367,8 @@ impl Spool {
             {
                 self.cursor = None;
             }
+            // The delivered log's lines for these records must outlive them.
+            self.delivered.sync()?;
             fs::remove_file(&seg.path).map_err(io_err("remove", &seg.path))?;
             self.disk_bytes -= seg.len;
             self.segments.remove(i);

@@ -166,6 +166,11 @@ impl FhirServer {
         self.request("GET", path, "application/fhir+json", b"")
     }
 
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> Answer {
+        self.request("DELETE", path, "application/fhir+json", b"")
+    }
+
     /// `method path` with a FHIR JSON body.
     pub fn send(&self, method: &str, path: &str, body: &serde_json::Value) -> Answer {
         let body = body.to_string();

@@ -17,6 +17,7 @@
 //   errors are 400 with the OperationOutcome (in a batch: that entry's response);
 // * transactions are all-or-nothing (Medplum's MemoryRepository has no rollback; here a
 //   failed transaction restores what its entries wrote);
+// * searchset pages get `self` and `next` links (absolute, paging with `_offset`);
 // * `GET /_admin/stored`: every stored AuditEvent as `"<id>": {"versions": N, "type":
 //   "<type.code>", "what": [<entity.what reference or identifier value>…]}` (versions > 1: it was PUT again), the
 //   stored Bundles as `"<id>": <versions>`, the AuditEvents inside stored Bundles (same
@@ -268,7 +269,29 @@ async function handle(req, res) {
   }
   const [oo, resource] = result;
   const status = getStatus(oo);
+  if (req.method === 'GET' && resource?.resourceType === 'Bundle' && resource.type === 'searchset') {
+    addPageLinks(resource, url, req.headers.host);
+  }
   send(res, status, resource && status < 300 ? resource : oo);
+}
+
+/** `self` and, when more matches follow, `next` links on a searchset page, as a real server
+ * gives them (Medplum's router over the in-memory repository gives none): absolute URLs
+ * that page with `_offset`. */
+function addPageLinks(bundle, url, host) {
+  const count = Number.parseInt(url.searchParams.get('_count') ?? '20', 10) || 20;
+  const offset = Number.parseInt(url.searchParams.get('_offset') ?? '0', 10) || 0;
+  const shown = (entries) => {
+    const u = new URL(url.pathname + url.search, `http://${host}`);
+    u.searchParams.set('_offset', String(entries));
+    return u.toString();
+  };
+  const links = [{ relation: 'self', url: shown(offset) }];
+  const n = bundle.entry?.length ?? 0;
+  if (n > 0 && (bundle.total === undefined ? n >= count : offset + n < bundle.total)) {
+    links.push({ relation: 'next', url: shown(offset + n) });
+  }
+  bundle.link = links;
 }
 
 const server = createServer((req, res) => {
