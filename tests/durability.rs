@@ -405,3 +405,87 @@ fn spool_status_and_dead_letter_requeue_work_on_a_running_agent() {
             .unwrap_or(true)
     );
 }
+
+/// A tmpfs mounted for one test, unmounted on drop (also when the test fails).
+struct Mount(PathBuf);
+
+impl Mount {
+    /// Mount a tmpfs of `size` at `dir`; None when this process may not mount.
+    fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| Mount(dir.to_owned()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_filesystem_filling_up_pauses_reading_and_everything_is_delivered_when_space_frees() {
+    // The spool's own quota is not the limit here: the filesystem is. The agent stops reading
+    // while less than the free-space floor (64 MiB) is left on a 100 MiB filesystem, the lines
+    // wait in the log file, and once the ARR is back and delivered segments are deleted it
+    // reads on: every line arrives exactly once.
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().join("fs");
+    let Some(_mount) = Mount::tmpfs(&fs, "100m") else {
+        common::e2e::runnable(
+            "the full-filesystem test",
+            false,
+            "mounting a tmpfs needs root (mount -t tmpfs)",
+        );
+        return;
+    };
+    let arr = Arr::start();
+    arr.set_default(Reply::Status(503));
+    let log = dir.path().join("access.log");
+    let state = fs.join("state");
+    let cfg = config(dir.path(), &log, &arr, "1GiB", 500);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        r#"state_dir = "state""#,
+        &format!("state_dir = {:?}", state.display().to_string()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    const LINES: usize = 40_000;
+    append(&log, &fhir_lines(0, LINES));
+    let mut agent = Agent::start(&cfg, &[]);
+    assert!(
+        wait_until(Duration::from_secs(90), || agent
+            .log()
+            .contains("spool full")),
+        "{}",
+        agent.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let pending = spool_pending(&state);
+    assert!(
+        pending > 5_000 && pending < LINES as u64,
+        "reading stopped at the free-space floor: {pending} events spooled"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(spool_pending(&state), pending, "reading stays paused");
+    arr.set_default(Reply::Ok);
+    assert!(
+        arr.wait_for_events(LINES, Duration::from_secs(120)),
+        "{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("sources resumed"), "{}", agent.log());
+    assert!(agent.stop().success(), "{}", agent.log());
+    assert_eq!(delivered_by_request_id(&arr).len(), LINES);
+}
