@@ -471,14 +471,20 @@ fn a_filesystem_filling_up_pauses_reading_and_everything_is_delivered_when_space
         "{}",
         agent.log()
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // status.json is rewritten every second: wait past one rewrite before each reading.
+    std::thread::sleep(Duration::from_millis(1500));
     let pending = spool_pending(&state);
     assert!(
         pending > 5_000 && pending < LINES as u64,
         "reading stopped at the free-space floor: {pending} events spooled"
     );
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(spool_pending(&state), pending, "reading stays paused");
+    assert!(
+        !agent.log().contains("sources resumed"),
+        "no room came back by itself: {}",
+        agent.log()
+    );
     arr.set_default(Reply::Ok);
     assert!(
         arr.wait_for_events(LINES, Duration::from_secs(120)),
