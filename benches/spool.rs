@@ -28,6 +28,7 @@ fn main() {
     let config = SpoolConfig {
         max_bytes: ByteSize(u64::MAX),
         when_full: WhenFull::Block,
+        min_free: ByteSize(0),
     };
     let (mut spool, _) = match Spool::open(dir.path(), &config) {
         Ok(s) => s,

@@ -272,6 +272,7 @@ const TLS: &[Field] = &[
 const SPOOL: &[Field] = &[
     opt("max_bytes", Ty::Size),
     opt("when_full", Ty::Enum(&["block"])),
+    opt("min_free", Ty::Size),
 ];
 const METRICS: &[Field] = &[
     req("listen", Ty::Str),

@@ -495,3 +495,75 @@ fn a_filesystem_filling_up_pauses_reading_and_everything_is_delivered_when_space
     assert!(agent.stop().success(), "{}", agent.log());
     assert_eq!(delivered_by_request_id(&arr).len(), LINES);
 }
+
+#[test]
+fn a_filesystem_filled_by_someone_else_stalls_commits_and_nothing_is_lost() {
+    // Another program takes the last free byte while the agent is spooling: a commit's write
+    // meets ENOSPC. The agent keeps running (reading waits, the commit is retried), and once
+    // the space is freed every line arrives exactly once.
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().join("fs");
+    let Some(_mount) = Mount::tmpfs(&fs, "100m") else {
+        common::e2e::runnable(
+            "the filled-filesystem test",
+            false,
+            "mounting a tmpfs needs root (mount -t tmpfs)",
+        );
+        return;
+    };
+    let arr = Arr::start();
+    arr.set_default(Reply::Status(503));
+    let log = dir.path().join("access.log");
+    let state = fs.join("state");
+    let cfg = config(dir.path(), &log, &arr, "1GiB", 500);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        r#"state_dir = "state""#,
+        &format!("state_dir = {:?}", state.display().to_string()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    // No free-space floor: the agent reads on until a write meets ENOSPC.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[spool]\n", "[spool]\nmin_free = \"0\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    const LINES: usize = 30_000;
+    append(&log, &fhir_lines(0, LINES));
+    let mut agent = Agent::start(&cfg, &[]);
+    assert!(
+        wait_until(Duration::from_secs(60), || spool_pending(&state) > 2_000),
+        "{}",
+        agent.log()
+    );
+    // Take every free byte.
+    let filler = fs.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 1 << 20];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.flush();
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || agent
+            .log()
+            .contains("filesystem of the state directory is full")),
+        "{}",
+        agent.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        agent.wait(Duration::from_millis(10)).is_none(),
+        "the agent keeps running: {}",
+        agent.log()
+    );
+    std::fs::remove_file(&filler).unwrap();
+    arr.set_default(Reply::Ok);
+    assert!(
+        arr.wait_for_events(LINES, Duration::from_secs(120)),
+        "{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("has room again"), "{}", agent.log());
+    assert!(agent.stop().success(), "{}", agent.log());
+    assert_eq!(delivered_by_request_id(&arr).len(), LINES);
+}

@@ -611,6 +611,9 @@ pub struct SpoolConfig {
     /// What to do when full.
     #[serde(default)]
     pub when_full: WhenFull,
+    /// Reading waits while the state directory's filesystem has less free space than this.
+    #[serde(default = "default_spool_min_free")]
+    pub min_free: ByteSize,
 }
 
 impl Default for SpoolConfig {
@@ -618,12 +621,17 @@ impl Default for SpoolConfig {
         SpoolConfig {
             max_bytes: default_spool_max(),
             when_full: WhenFull::default(),
+            min_free: default_spool_min_free(),
         }
     }
 }
 
 fn default_spool_max() -> ByteSize {
     ByteSize(1 << 30)
+}
+
+fn default_spool_min_free() -> ByteSize {
+    ByteSize(64 << 20)
 }
 
 /// `[metrics]`

@@ -387,6 +387,7 @@ mod tests {
             let config = SpoolConfig {
                 max_bytes: ByteSize(1 << 30),
                 when_full: WhenFull::Block,
+                min_free: ByteSize(0),
             };
             let opts = SpoolOptions {
                 segment_bytes: 1 << 20,

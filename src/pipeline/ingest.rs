@@ -22,7 +22,7 @@ use crate::metrics::Health;
 use crate::shutdown::Shutdown;
 use crate::source::file::positions::Positions;
 use crate::source::{Checkpoint, LogLine, SourceMsg, StreamId};
-use crate::spool::{CommitDone, Origin, SpoolError, admin};
+use crate::spool::{CommitDone, CommitError, CommitJob, Origin, admin};
 use jiff::Timestamp;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,13 +38,24 @@ enum PendingPosition {
 }
 
 /// What a commit job answers: its write and fsync, or why the thread that ran it failed.
-type JobResult = Result<Result<CommitDone, SpoolError>, tokio::task::JoinError>;
+type JobResult = Result<Result<CommitDone, CommitError>, tokio::task::JoinError>;
 
 /// A commit being written and fsynced, with the positions it makes safe to advance.
 struct InFlight {
-    job: tokio::task::JoinHandle<Result<CommitDone, SpoolError>>,
+    job: tokio::task::JoinHandle<Result<CommitDone, CommitError>>,
     positions: Vec<PendingPosition>,
 }
+
+/// A commit that found the filesystem full, waiting to be run again (nothing of it is
+/// durable, so its positions wait too).
+struct Stalled {
+    job: CommitJob,
+    positions: Vec<PendingPosition>,
+    retry_at: tokio::time::Instant,
+}
+
+/// How often a commit that found the filesystem full is tried again.
+const FULL_RETRY: Duration = Duration::from_secs(1);
 
 /// The ingest side: processes lines into the spool and advances positions at each commit.
 pub(super) struct Ingest {
@@ -54,6 +65,10 @@ pub(super) struct Ingest {
     pending: Vec<PendingPosition>,
     /// The commit being written, if any.
     in_flight: Option<InFlight>,
+    /// The commit waiting for room on the filesystem, if any (never with one in flight).
+    stalled: Option<Stalled>,
+    /// Since when commits find the filesystem full (logged once per episode).
+    disk_full_since: Option<Instant>,
     uncommitted_bytes: usize,
     commit_at: Option<tokio::time::Instant>,
     /// Sources whose records span several lines: mode and record size limit.
@@ -105,6 +120,8 @@ impl Ingest {
             committed: parts.committed,
             pending: Vec::new(),
             in_flight: None,
+            stalled: None,
+            disk_full_since: None,
             uncommitted_bytes: 0,
             commit_at: None,
             multiline: config
@@ -168,11 +185,14 @@ impl Ingest {
                 }
                 res = job_done(&mut self.in_flight), if self.in_flight.is_some() => {
                     self.finish_commit(res)?;
-                    if self.uncommitted_bytes >= COMMIT_BYTES {
+                    if self.uncommitted_bytes >= COMMIT_BYTES && !self.commit_out() {
                         self.start_commit()?;
                     }
                 }
-                _ = sleep_until_opt(self.commit_at), if self.in_flight.is_none() => {
+                _ = sleep_until_opt(self.stalled.as_ref().map(|s| s.retry_at)), if self.stalled.is_some() => {
+                    self.retry_stalled();
+                }
+                _ = sleep_until_opt(self.commit_at), if !self.commit_out() => {
                     self.start_commit()?;
                 }
                 _ = room.notified(), if !has_room => {}
@@ -194,7 +214,7 @@ impl Ingest {
                 // While a commit is out and the next one is full, wait for the first.
                 msg = line_rx.recv(), if self.sources_open && has_room && !self.backlogged() => {
                     self.message(msg)?;
-                    if self.uncommitted_bytes >= COMMIT_BYTES && self.in_flight.is_none() {
+                    if self.uncommitted_bytes >= COMMIT_BYTES && !self.commit_out() {
                         self.start_commit()?;
                     }
                 }
@@ -349,9 +369,11 @@ impl Ingest {
         for chunk in records.chunks(CHUNK) {
             // A batch makes ~0.5 MiB of events: commit inside it, so that the spool's buffers
             // stay near COMMIT_BYTES instead of growing with the batch.
-            if self.uncommitted_bytes >= COMMIT_BYTES {
+            if self.uncommitted_bytes >= COMMIT_BYTES && self.stalled.is_none() {
                 self.wait_commit()?;
-                self.start_commit()?;
+                if self.stalled.is_none() {
+                    self.start_commit()?;
+                }
             }
             for (i, line) in chunk.iter().enumerate() {
                 let Some(proc_) = self.processors.get_mut(&line.stream.source) else {
@@ -399,6 +421,10 @@ impl Ingest {
 
     /// Put requeued dead letters back into the spool; their files go after the commit.
     fn requeue(&mut self) -> Result<(), PipelineError> {
+        // Their files are removed after the commit, which a full filesystem would not make.
+        if self.stalled.is_some() {
+            return Ok(());
+        }
         let state_dir = self.state_dir.clone();
         let taken = self.spool.with(|s| admin::take_requeued(&state_dir, s))?;
         if taken.is_empty() {
@@ -443,7 +469,7 @@ impl Ingest {
         match job {
             Some(job) => {
                 self.in_flight = Some(InFlight {
-                    job: tokio::task::spawn_blocking(move || job.run()),
+                    job: tokio::task::spawn_blocking(move || job.try_run()),
                     positions,
                 });
             }
@@ -454,32 +480,90 @@ impl Ingest {
     }
 
     /// The commit in flight ended: its events are durable (the delivery task is told) and
-    /// its positions advance; or it failed, and so does the agent.
+    /// its positions advance; or the filesystem was full, and it waits to be run again; or it
+    /// failed, and so does the agent.
     fn finish_commit(&mut self, res: JobResult) -> Result<(), PipelineError> {
         let Some(flight) = self.in_flight.take() else {
             return Ok(());
         };
-        let done = res.map_err(|e| PipelineError::Internal(format!("spool commit: {e}")))?;
+        let done = match res.map_err(|e| PipelineError::Internal(format!("spool commit: {e}")))? {
+            Ok(done) => Ok(done),
+            Err(CommitError::NoSpace { job, error }) => {
+                if self.disk_full_since.is_none() {
+                    self.disk_full_since = Some(Instant::now());
+                    tracing::error!(
+                        error = %error,
+                        "spool: the filesystem of the state directory is full; reading waits and the commit is tried again every second (nothing is lost: the lines stay in their files)"
+                    );
+                }
+                self.stalled = Some(Stalled {
+                    job,
+                    positions: flight.positions,
+                    retry_at: tokio::time::Instant::now() + FULL_RETRY,
+                });
+                return Ok(());
+            }
+            Err(CommitError::Failed(e)) => Err(e),
+        };
         self.spool.lock()?.finish_commit(done)?;
+        if let Some(since) = self.disk_full_since.take() {
+            tracing::info!(
+                waited_ms = since.elapsed().as_millis() as u64,
+                "spool: the filesystem has room again; the commit is durable and reading goes on"
+            );
+        }
         self.committed.notify_one();
         self.advance(flight.positions);
         Ok(())
     }
 
-    /// Block until the commit in flight (if any) has ended.
+    /// Run the commit that found the filesystem full again.
+    fn retry_stalled(&mut self) {
+        if let Some(st) = self.stalled.take() {
+            let job = st.job;
+            self.in_flight = Some(InFlight {
+                job: tokio::task::spawn_blocking(move || job.try_run()),
+                positions: st.positions,
+            });
+        }
+    }
+
+    /// Block until the commit in flight (if any) has ended. A commit that finds (or found)
+    /// the filesystem full is tried once more; if there is still no room, that is an error:
+    /// callers need the events durable now (stop, end of `--once`, requeue).
     fn wait_commit(&mut self) -> Result<(), PipelineError> {
+        if self.stalled.is_some() {
+            self.retry_stalled();
+        }
         let Some(flight) = self.in_flight.as_mut() else {
             return Ok(());
         };
         let res = tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(&mut flight.job)
         });
-        self.finish_commit(res)
+        self.finish_commit(res)?;
+        match self.stalled.take() {
+            None => Ok(()),
+            Some(st) => {
+                // Not durable: the lines' positions never advanced, so the next start reads
+                // them again.
+                drop(st);
+                Err(PipelineError::Internal(
+                    "spool: the filesystem of the state directory is still full; events not yet durable are read again from their files at the next start".into(),
+                ))
+            }
+        }
     }
 
-    /// A commit is out and the next one already holds [`COMMIT_BYTES`]: take no more lines.
+    /// A commit is out (or waits for room) and the next one already holds
+    /// [`COMMIT_BYTES`]: take no more lines.
     fn backlogged(&self) -> bool {
-        self.in_flight.is_some() && self.uncommitted_bytes >= COMMIT_BYTES
+        self.commit_out() && self.uncommitted_bytes >= COMMIT_BYTES
+    }
+
+    /// A commit is being written or waits for room: no other may start.
+    fn commit_out(&self) -> bool {
+        self.in_flight.is_some() || self.stalled.is_some()
     }
 
     fn advance(&mut self, positions: Vec<PendingPosition>) {

@@ -29,7 +29,7 @@ mod verify;
 mod writer;
 
 pub use verify::{VerifyProblem, VerifyReport, verify};
-pub use writer::{CommitDone, CommitJob};
+pub use writer::{CommitDone, CommitError, CommitJob};
 
 use crate::balp::EventRecord;
 use crate::config::SpoolConfig;

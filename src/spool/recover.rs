@@ -6,7 +6,11 @@ use super::*;
 impl Spool {
     /// Open (creating if needed) the spool under `<state_dir>/spool/` and recover it.
     pub fn open(state_dir: &Path, config: &SpoolConfig) -> Result<(Spool, Recovered), SpoolError> {
-        Spool::open_with(state_dir, config, SpoolOptions::default())
+        let opts = SpoolOptions {
+            free_floor: config.min_free.0,
+            ..SpoolOptions::default()
+        };
+        Spool::open_with(state_dir, config, opts)
     }
 
     /// [`Spool::open`] with explicit tuning.

@@ -12,6 +12,7 @@ fn config(max: u64) -> SpoolConfig {
     SpoolConfig {
         max_bytes: ByteSize(max),
         when_full: WhenFull::Block,
+        min_free: ByteSize(0),
     }
 }
 

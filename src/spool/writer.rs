@@ -39,20 +39,63 @@ pub struct CommitDone {
     spare: Option<Vec<u8>>,
 }
 
+/// Why a [`CommitJob`] did not finish.
+#[derive(Debug)]
+pub enum CommitError {
+    /// A write found the filesystem full (ENOSPC or a quota); nothing of the job was fsynced
+    /// and it comes back unchanged: writes are at explicit offsets, so running it again once
+    /// there is room rewrites exactly the same bytes.
+    NoSpace {
+        /// The job, to run again.
+        job: CommitJob,
+        /// What the write said.
+        error: SpoolError,
+    },
+    /// Anything else (an fsync failure above all): the spool must not be used again.
+    Failed(SpoolError),
+}
+
 impl CommitJob {
     /// Write every staged buffer at its offset and `fdatasync` it (and the directory, when a
     /// segment was created). Blocking; needs no access to the spool.
     pub fn run(self) -> Result<CommitDone, SpoolError> {
+        self.try_run().map_err(|e| match e {
+            CommitError::NoSpace { error, .. } | CommitError::Failed(error) => error,
+        })
+    }
+
+    /// [`run`](Self::run), but a write that finds the filesystem full hands the job back
+    /// ([`CommitError::NoSpace`]) instead of failing for good. Every buffer is written before
+    /// the first fsync, so a full filesystem is met before anything is synced.
+    pub fn try_run(self) -> Result<CommitDone, CommitError> {
+        for i in 0..self.writes.len() {
+            let w = &self.writes[i];
+            // Explicit offsets: the active segment's handle is shared with later appends.
+            if let Err(source) = w.file.write_all_at(&w.buf, w.offset) {
+                let full = matches!(
+                    source.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                );
+                let error = SpoolError::Io {
+                    op: "write segment",
+                    path: w.path.clone(),
+                    source,
+                };
+                return Err(if full {
+                    CommitError::NoSpace { job: self, error }
+                } else {
+                    CommitError::Failed(error)
+                });
+            }
+        }
         let mut written = Vec::with_capacity(self.writes.len());
         let mut spare = None;
         for w in self.writes {
-            // Explicit offsets: the active segment's handle is shared with later appends.
-            w.file
-                .write_all_at(&w.buf, w.offset)
-                .map_err(io_err("write segment", &w.path))?;
-            w.file.sync_data().map_err(|source| SpoolError::Fsync {
-                path: w.path.clone(),
-                source,
+            w.file.sync_data().map_err(|source| {
+                CommitError::Failed(SpoolError::Fsync {
+                    path: w.path.clone(),
+                    source,
+                })
             })?;
             written.push((w.first_seq, w.buf.len() as u64));
             let mut buf = w.buf;
@@ -60,7 +103,7 @@ impl CommitJob {
             spare = Some(buf);
         }
         if let Some(dir) = &self.dir {
-            fsync_dir(dir)?;
+            fsync_dir(dir).map_err(CommitError::Failed)?;
         }
         Ok(CommitDone {
             written,
