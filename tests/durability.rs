@@ -435,32 +435,70 @@ impl Drop for Mount {
     }
 }
 
+/// An agent's setup with its state_dir on a 100 MiB tmpfs and an ARR answering 503.
+struct FullFs {
+    // Field order is drop order: unmount before the temp dir goes.
+    _mount: Mount,
+    dir: tempfile::TempDir,
+    arr: Arr,
+    log: PathBuf,
+    fs: PathBuf,
+    state: PathBuf,
+    cfg: PathBuf,
+}
+
+impl FullFs {
+    /// `spool_keys` go into `[spool]`; None (test skipped, or failed under CI) without mount.
+    fn new(spool_keys: &str, test: &str) -> Option<FullFs> {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = dir.path().join("fs");
+        let Some(mount) = Mount::tmpfs(&fs, "100m") else {
+            common::e2e::runnable(test, false, "mounting a tmpfs needs root (mount -t tmpfs)");
+            return None;
+        };
+        let arr = Arr::start();
+        arr.set_default(Reply::Status(503));
+        let log = dir.path().join("access.log");
+        let state = fs.join("state");
+        let cfg = config(dir.path(), &log, &arr, "1GiB", 500);
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(
+                r#"state_dir = "state""#,
+                &format!("state_dir = {:?}", state.display().to_string()),
+            )
+            .replace("[spool]\n", &format!("[spool]\n{spool_keys}"));
+        std::fs::write(&cfg, text).unwrap();
+        Some(FullFs {
+            _mount: mount,
+            dir,
+            arr,
+            log,
+            fs,
+            state,
+            cfg,
+        })
+    }
+}
+
 #[test]
 fn a_filesystem_filling_up_pauses_reading_and_everything_is_delivered_when_space_frees() {
     // The spool's own quota is not the limit here: the filesystem is. The agent stops reading
     // while less than the free-space floor (64 MiB) is left on a 100 MiB filesystem, the lines
     // wait in the log file, and once the ARR is back and delivered segments are deleted it
     // reads on: every line arrives exactly once.
-    let dir = tempfile::tempdir().unwrap();
-    let fs = dir.path().join("fs");
-    let Some(_mount) = Mount::tmpfs(&fs, "100m") else {
-        common::e2e::runnable(
-            "the full-filesystem test",
-            false,
-            "mounting a tmpfs needs root (mount -t tmpfs)",
-        );
+    let Some(FullFs {
+        dir: _dir,
+        _mount,
+        arr,
+        log,
+        state,
+        fs: _,
+        cfg,
+    }) = FullFs::new("", "the full-filesystem test")
+    else {
         return;
     };
-    let arr = Arr::start();
-    arr.set_default(Reply::Status(503));
-    let log = dir.path().join("access.log");
-    let state = fs.join("state");
-    let cfg = config(dir.path(), &log, &arr, "1GiB", 500);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        r#"state_dir = "state""#,
-        &format!("state_dir = {:?}", state.display().to_string()),
-    );
-    std::fs::write(&cfg, text).unwrap();
     const LINES: usize = 40_000;
     append(&log, &fhir_lines(0, LINES));
     let mut agent = Agent::start(&cfg, &[]);
@@ -501,31 +539,19 @@ fn a_filesystem_filled_by_someone_else_stalls_commits_and_nothing_is_lost() {
     // Another program takes the last free byte while the agent is spooling: a commit's write
     // meets ENOSPC. The agent keeps running (reading waits, the commit is retried), and once
     // the space is freed every line arrives exactly once.
-    let dir = tempfile::tempdir().unwrap();
-    let fs = dir.path().join("fs");
-    let Some(_mount) = Mount::tmpfs(&fs, "100m") else {
-        common::e2e::runnable(
-            "the filled-filesystem test",
-            false,
-            "mounting a tmpfs needs root (mount -t tmpfs)",
-        );
+    // No free-space floor: the agent reads on until a write meets ENOSPC.
+    let Some(FullFs {
+        dir: _dir,
+        _mount,
+        arr,
+        log,
+        state,
+        fs,
+        cfg,
+    }) = FullFs::new("min_free = \"0\"\n", "the filled-filesystem test")
+    else {
         return;
     };
-    let arr = Arr::start();
-    arr.set_default(Reply::Status(503));
-    let log = dir.path().join("access.log");
-    let state = fs.join("state");
-    let cfg = config(dir.path(), &log, &arr, "1GiB", 500);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        r#"state_dir = "state""#,
-        &format!("state_dir = {:?}", state.display().to_string()),
-    );
-    std::fs::write(&cfg, text).unwrap();
-    // No free-space floor: the agent reads on until a write meets ENOSPC.
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[spool]\n", "[spool]\nmin_free = \"0\"\n");
-    std::fs::write(&cfg, text).unwrap();
     const LINES: usize = 30_000;
     append(&log, &fhir_lines(0, LINES));
     let mut agent = Agent::start(&cfg, &[]);
