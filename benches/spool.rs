@@ -29,6 +29,7 @@ fn main() {
         max_bytes: ByteSize(u64::MAX),
         when_full: WhenFull::Block,
         min_free: ByteSize(0),
+        ..SpoolConfig::default()
     };
     let (mut spool, _) = match Spool::open(dir.path(), &config) {
         Ok(s) => s,

@@ -116,6 +116,8 @@ enum Ty {
     PositiveInt,
     Duration,
     Size,
+    /// A size within [min, max] bytes.
+    SizeIn(u64, u64),
     /// A number in (0, 1].
     Fraction,
     Enum(&'static [&'static str]),
@@ -273,6 +275,7 @@ const SPOOL: &[Field] = &[
     opt("max_bytes", Ty::Size),
     opt("when_full", Ty::Enum(&["block"])),
     opt("min_free", Ty::Size),
+    opt("segment_size", Ty::SizeIn(1 << 20, 1 << 30)),
 ];
 const METRICS: &[Field] = &[
     req("listen", Ty::Str),
@@ -423,6 +426,23 @@ impl Checker {
                 }
                 _ => self.report(&span, path, expected("a size like \"64KiB\"")),
             },
+            Ty::SizeIn(min, max) => {
+                let n = match val {
+                    DeValue::String(s) => parse_size(s),
+                    DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix())
+                        .map_err(|_| "a size must not be negative".to_owned()),
+                    _ => Err(expected("a size like \"64MiB\"")),
+                };
+                match n {
+                    Ok(n) if (min..=max).contains(&n) => {}
+                    Ok(_) => self.report(
+                        &span,
+                        path,
+                        format!("must be between {} MiB and {} MiB", min >> 20, max >> 20),
+                    ),
+                    Err(e) => self.report(&span, path, e),
+                }
+            }
             Ty::Fraction => {
                 let n = match val {
                     DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
@@ -1299,6 +1319,21 @@ ca_file = "/nonexistent/ca.pem"
             );
         }
         assert_eq!(got.len(), expect.len(), "{}", got.join("\n"));
+    }
+
+    #[test]
+    fn spool_segment_size_must_be_between_1_mib_and_1_gib() {
+        let got = check_text("c.toml", "[spool]\nsegment_size = \"64KiB\"\n");
+        assert_eq!(
+            got,
+            ["c.toml:2:16: spool.segment_size: must be between 1 MiB and 1024 MiB"],
+            "{got:?}"
+        );
+        let got = check_text("c.toml", "[spool]\nsegment_size = \"2GiB\"\n");
+        assert_eq!(got.len(), 1, "{got:?}");
+        let got = check_text("c.toml", "[spool]\nsegment_size = \"lots\"\n");
+        assert!(got[0].contains("invalid size"), "{got:?}");
+        assert!(check_text("c.toml", "[spool]\nsegment_size = \"16MiB\"\n").is_empty());
     }
 
     #[test]

@@ -591,7 +591,9 @@ fn cmd_spool(path: &std::path::Path, action: &SpoolAction) -> Result<ExitCode> {
                 Some(a) => println!("oldest pending:    {a:.1} s"),
                 None => println!("oldest pending:    -"),
             }
-            println!("quarantined:       {}", r.quarantined);
+            println!("quarantined:       {} (since start)", r.quarantined);
+            println!("lost events:       {} (since start)", r.lost);
+            println!("quarantine files:  {}", r.quarantine_files);
             println!("dead letters:      {}", r.dead_letters);
             Ok(ExitCode::SUCCESS)
         }

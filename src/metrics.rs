@@ -61,6 +61,8 @@ struct SpoolGauges {
     bytes: u64,
     max_bytes: u64,
     oldest_age: Option<Duration>,
+    quarantined: u64,
+    lost: u64,
 }
 
 #[derive(Debug, Default)]
@@ -122,12 +124,21 @@ impl Health {
         max_bytes: u64,
         oldest_age: Option<Duration>,
     ) {
-        *lock(&self.spool) = SpoolGauges {
+        let mut g = lock(&self.spool);
+        *g = SpoolGauges {
             pending_events,
             bytes,
             max_bytes,
             oldest_age,
+            ..*g
         };
+    }
+
+    /// Damage the spool met since start: records quarantined, events unreadable (lost).
+    pub fn set_spool_damage(&self, quarantined: u64, lost: u64) {
+        let mut g = lock(&self.spool);
+        g.quarantined = quarantined;
+        g.lost = lost;
     }
 
     /// A delivery succeeded (or the ARR settled a Bundle by rejecting its content): clears
@@ -423,6 +434,18 @@ pub fn render(health: &Health, now: Instant) -> String {
         "gauge",
         "Age of the oldest pending spool record (0 when empty).",
         s.oldest_age.map_or(0.0, |d| d.as_secs_f64()),
+    );
+    e.single(
+        "balp_agent_spool_quarantined_records_total",
+        "counter",
+        "Damaged spool records (or segment headers) copied to spool/quarantine since start.",
+        s.quarantined,
+    );
+    e.single(
+        "balp_agent_spool_lost_events_total",
+        "counter",
+        "Spooled events found unreadable since start (damaged, cut off or deleted); never delivered.",
+        s.lost,
     );
 
     e.single(

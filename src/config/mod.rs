@@ -614,6 +614,9 @@ pub struct SpoolConfig {
     /// Reading waits while the state directory's filesystem has less free space than this.
     #[serde(default = "default_spool_min_free")]
     pub min_free: ByteSize,
+    /// A segment file is rolled once the next record would take it past this size.
+    #[serde(default = "default_spool_segment_size")]
+    pub segment_size: ByteSize,
 }
 
 impl Default for SpoolConfig {
@@ -622,12 +625,17 @@ impl Default for SpoolConfig {
             max_bytes: default_spool_max(),
             when_full: WhenFull::default(),
             min_free: default_spool_min_free(),
+            segment_size: default_spool_segment_size(),
         }
     }
 }
 
 fn default_spool_max() -> ByteSize {
     ByteSize(1 << 30)
+}
+
+fn default_spool_segment_size() -> ByteSize {
+    ByteSize(64 << 20)
 }
 
 fn default_spool_min_free() -> ByteSize {

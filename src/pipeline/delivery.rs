@@ -388,6 +388,7 @@ mod tests {
                 max_bytes: ByteSize(1 << 30),
                 when_full: WhenFull::Block,
                 min_free: ByteSize(0),
+                ..SpoolConfig::default()
             };
             let opts = SpoolOptions {
                 segment_bytes: 1 << 20,

@@ -281,6 +281,7 @@ impl Ingest {
                 self.spool_max_bytes,
                 st.oldest_pending_age,
             );
+            self.health.set_spool_damage(st.quarantined, st.lost);
             let dead = admin::dead_letters(&self.state_dir).len();
             admin::write_status(
                 &self.state_dir,

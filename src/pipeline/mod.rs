@@ -241,10 +241,11 @@ fn open_state(config: &Config) -> Result<(Positions, Spool), PipelineError> {
     })?;
     let mut positions = Positions::load(state_dir)?;
     let (spool, recovered) = tokio::task::block_in_place(|| Spool::open(state_dir, &config.spool))?;
-    if recovered.quarantined > 0 || recovered.truncated_bytes > 0 {
+    if recovered.quarantined > 0 || recovered.truncated_bytes > 0 || recovered.lost > 0 {
         tracing::error!(
             quarantined = recovered.quarantined,
             truncated_bytes = recovered.truncated_bytes,
+            lost_events = recovered.lost,
             "spool damage found at start-up: bad records moved to spool/quarantine, the rest will be delivered"
         );
     }

@@ -35,6 +35,12 @@ pub struct StatusReport {
     pub oldest_age_seconds: Option<f64>,
     /// Records quarantined since the spool was opened.
     pub quarantined: u64,
+    /// Events found unreadable since the spool was opened (damaged, cut off, deleted).
+    #[serde(default)]
+    pub lost: u64,
+    /// Files in `spool/quarantine/` (kept across restarts until an operator removes them).
+    #[serde(default)]
+    pub quarantine_files: usize,
     /// Dead-letter files.
     pub dead_letters: usize,
     /// When the snapshot was taken (unix seconds).
@@ -56,6 +62,8 @@ impl StatusReport {
             bytes: s.bytes_on_disk,
             oldest_age_seconds: s.oldest_pending_age.map(|d| d.as_secs_f64()),
             quarantined: s.quarantined,
+            lost: s.lost,
+            quarantine_files: 0,
             dead_letters,
             taken_at: unix_now(),
         }
@@ -89,13 +97,14 @@ pub fn status(
     max_events: usize,
 ) -> Result<StatusReport, SpoolError> {
     let dead = dead_letters(state_dir).len();
+    let quarantine_files = std::fs::read_dir(state_dir.join("spool").join("quarantine"))
+        .map(|d| d.filter(|e| e.is_ok()).count())
+        .unwrap_or(0);
     match Spool::open(state_dir, config) {
-        Ok((spool, _)) => Ok(StatusReport::from_status(
-            "spool",
-            &spool.status(),
-            max_events,
-            dead,
-        )),
+        Ok((spool, _)) => Ok(StatusReport {
+            quarantine_files,
+            ..StatusReport::from_status("spool", &spool.status(), max_events, dead)
+        }),
         Err(SpoolError::Locked { path }) => {
             let snap = std::fs::read(state_dir.join(STATUS_FILE))
                 .ok()
@@ -107,6 +116,7 @@ pub fn status(
                         unix_now().saturating_sub(s.taken_at)
                     );
                     s.dead_letters = dead;
+                    s.quarantine_files = quarantine_files;
                     Ok(s)
                 }
                 None => Err(SpoolError::Locked { path }),

@@ -99,6 +99,9 @@ pub struct Recovered {
     pub quarantined: u64,
     /// Bytes cut off torn tails (copied to `quarantine/` first).
     pub truncated_bytes: u64,
+    /// Seqs above the ack with no readable record: damaged, cut off or in a deleted segment.
+    /// They can never be delivered; each range is logged.
+    pub lost: u64,
     /// Per (source, stream key): the path and the largest `end` of any record present.
     pub positions: BTreeMap<(String, String), (PathBuf, u64)>,
 }
@@ -116,6 +119,8 @@ pub struct SpoolStatus {
     pub segments: usize,
     /// Records quarantined since open (including at open).
     pub quarantined: u64,
+    /// Events found unreadable since open (including at open): never to be delivered.
+    pub lost: u64,
     /// The first seq not acknowledged.
     pub first_unacked: u64,
     /// The highest durable seq (0: none).
@@ -294,6 +299,8 @@ pub struct Spool {
     buffered: u64,
     disk_bytes: u64,
     quarantined: u64,
+    /// Seqs found without a readable record since open (`SpoolStatus::lost`).
+    lost: u64,
     /// (segment, offset) of damage already quarantined, so reading past it does not count it again.
     known_bad: BTreeSet<(u64, u64)>,
     oldest_pending_ms: Option<u64>,
@@ -441,6 +448,7 @@ impl Spool {
                 .map(|ms| Duration::from_millis(now_ms().saturating_sub(ms))),
             segments: self.segments.len(),
             quarantined: self.quarantined,
+            lost: self.lost,
             first_unacked: self.acked + 1,
             durable_seq: self.durable_seq,
         }

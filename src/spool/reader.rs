@@ -110,6 +110,7 @@ impl Spool {
                             "payload does not decode",
                         )? {
                             self.gaps.insert(seq, seq);
+                            self.lost += 1;
                         }
                         continue;
                     };
@@ -143,6 +144,7 @@ impl Spool {
                         && let Some(seq) = seq.filter(|s| *s > self.acked)
                     {
                         self.gaps.insert(seq, seq);
+                        self.lost += 1;
                     }
                 }
                 Frame::Torn { offset } => {

@@ -8,7 +8,9 @@ impl Spool {
     pub fn open(state_dir: &Path, config: &SpoolConfig) -> Result<(Spool, Recovered), SpoolError> {
         let opts = SpoolOptions {
             free_floor: config.min_free.0,
-            ..SpoolOptions::default()
+            // `check` keeps it in this range; a record larger than a segment still fits (a
+            // segment holds at least one record).
+            segment_bytes: config.segment_size.0.clamp(1 << 20, 1 << 30),
         };
         Spool::open_with(state_dir, config, opts)
     }
@@ -55,7 +57,9 @@ impl Spool {
         let mut first_pending_ms: Option<u64> = None;
         let mut known_bad = BTreeSet::new();
         let mut max_seq = 0u64;
-        for (first, path) in list_segments(&dir)? {
+        let listed = list_segments(&dir)?;
+        let last_listed = listed.last().map(|(first, _)| *first);
+        for (first, path) in listed {
             let name = file_name(&path);
             let mut file = File::open(&path).map_err(io_err("open", &path))?;
             let len = file.metadata().map_err(io_err("stat", &path))?.len();
@@ -182,7 +186,13 @@ impl Spool {
                         })?;
                         seg.len = offset;
                         rec.truncated_bytes += cut;
-                        tracing::warn!(path = %path.display(), offset, bytes = cut, "truncated a torn tail of the spool (never reported durable)");
+                        if Some(first) == last_listed {
+                            tracing::warn!(path = %path.display(), offset, bytes = cut, "truncated a torn tail of the spool (a write the crash interrupted, or damage)");
+                        } else {
+                            // Only the last segment is ever written to: an earlier one that
+                            // ends mid-record was cut or damaged after it was durable.
+                            tracing::error!(path = %path.display(), offset, bytes = cut, "spool segment ends in the middle of a record although later segments exist: it was cut or damaged; its end is copied to spool/quarantine and the events in it are lost");
+                        }
                         break;
                     }
                 }
@@ -222,6 +232,7 @@ impl Spool {
             buffered: 0,
             disk_bytes,
             quarantined: rec.quarantined,
+            lost: 0,
             known_bad,
             oldest_pending_ms: None,
             cursor: None,
@@ -233,6 +244,8 @@ impl Spool {
             delivered,
         };
         spool.trim_gaps();
+        rec.lost = spool.report_lost();
+        spool.lost = rec.lost;
         // Before any acknowledged segment goes: it may hold the only trace of lines the
         // delivered log lost (written, not yet synced, when the power went).
         spool.repair_delivered()?;
@@ -284,6 +297,33 @@ impl Spool {
         }
         self.delivered.write(&lines)?;
         self.delivered.sync()
+    }
+
+    /// Log every range of seqs above the ack that has no readable record (damage found at
+    /// open) and return how many seqs that is.
+    fn report_lost(&self) -> u64 {
+        const SHOWN: usize = 20;
+        let mut total = 0u64;
+        for (i, (start, end)) in self.gaps.iter().enumerate() {
+            let n = end - start + 1;
+            total += n;
+            if i < SHOWN {
+                tracing::error!(
+                    first_seq = start,
+                    last_seq = end,
+                    events = n,
+                    "spool: these events cannot be delivered: their records are damaged (copied to spool/quarantine) or missing (a segment deleted or cut short)"
+                );
+            }
+        }
+        if self.gaps.len() > SHOWN {
+            tracing::error!(
+                ranges = self.gaps.len(),
+                events = total,
+                "spool: more ranges of undeliverable events than shown"
+            );
+        }
+        total
     }
 
     pub(super) fn trim_gaps(&mut self) {

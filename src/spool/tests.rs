@@ -13,6 +13,7 @@ fn config(max: u64) -> SpoolConfig {
         max_bytes: ByteSize(max),
         when_full: WhenFull::Block,
         min_free: ByteSize(0),
+        ..SpoolConfig::default()
     }
 }
 
