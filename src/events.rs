@@ -132,13 +132,14 @@ pub fn lines_read(n: u64) {
 }
 
 /// A line was longer than `max_line_bytes` and was cut.
-pub fn line_truncated(stream: &str, offset: u64, max: u64) {
+pub fn line_truncated(stream: &str, offset: u64, max: u64, setting: &'static str) {
     counters().lines_truncated.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(
         stream,
         offset,
-        max_line_bytes = max,
-        "line longer than max_line_bytes was cut"
+        limit_bytes = max,
+        setting,
+        "line longer than its limit was cut there (the rest of it is skipped); raise the setting named here if such lines are expected"
     );
 }
 

@@ -90,7 +90,7 @@ async fn metrics_scrape_has_prometheus_names_types_and_values() {
     events::unmatched_by("auth", "sshd,sudo");
     events::unmatched_by("auth", "sshd,sudo");
     events::unmatched("weird \"src\"\\x");
-    events::line_truncated("s", 0, 10);
+    events::line_truncated("s", 0, 10, "max_line_bytes");
     events::invalid_utf8("s", 0);
     events::bundle_sent("b1", 3, "t");
     events::retry("b2", "t", "HTTP 503", 10);

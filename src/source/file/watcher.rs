@@ -671,7 +671,7 @@ pub(super) fn emit_line(
 ) -> Result<(), Stopped> {
     let (text, invalid_utf8) = to_text(raw.bytes);
     if raw.truncated {
-        crate::events::line_truncated(&describe(stream), raw.offset, max);
+        crate::events::line_truncated(&describe(stream), raw.offset, max, "max_line_bytes");
     }
     if invalid_utf8 {
         crate::events::invalid_utf8(&describe(stream), raw.offset);

@@ -24,6 +24,8 @@ pub enum Framing {
 
 /// Octet counts longer than this many digits cannot be meant seriously.
 const MAX_LEN_DIGITS: usize = 10;
+/// A frame buffer larger than this is released after its frame is emitted.
+const KEEP_CAPACITY: usize = 16 * 1024;
 
 #[derive(Debug)]
 enum State {
@@ -112,6 +114,10 @@ impl Framer {
     fn emit_buf(&mut self, emit: &mut impl FnMut(&[u8], bool)) {
         emit(&self.buf, self.truncated);
         self.buf.clear();
+        if self.buf.capacity() > KEEP_CAPACITY {
+            // One long frame must not pin its buffer for the rest of a quiet connection.
+            self.buf = Vec::new();
+        }
         self.truncated = false;
     }
 
@@ -260,6 +266,23 @@ mod tests {
         assert_eq!(
             strs(&got),
             [("<1>01".into(), true), ("<1>ok".into(), false)]
+        );
+    }
+
+    #[test]
+    fn a_long_frame_does_not_pin_its_buffer() {
+        let mut f = Framer::new(1 << 20);
+        let mut n = 0;
+        let mut emit = |_: &[u8], _: bool| n += 1;
+        let long = vec![b'x'; 100_000];
+        f.push(&long[..50_000], &mut emit);
+        f.push(&long[50_000..], &mut emit);
+        assert!(f.buf.capacity() >= 100_000);
+        f.push(b"\n", &mut emit);
+        assert_eq!(n, 1);
+        assert!(
+            f.buf.capacity() <= KEEP_CAPACITY,
+            "released after the frame"
         );
     }
 

@@ -256,6 +256,7 @@ impl Shared {
                 &crate::source::describe(&stream),
                 offset,
                 self.max_frame as u64,
+                "max_frame_bytes",
             );
         }
         if invalid_utf8 {

@@ -17,6 +17,9 @@ use tokio_rustls::TlsAcceptor;
 
 /// Bytes read from a connection at a time.
 const READ_BUFFER: usize = 64 * 1024;
+/// A connection's first read buffer: thousands of quiet peers must not cost 64 KiB each; a
+/// read that fills it doubles it, up to [`READ_BUFFER`].
+const FIRST_READ_BUFFER: usize = 4 * 1024;
 /// A TLS client must finish its handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the stop signal, how long a connection still tries to hand over what it has read.
@@ -153,7 +156,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
 ) {
     let ip = peer_ip(peer);
     let mut framer = Framer::new(shared.max_frame);
-    let mut buf = vec![0u8; READ_BUFFER];
+    let mut buf = vec![0u8; FIRST_READ_BUFFER];
     loop {
         let read = tokio::select! {
             _ = shutdown.wait() => return,
@@ -170,6 +173,9 @@ async fn read_frames<R: AsyncRead + Unpin>(
             }
             Ok(n) => {
                 framer.push(&buf[..n], &mut emit);
+                if n == buf.len() && buf.len() < READ_BUFFER {
+                    buf.resize(buf.len() * 2, 0);
+                }
                 false
             }
             Err(e) => {
