@@ -115,6 +115,8 @@ struct State {
     requests: Vec<Recorded>,
     accepted_events: usize,
     tokens: u64,
+    /// Keep request bodies (off for soak runs of a million events: only ids are kept).
+    keep_bodies: bool,
 }
 
 #[derive(Debug)]
@@ -153,6 +155,7 @@ impl Arr {
                 requests: Vec::new(),
                 accepted_events: 0,
                 tokens: 0,
+                keep_bodies: true,
             }),
             changed: Condvar::new(),
         });
@@ -185,6 +188,12 @@ impl Arr {
     /// The server's address.
     pub fn addr(&self) -> std::net::SocketAddr {
         self.addr
+    }
+
+    /// Keep request bodies (default) or drop them once their accepted ids are taken, for runs
+    /// too large to hold every body in memory.
+    pub fn keep_bodies(&self, keep: bool) {
+        self.shared.lock().keep_bodies = keep;
     }
 
     /// Replies for the next requests, used in order before the default.
@@ -540,17 +549,17 @@ fn record(
     reply: Reply,
     accepted_ids: Vec<String>,
 ) {
+    let mut s = shared.lock();
     let r = Recorded {
         time: Instant::now(),
         method: head.method.clone(),
         path: head.path.clone(),
         headers: head.headers.clone(),
-        body,
+        body: if s.keep_bodies { body } else { Vec::new() },
         raw_len,
         reply,
         accepted_ids,
     };
-    let mut s = shared.lock();
     s.accepted_events += r.accepted_ids.len();
     s.requests.push(r);
     drop(s);
