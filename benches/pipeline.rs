@@ -60,6 +60,7 @@ fn main() {
         let cfg = dir.path().join(format!("bench{i}.toml"));
         write_config(&cfg, &state, &log, sink.addr, &output_extra);
         sink.events.store(0, Ordering::SeqCst);
+        sink.state.json_bytes.store(0, Ordering::SeqCst);
         runs.push(run_agent(bin, &cfg, &sink));
         let _ = std::fs::remove_dir_all(&state);
     }
@@ -102,9 +103,54 @@ fn main() {
         "baseline LC_ALL=C grep -cE: {base:.3} s; agent/grep wall ratio: {:.1}",
         secs / base
     );
+    gzip_floor(&sink, events);
     if std::env::var("BALP_BENCH_OUTAGE").as_deref() != Ok("0") {
         outage(bin, dir.path(), &sink);
     }
+}
+
+/// What gzip alone costs for the Bundle JSON of one run: the sampled Bundles are gzipped at
+/// the agent's level with the same crate and backend, on one thread, and the CPU time is
+/// scaled to the run's bytes. Every event is made, spooled, read back and compressed; this
+/// is a lower bound for the compression step alone.
+fn gzip_floor(sink: &Sink, events: u64) {
+    let total = sink.state.json_bytes.load(Ordering::SeqCst);
+    let Ok(sample) = sink.state.sample.lock() else {
+        return;
+    };
+    let sample_bytes: usize = sample.iter().map(Vec::len).sum();
+    if sample_bytes == 0 || events == 0 {
+        return;
+    }
+    let started = thread_cpu();
+    let mut packed = 0usize;
+    for _ in 0..3 {
+        for b in sample.iter() {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
+            let _ = enc.write_all(b);
+            packed += enc.finish().map(|v| v.len()).unwrap_or(0);
+        }
+    }
+    let cpu = (thread_cpu() - started) / 3.0;
+    let mib = total as f64 / (1 << 20) as f64;
+    println!(
+        "gzip floor: {mib:.0} MiB of Bundle JSON per run ({:.0} bytes/event, {:.0}x smaller gzipped); gzip level 1 alone: {:.2} CPU-s per run ({:.0} MiB/s on one core)",
+        total as f64 / events as f64,
+        (3 * sample_bytes) as f64 / packed.max(1) as f64,
+        cpu * total as f64 / sample_bytes as f64,
+        sample_bytes as f64 / (1 << 20) as f64 / cpu.max(1e-9)
+    );
+}
+
+/// CPU seconds this thread has used.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 fn write_config(cfg: &Path, state: &Path, log: &Path, addr: std::net::SocketAddr, extra: &str) {
@@ -362,7 +408,14 @@ struct SinkState {
     fail: std::sync::atomic::AtomicBool,
     /// When the first Bundle was accepted since the last reset.
     first_ok: std::sync::Mutex<Option<Instant>>,
+    /// Bundle JSON bytes accepted (gunzipped) since the last reset.
+    json_bytes: AtomicU64,
+    /// The first accepted Bundles, gunzipped, for the gzip floor.
+    sample: std::sync::Mutex<Vec<Vec<u8>>>,
 }
+
+/// Bundles kept for the gzip floor (about 10 000 events).
+const SAMPLE_BUNDLES: usize = 20;
 
 impl Sink {
     fn start() -> Sink {
@@ -440,6 +493,14 @@ fn serve(conn: TcpStream, events: &AtomicU64, state: &SinkState) {
         };
         let n = memchr::memmem::find_iter(&text, b"\"fullUrl\":").count();
         events.fetch_add(n as u64, Ordering::SeqCst);
+        state
+            .json_bytes
+            .fetch_add(text.len() as u64, Ordering::SeqCst);
+        if let Ok(mut sample) = state.sample.lock()
+            && sample.len() < SAMPLE_BUNDLES
+        {
+            sample.push(text);
+        }
         if let Ok(mut first) = state.first_ok.lock() {
             first.get_or_insert_with(Instant::now);
         }

@@ -66,8 +66,19 @@ pub struct MapContext {
 
 /// The deterministic id of the `index`-th event made from the line at `position`.
 pub fn event_id(hostname: &str, source: &str, position: &str, index: usize) -> Uuid {
-    let name = format!("{hostname}\u{1f}{source}\u{1f}{position}\u{1f}{index}");
-    Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
+    use std::fmt::Write as _;
+    thread_local! {
+        // Every event needs one; a reused buffer spares the allocations of `format!`.
+        static NAME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    NAME.with_borrow_mut(|name| {
+        name.clear();
+        let _ = write!(
+            name,
+            "{hostname}\u{1f}{source}\u{1f}{position}\u{1f}{index}"
+        );
+        Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
+    })
 }
 
 /// One event ready for batching: its id and its compact JSON.

@@ -41,33 +41,35 @@ impl Stamp {
     /// Render as a FHIR `instant` (seconds and zone always present), e.g.
     /// `2026-11-25T15:22:44.172367+00:00`.
     pub fn to_instant(&self) -> String {
+        use std::fmt::Write as _;
         let dt = self.offset.to_datetime(self.ts);
         let secs = self.offset.seconds();
         let sign = if secs < 0 { '-' } else { '+' };
         let abs = secs.unsigned_abs();
         let nanos = dt.subsec_nanosecond();
-        let frac = if nanos == 0 {
-            String::new()
-        } else if nanos % 1_000_000 == 0 {
-            format!(".{:03}", nanos / 1_000_000)
-        } else if nanos % 1_000 == 0 {
-            format!(".{:06}", nanos / 1_000)
-        } else {
-            format!(".{nanos:09}")
-        };
-        format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{}{}{:02}:{:02}",
+        let mut out = String::with_capacity(36);
+        // Writing to a String cannot fail.
+        let _ = write!(
+            out,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
             dt.year(),
             dt.month(),
             dt.day(),
             dt.hour(),
             dt.minute(),
-            dt.second(),
-            frac,
-            sign,
-            abs / 3600,
-            (abs % 3600) / 60
-        )
+            dt.second()
+        );
+        let _ = if nanos == 0 {
+            Ok(())
+        } else if nanos % 1_000_000 == 0 {
+            write!(out, ".{:03}", nanos / 1_000_000)
+        } else if nanos % 1_000 == 0 {
+            write!(out, ".{:06}", nanos / 1_000)
+        } else {
+            write!(out, ".{nanos:09}")
+        };
+        let _ = write!(out, "{sign}{:02}:{:02}", abs / 3600, (abs % 3600) / 60);
+        out
     }
 
     /// The current time in UTC.

@@ -19,8 +19,9 @@ use crate::decode::{Decoded, Stamp};
 use crate::parse::{Extracted, FieldName, Fields, Pattern, presets};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use regex::{Captures, Regex, RegexBuilder};
+use regex::{CaptureLocations, Regex, RegexBuilder};
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -191,6 +192,8 @@ struct CompiledRule {
     fold: Option<FoldRule>,
     stash: Option<(Template, Vec<(FieldName, Template)>)>,
     take: Option<(Template, Vec<FieldName>)>,
+    /// Reused for every search, so a line costs no capture allocation.
+    locs: Option<RefCell<CaptureLocations>>,
 }
 
 /// The text a rule's `pairs` reads.
@@ -770,7 +773,9 @@ fn compile_rule(r: &RuleSpec) -> Result<CompiledRule, Vec<(Vec<String>, String)>
                 Piece::Literal(_) => false,
             })
         });
+    let locs = regex.as_ref().map(|r| RefCell::new(r.capture_locations()));
     Ok(CompiledRule {
+        locs,
         regex,
         json_match,
         pattern,
@@ -987,12 +992,15 @@ impl CompiledParser {
         for rule in &self.rules {
             // A rule whose fields need captures searches once, for the captures; a search
             // for the match alone first would scan every matching line twice.
-            let caps = match &rule.regex {
-                Some(re) if rule.needs_captures => match re.captures(msg) {
-                    Some(c) => Some(c),
-                    None => continue,
-                },
-                Some(re) if !re.is_match(msg) => continue,
+            let mut locs = rule.locs.as_ref().map(RefCell::borrow_mut);
+            let caps = match (&rule.regex, locs.as_deref_mut()) {
+                (Some(re), Some(locs)) if rule.needs_captures => {
+                    match re.captures_read(locs, msg) {
+                        Some(_) => Some(Caps { locs, text: msg }),
+                        None => continue,
+                    }
+                }
+                (Some(re), _) if !re.is_match(msg) => continue,
                 _ => None,
             };
             if !rule.json_match.is_empty() {
@@ -1009,10 +1017,12 @@ impl CompiledParser {
                 }
             }
             let pairs = match (rule.pairs, caps.as_ref()) {
-                (Some(PairsFrom::Capture(i)), Some(c)) => c.get(i).map(|m| scan_pairs(m.as_str())),
-                (Some(PairsFrom::Rest), Some(c)) => {
-                    c.get(0).and_then(|m| msg.get(m.end()..)).map(scan_pairs)
-                }
+                (Some(PairsFrom::Capture(i)), Some(c)) => c.get(i).map(scan_pairs),
+                (Some(PairsFrom::Rest), Some(c)) => c
+                    .locs
+                    .get(0)
+                    .and_then(|(_, end)| msg.get(end..))
+                    .map(scan_pairs),
                 _ => None,
             };
             let ctx = Ctx {
@@ -1040,7 +1050,7 @@ impl CompiledParser {
                     carry,
                 });
             };
-            let mut fields = Fields::default();
+            let mut fields = Fields::with_capacity(rule.fields.len());
             for (name, tpl) in &rule.fields {
                 fields.set(*name, tpl.render(&ctx));
             }
@@ -1078,8 +1088,20 @@ impl CompiledParser {
     }
 }
 
+/// A successful search's capture positions over the text searched.
+struct Caps<'a> {
+    locs: &'a CaptureLocations,
+    text: &'a str,
+}
+
+impl<'a> Caps<'a> {
+    fn get(&self, i: usize) -> Option<&'a str> {
+        self.locs.get(i).and_then(|(s, e)| self.text.get(s..e))
+    }
+}
+
 struct Ctx<'a> {
-    caps: Option<&'a Captures<'a>>,
+    caps: Option<&'a Caps<'a>>,
     /// The rule's `pairs`, in line order.
     pairs: &'a [(&'a str, &'a str)],
     decoded: &'a Decoded,
@@ -1108,7 +1130,7 @@ fn is_pair_key(k: &str) -> bool {
 /// value (lookups search from the end).
 fn scan_pairs(s: &str) -> Vec<(&str, &str)> {
     let b = s.as_bytes();
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(8);
     let mut i = 0;
     loop {
         let start = i;
@@ -1183,10 +1205,7 @@ impl Template {
 
 fn var_value<'a>(v: &Var, ctx: &Ctx<'a>) -> Option<Cow<'a, str>> {
     match v {
-        Var::Capture(i) => ctx
-            .caps
-            .and_then(|c| c.get(*i))
-            .map(|m| Cow::Borrowed(m.as_str())),
+        Var::Capture(i) => ctx.caps.and_then(|c| c.get(*i)).map(Cow::Borrowed),
         Var::Pair(key) => ctx
             .pairs
             .iter()

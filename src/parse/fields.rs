@@ -102,6 +102,13 @@ pub struct Fields {
 }
 
 impl Fields {
+    /// Room for `n` fields without regrowing.
+    pub fn with_capacity(n: usize) -> Fields {
+        Fields {
+            values: Vec::with_capacity(n),
+        }
+    }
+
     /// Set a field (replacing an earlier value). Values that mean "nothing" in logs (`""`, `-`)
     /// are not stored.
     pub fn set(&mut self, name: FieldName, value: impl Into<String>) {
