@@ -942,9 +942,9 @@ fn tls_config_error(reason: &str) -> bool {
             .any(|rest| CERT_ALERTS.iter().any(|a| rest.starts_with(a)))
 }
 
-/// gzip level for Bundle bodies. AuditEvents repeat the same codes and URLs, so the fast
-/// levels already shrink a Bundle 25-30x; level 6 gains a little more at two to three
-/// times the CPU (measured on 500-event Bundles: see the README's performance section).
+/// gzip level for Bundle bodies. AuditEvents repeat the same codes and URLs, so level 1
+/// already shrinks a 500-event Bundle about 14x (the bench's "gzip floor" line); level 6
+/// gains a little more at two to three times the CPU (README, "Benchmark").
 const GZIP_LEVEL: u32 = 1;
 
 fn gzip(data: &[u8]) -> Vec<u8> {
