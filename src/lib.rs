@@ -51,3 +51,4 @@ pub mod shutdown;
 pub mod source;
 pub mod spool;
 pub mod systemd;
+pub mod tamper;

@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod delivered;
 pub mod format;
+pub mod leaves;
 mod reader;
 mod recover;
 pub mod scan;
@@ -129,6 +130,8 @@ pub struct SpoolOptions {
     pub segment_bytes: u64,
     /// `has_room` is false while the filesystem has less free space than this.
     pub free_floor: u64,
+    /// Keep the tamper-evidence leaf log ([`leaves`]) beside the segments.
+    pub tree: bool,
 }
 
 impl Default for SpoolOptions {
@@ -136,6 +139,7 @@ impl Default for SpoolOptions {
         SpoolOptions {
             segment_bytes: 64 << 20,
             free_floor: 64 << 20,
+            tree: true,
         }
     }
 }
@@ -201,6 +205,17 @@ pub enum SpoolError {
     /// A commit was started while another one was still being written (a bug in the caller).
     #[error("spool: a commit was started while the previous one was still being written")]
     CommitInFlight,
+    /// The tamper leaf log names records the spool never held: the spool was deleted or
+    /// restored. Cutting the log would destroy signed history, so the agent stops.
+    #[error("spool: the tamper leaf log {} has a leaf for seq {leaf_seq} but the spool ends at seq {spool_seq}: the spool was reset or restored; move {} aside (keep it: it is the evidence of what was sent) to start a new tree", path.display(), path.parent().map(|p| p.display().to_string()).unwrap_or_default())]
+    LeavesAhead {
+        /// The leaf log.
+        path: PathBuf,
+        /// Its highest seq.
+        leaf_seq: u64,
+        /// The spool's.
+        spool_seq: u64,
+    },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
@@ -307,6 +322,8 @@ pub struct Spool {
     room: Cell<Option<(Instant, bool)>>,
     /// Which events were acknowledged, kept after their segments are deleted.
     delivered: delivered::DeliveredLog,
+    /// The tamper-evidence leaf log, written by commit jobs (`None`: `[tamper]` disabled).
+    tree: Option<std::sync::Arc<std::sync::Mutex<leaves::LeafLog>>>,
 }
 
 fn create_dir(path: &Path) -> Result<(), SpoolError> {

@@ -231,8 +231,13 @@ impl Spool {
             poisoned: false,
             room: Cell::new(None),
             delivered,
+            tree: None,
         };
         spool.trim_gaps();
+        if opts.tree {
+            // Also before any segment goes: it may hold records whose leaves were lost.
+            spool.open_tree(state_dir)?;
+        }
         // Before any acknowledged segment goes: it may hold the only trace of lines the
         // delivered log lost (written, not yet synced, when the power went).
         spool.repair_delivered()?;
@@ -284,6 +289,43 @@ impl Spool {
         }
         self.delivered.write(&lines)?;
         self.delivered.sync()
+    }
+
+    /// Open the leaf log and append the leaves of the records above its last seq that are
+    /// still in segments (what a power failure took from it), then sync it.
+    fn open_tree(&mut self, state_dir: &Path) -> Result<(), SpoolError> {
+        let mut log = leaves::LeafLog::open(state_dir, self.next_seq - 1)?;
+        let from = log.last_seq() + 1;
+        let mut entries = Vec::new();
+        for seg in &self.segments {
+            if seg.last_seq.is_none_or(|l| l < from) {
+                continue;
+            }
+            let file = File::open(&seg.path).map_err(io_err("open", &seg.path))?;
+            let mut scanner = Scanner::new(file, SEG_HDR_LEN as u64, seg.len)
+                .map_err(io_err("read", &seg.path))?;
+            loop {
+                match scanner.next_frame().map_err(io_err("read", &seg.path))? {
+                    Frame::Record { seq, payload, .. } if seq >= from => {
+                        if let Some((id, pattern, json)) = format::payload_parts(&payload) {
+                            entries.push(leaves::LeafEntry::of_event(seq, id, pattern, json));
+                        }
+                    }
+                    Frame::Record { .. } | Frame::Corrupt { .. } => {}
+                    Frame::Torn { .. } | Frame::UnknownVersion { .. } | Frame::End => break,
+                }
+            }
+        }
+        if !entries.is_empty() {
+            tracing::warn!(
+                leaves = entries.len(),
+                "tamper leaf log: leaves of spooled events rebuilt from the spool"
+            );
+            log.append(&entries).map_err(io_err("write", log.path()))?;
+        }
+        log.sync()?;
+        self.tree = Some(std::sync::Arc::new(std::sync::Mutex::new(log)));
+        Ok(())
     }
 
     pub(super) fn trim_gaps(&mut self) {
