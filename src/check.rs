@@ -159,6 +159,11 @@ const ROOT: &[Field] = &[
     opt("output", Ty::Table(OUTPUT)),
     opt("spool", Ty::Table(SPOOL)),
     opt("metrics", Ty::Table(METRICS)),
+    opt("tamper", Ty::Table(TAMPER)),
+];
+const TAMPER: &[Field] = &[
+    opt("enabled", Ty::Bool),
+    opt("seal_interval", Ty::Duration),
 ];
 const AGENT: &[Field] = &[
     opt("state_dir", Ty::Str),
@@ -508,6 +513,12 @@ impl Checker {
         self.check_sources(root, &user_parsers);
         self.check_agent(root);
         self.check_output(root);
+        if let Some((t, _)) = get_table(root, "tamper")
+            && let Some((interval, span)) = get_str(t, "seal_interval")
+            && parse_duration(interval).is_ok_and(|d| d < std::time::Duration::from_millis(100))
+        {
+            self.report(&span, "tamper.seal_interval", "must be at least 100ms".to_string());
+        }
         if let Some((m, _)) = get_table(root, "metrics")
             && let Some((listen, span)) = get_str(m, "listen")
             && !valid_listen(listen)

@@ -7,4 +7,8 @@
 //!   with the same durability rules as the segments.
 
 pub mod canonical;
+pub mod keys;
 pub mod merkle;
+pub mod seal;
+
+pub use crate::spool::leaves::TAMPER_DIR;
