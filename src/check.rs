@@ -161,10 +161,7 @@ const ROOT: &[Field] = &[
     opt("metrics", Ty::Table(METRICS)),
     opt("tamper", Ty::Table(TAMPER)),
 ];
-const TAMPER: &[Field] = &[
-    opt("enabled", Ty::Bool),
-    opt("seal_interval", Ty::Duration),
-];
+const TAMPER: &[Field] = &[opt("enabled", Ty::Bool), opt("seal_interval", Ty::Duration)];
 const AGENT: &[Field] = &[
     opt("state_dir", Ty::Str),
     opt("hostname", Ty::Str),
@@ -517,7 +514,11 @@ impl Checker {
             && let Some((interval, span)) = get_str(t, "seal_interval")
             && parse_duration(interval).is_ok_and(|d| d < std::time::Duration::from_millis(100))
         {
-            self.report(&span, "tamper.seal_interval", "must be at least 100ms".to_string());
+            self.report(
+                &span,
+                "tamper.seal_interval",
+                "must be at least 100ms".to_string(),
+            );
         }
         if let Some((m, _)) = get_table(root, "metrics")
             && let Some((listen, span)) = get_str(m, "listen")

@@ -353,7 +353,8 @@ pub fn read_entries(path: &Path, max: u64) -> Result<Vec<LeafEntry>, SpoolError>
 pub fn entries_of_buffer(buf: &[u8], starts_segment: bool, out: &mut Vec<LeafEntry>) {
     let mut at = if starts_segment { SEG_HDR_LEN } else { 0 };
     while at + REC_OVERHEAD <= buf.len() {
-        let len = u32::from_le_bytes([buf[at + 8], buf[at + 9], buf[at + 10], buf[at + 11]]) as usize;
+        let len =
+            u32::from_le_bytes([buf[at + 8], buf[at + 9], buf[at + 10], buf[at + 11]]) as usize;
         let mut seq = [0u8; 8];
         seq.copy_from_slice(&buf[at + 12..at + 20]);
         let start = at + super::format::REC_HDR_LEN;
@@ -361,7 +362,12 @@ pub fn entries_of_buffer(buf: &[u8], starts_segment: bool, out: &mut Vec<LeafEnt
             break;
         };
         if let Some((id, pattern, json)) = super::format::payload_parts(payload) {
-            out.push(LeafEntry::of_event(u64::from_le_bytes(seq), id, pattern, json));
+            out.push(LeafEntry::of_event(
+                u64::from_le_bytes(seq),
+                id,
+                pattern,
+                json,
+            ));
         }
         at += REC_OVERHEAD + len;
     }
@@ -410,7 +416,10 @@ mod tests {
         let path = log.path().to_path_buf();
         drop(log);
         // Half an entry, then a whole entry of garbage.
-        let f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         use std::io::Write;
         (&f).write_all(&[7u8; 96]).unwrap();
         let mut log = LeafLog::open(dir.path(), 100).unwrap();
@@ -429,7 +438,11 @@ mod tests {
         drop(log);
         assert!(matches!(
             LeafLog::open(dir.path(), 4),
-            Err(SpoolError::LeavesAhead { leaf_seq: 5, spool_seq: 4, .. })
+            Err(SpoolError::LeavesAhead {
+                leaf_seq: 5,
+                spool_seq: 4,
+                ..
+            })
         ));
     }
 }

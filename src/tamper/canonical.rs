@@ -356,10 +356,15 @@ impl<'a> TextJcs<'a> {
                 _ => return self.err(),
             }
         }
-        let sorted = members.windows(2).all(|w| key_cmp(&w[0].0, &w[1].0).is_lt());
+        let sorted = members
+            .windows(2)
+            .all(|w| key_cmp(&w[0].0, &w[1].0).is_lt());
         if !sorted {
             members.sort_by(|a, b| key_cmp(&a.0, &b.0));
-            if members.windows(2).any(|w| key_cmp(&w[0].0, &w[1].0).is_eq()) {
+            if members
+                .windows(2)
+                .any(|w| key_cmp(&w[0].0, &w[1].0).is_eq())
+            {
                 return Err(CanonicalError::DuplicateKey);
             }
             self.scratch.clear();
@@ -548,7 +553,12 @@ fn es6_number(out: &mut String, f: f64) -> Result<(), CanonicalError> {
             out.push('.');
             out.push_str(&digits[1..]);
         }
-        let _ = write!(out, "e{}{}", if n - 1 >= 0 { "+" } else { "-" }, (n - 1).abs());
+        let _ = write!(
+            out,
+            "e{}{}",
+            if n - 1 >= 0 { "+" } else { "-" },
+            (n - 1).abs()
+        );
     }
     Ok(())
 }
@@ -643,7 +653,12 @@ mod tests {
             let v: Value = serde_json::from_str(&text).unwrap();
             let mut want = String::new();
             write_jcs(&mut want, &v).unwrap();
-            assert_eq!(jcs_text(&text).unwrap(), want.as_bytes(), "{}", path.display());
+            assert_eq!(
+                jcs_text(&text).unwrap(),
+                want.as_bytes(),
+                "{}",
+                path.display()
+            );
             let compact = serde_json::to_string(&v).unwrap();
             assert_eq!(jcs_text(&compact).unwrap(), want.as_bytes());
             if v["resourceType"] == "AuditEvent" {
@@ -665,10 +680,22 @@ mod tests {
             let v: Value = serde_json::from_str(text).unwrap();
             let mut want = String::new();
             write_jcs(&mut want, &v).unwrap();
-            assert_eq!(String::from_utf8(jcs_text(text).unwrap()).unwrap(), want, "{text}");
+            assert_eq!(
+                String::from_utf8(jcs_text(text).unwrap()).unwrap(),
+                want,
+                "{text}"
+            );
         }
         for bad in [
-            "{", "[1,]", r#"{"a":1,"a":2}"#, r#""\ud800""#, "01", "1.", "tru", "{\"a\" 1}", "\"\u{1}\"",
+            "{",
+            "[1,]",
+            r#"{"a":1,"a":2}"#,
+            r#""\ud800""#,
+            "01",
+            "1.",
+            "tru",
+            "{\"a\" 1}",
+            "\"\u{1}\"",
             "[1] x",
         ] {
             assert!(jcs_text(bad).is_err(), "{bad}");
@@ -690,8 +717,12 @@ mod cost {
     #[test]
     #[ignore]
     fn canonical_cost() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/balp/examples/ex-auditPoke-SAML-Comp.json");
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/balp/examples/ex-auditPoke-SAML-Comp.json"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let json = serde_json::to_string(&v).unwrap();
         let n = 20_000;
         let t = std::time::Instant::now();
@@ -708,6 +739,11 @@ mod cost {
         for _ in 0..n {
             std::hint::black_box(crate::tamper::merkle::leaf_hash(json.as_bytes()));
         }
-        eprintln!("{} bytes: canonical+hash {:?}, hash only {:?}", json.len(), per, t.elapsed() / n);
+        eprintln!(
+            "{} bytes: canonical+hash {:?}, hash only {:?}",
+            json.len(),
+            per,
+            t.elapsed() / n
+        );
     }
 }

@@ -169,13 +169,8 @@ fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: the pointer and length describe the unfilled tail of `buf`.
-        let n = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr().cast(),
-                buf.len() - filled,
-                0,
-            )
-        };
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -250,7 +245,9 @@ mod tests {
         let path = dir.path().join("tamper/key");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(!format!("{k:?}").contains(&std::fs::read_to_string(&path).unwrap().trim().to_string()));
+        assert!(
+            !format!("{k:?}").contains(&std::fs::read_to_string(&path).unwrap().trim().to_string())
+        );
         let sig = k.sign(b"m");
         assert!(verify_signature(&k.public(), b"m", &sig));
         assert!(!verify_signature(&k.public(), b"n", &sig));

@@ -10,5 +10,6 @@ pub mod canonical;
 pub mod keys;
 pub mod merkle;
 pub mod seal;
+pub mod verify;
 
 pub use crate::spool::leaves::TAMPER_DIR;

@@ -104,7 +104,12 @@ fn detail(name: &str, value: String) -> EntityDetail {
 /// The seal AuditEvent.
 pub fn seal_event(ctx: &MapContext, f: &SealFields, signature: &[u8; 64]) -> AuditEvent {
     use base64::Engine as _;
-    let id = event_id(&ctx.hostname, "tamper", &format!("seal\u{1f}{}", f.tree_size), 0);
+    let id = event_id(
+        &ctx.hostname,
+        "tamper",
+        &format!("seal\u{1f}{}", f.tree_size),
+        0,
+    );
     AuditEvent {
         id: id.to_string(),
         extension: vec![Extension {
@@ -347,7 +352,10 @@ mod tests {
         forged.fields.tree_size = 41;
         assert!(forged.verify(&[key.public()]).is_err());
         assert!(seal.verify(&[[7u8; 32]]).is_err());
-        assert!(f.message().starts_with("balp-agent tree seal v1\nobserver: "));
+        assert!(
+            f.message()
+                .starts_with("balp-agent tree seal v1\nobserver: ")
+        );
         assert_eq!(f.message().lines().count(), 8);
     }
 }
