@@ -20,8 +20,14 @@ pub struct CommitJob {
     /// The spool directory, when a segment file was created since the last commit.
     dir: Option<PathBuf>,
     durable_to: u64,
-    /// The leaf log, which gets the leaves of these records once they are fsynced.
-    tree: Option<Arc<Mutex<leaves::LeafLog>>>,
+    /// The leaf log's part (boxed: a job travels inside `CommitError`).
+    tree: Option<Box<TreeJob>>,
+}
+
+/// The leaf log, which gets the leaves of a job's records once they are fsynced.
+#[derive(Debug)]
+struct TreeJob {
+    log: Arc<Mutex<leaves::LeafLog>>,
     /// Those leaves, hashed on the first run (kept for a run again after a full filesystem).
     leaves: Option<Vec<leaves::LeafEntry>>,
 }
@@ -74,12 +80,14 @@ impl CommitJob {
     /// the first fsync, so a full filesystem is met before anything is synced.
     pub fn try_run(mut self) -> Result<CommitDone, CommitError> {
         // Hashing here keeps it off the ingest thread and outside the spool's lock.
-        if self.tree.is_some() && self.leaves.is_none() {
+        if let Some(t) = self.tree.as_mut()
+            && t.leaves.is_none()
+        {
             let mut entries = Vec::new();
             for w in &self.writes {
                 leaves::entries_of_buffer(&w.buf, w.offset == 0, &mut entries);
             }
-            self.leaves = Some(entries);
+            t.leaves = Some(entries);
         }
         for i in 0..self.writes.len() {
             let w = &self.writes[i];
@@ -115,8 +123,11 @@ impl CommitJob {
             fsync_dir(dir).map_err(CommitError::Failed)?;
         }
         // The records are durable: their leaves may be written (no fsync: docs/tamper.md).
-        let leaf_failure = match (&self.tree, &self.leaves) {
-            (Some(tree), Some(entries)) => {
+        let leaf_failure = match self.tree.as_deref() {
+            Some(TreeJob {
+                log: tree,
+                leaves: Some(entries),
+            }) => {
                 let mut log = tree
                     .lock()
                     .map_err(|_| CommitError::Failed(SpoolError::Poisoned))?;
@@ -334,8 +345,12 @@ impl Spool {
             writes,
             dir: created.then(|| self.dir.clone()),
             durable_to: self.next_seq - 1,
-            tree: self.tree.clone(),
-            leaves: None,
+            tree: self.tree.as_ref().map(|log| {
+                Box::new(TreeJob {
+                    log: log.clone(),
+                    leaves: None,
+                })
+            }),
         })
     }
 
