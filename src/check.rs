@@ -1314,6 +1314,32 @@ ca_file = "/nonexistent/ca.pem"
     }
 
     #[test]
+    fn tamper_keys_are_known_and_the_seal_interval_checked() {
+        assert_eq!(
+            check_text(
+                "c.toml",
+                "[tamper]\nenabled = false\nseal_interval = \"10m\"\n"
+            ),
+            Vec::<String>::new()
+        );
+        let got = check_text(
+            "c.toml",
+            "[tamper]\nenabled = \"yes\"\nseal_interval = \"10ms\"\nkey = \"x\"\n",
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("c.toml:2:11: tamper.enabled:")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("c.toml:3:17: tamper.seal_interval: must be at least 100ms")),
+            "{got:?}"
+        );
+        assert!(got.iter().any(|g| g.contains("tamper.key")), "{got:?}");
+    }
+
+    #[test]
     fn metrics_thresholds_are_checked_and_default() {
         let got = check_text(
             "c.toml",
