@@ -11,9 +11,10 @@
 //! segment or has a durable entry, and [`Spool::open`](super::Spool::open) appends the
 //! entries a power failure took (records above the log's last seq) from the segments before
 //! it deletes anything. A SIGKILL loses nothing: the written entries are in the page cache.
-//! Entries are written only for fsynced records, so the log never runs ahead of the spool;
-//! if it does (the spool directory was deleted or restored), the spool refuses to open
-//! rather than cut signed history ([`SpoolError::LeavesAhead`]).
+//! Entries are written only for fsynced records. If the log still names seqs the spool no
+//! longer has at its end (a durable record cut off by damage, a spool deleted or restored),
+//! the spool continues its seqs above them instead of reusing them: the tree keeps its
+//! history, and verify reports those events as missing.
 
 use super::format::{REC_OVERHEAD, SEG_HDR_LEN};
 use super::{SpoolError, io_err};
@@ -130,9 +131,9 @@ pub struct LeafLog {
 }
 
 impl LeafLog {
-    /// Open (creating) `<state_dir>/tamper/leaves`; `spool_end` is the highest seq the spool
-    /// has handed out. A torn last entry is cut off; the tree is rebuilt in memory.
-    pub fn open(state_dir: &Path, spool_end: u64) -> Result<LeafLog, SpoolError> {
+    /// Open (creating) `<state_dir>/tamper/leaves`. A torn last entry is cut off; the tree
+    /// is rebuilt in memory.
+    pub fn open(state_dir: &Path) -> Result<LeafLog, SpoolError> {
         let dir = state_dir.join(TAMPER_DIR);
         crate::private::create_dir(&dir).map_err(io_err("create directory", &dir))?;
         let path = dir.join(LEAVES_FILE);
@@ -231,13 +232,6 @@ impl LeafLog {
             log.file
                 .set_len(want_len)
                 .map_err(io_err("truncate", &path))?;
-        }
-        if log.last_seq > spool_end {
-            return Err(SpoolError::LeavesAhead {
-                path,
-                leaf_seq: log.last_seq,
-                spool_seq: spool_end,
-            });
         }
         Ok(log)
     }
@@ -390,7 +384,7 @@ mod tests {
     #[test]
     fn entries_survive_reopen_with_head_and_last_seal() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LeafLog::open(dir.path(), 100).unwrap();
+        let mut log = LeafLog::open(dir.path()).unwrap();
         let es: Vec<LeafEntry> = (1..=10).map(|s| entry(s, s == 7)).collect();
         log.append(&es[..4]).unwrap();
         log.append(&es[4..]).unwrap();
@@ -400,7 +394,7 @@ mod tests {
         assert_eq!(head.root, root_of(&hashes));
         assert_eq!(head.last_seal, Some((6, root_of(&hashes[..6]))));
         drop(log);
-        let log = LeafLog::open(dir.path(), 100).unwrap();
+        let log = LeafLog::open(dir.path()).unwrap();
         assert_eq!(log.head(), head);
         assert_eq!(log.last_seq(), 10);
         let path = dir.path().join(TAMPER_DIR).join(LEAVES_FILE);
@@ -411,7 +405,7 @@ mod tests {
     #[test]
     fn a_torn_last_entry_is_cut_and_the_next_write_goes_there() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LeafLog::open(dir.path(), 100).unwrap();
+        let mut log = LeafLog::open(dir.path()).unwrap();
         log.append(&[entry(1, false), entry(2, false)]).unwrap();
         let path = log.path().to_path_buf();
         drop(log);
@@ -422,27 +416,11 @@ mod tests {
             .unwrap();
         use std::io::Write;
         (&f).write_all(&[7u8; 96]).unwrap();
-        let mut log = LeafLog::open(dir.path(), 100).unwrap();
+        let mut log = LeafLog::open(dir.path()).unwrap();
         assert_eq!(log.count(), 2);
         assert_eq!(log.damaged, 0);
         log.append(&[entry(3, false)]).unwrap();
         let got = read_entries(&path, u64::MAX).unwrap();
         assert_eq!(got, vec![entry(1, false), entry(2, false), entry(3, false)]);
-    }
-
-    #[test]
-    fn a_log_ahead_of_the_spool_refuses_to_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = LeafLog::open(dir.path(), 100).unwrap();
-        log.append(&[entry(5, false)]).unwrap();
-        drop(log);
-        assert!(matches!(
-            LeafLog::open(dir.path(), 4),
-            Err(SpoolError::LeavesAhead {
-                leaf_seq: 5,
-                spool_seq: 4,
-                ..
-            })
-        ));
     }
 }

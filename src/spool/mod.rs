@@ -205,17 +205,6 @@ pub enum SpoolError {
     /// A commit was started while another one was still being written (a bug in the caller).
     #[error("spool: a commit was started while the previous one was still being written")]
     CommitInFlight,
-    /// The tamper leaf log names records the spool never held: the spool was deleted or
-    /// restored. Cutting the log would destroy signed history, so the agent stops.
-    #[error("spool: the tamper leaf log {} has a leaf for seq {leaf_seq} but the spool ends at seq {spool_seq}: the spool was reset or restored; move {} aside (keep it: it is the evidence of what was sent) to start a new tree", path.display(), path.parent().map(|p| p.display().to_string()).unwrap_or_default())]
-    LeavesAhead {
-        /// The leaf log.
-        path: PathBuf,
-        /// Its highest seq.
-        leaf_seq: u64,
-        /// The spool's.
-        spool_seq: u64,
-    },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {

@@ -294,7 +294,21 @@ impl Spool {
     /// Open the leaf log and append the leaves of the records above its last seq that are
     /// still in segments (what a power failure took from it), then sync it.
     fn open_tree(&mut self, state_dir: &Path) -> Result<(), SpoolError> {
-        let mut log = leaves::LeafLog::open(state_dir, self.next_seq - 1)?;
+        let mut log = leaves::LeafLog::open(state_dir)?;
+        let end = self.next_seq - 1;
+        if log.last_seq() > end {
+            // Seqs are never reused: the leaves of records lost at the spool's end (damage, a
+            // deleted spool) stay in the tree, and verify reports those events as missing.
+            tracing::warn!(
+                leaf_seq = log.last_seq(),
+                spool_seq = end,
+                "tamper leaf log names events the spool no longer holds; the spool continues above them"
+            );
+            self.gaps.insert(end + 1, log.last_seq());
+            self.next_seq = log.last_seq() + 1;
+            self.durable_seq = self.next_seq - 1;
+            self.trim_gaps();
+        }
         let from = log.last_seq() + 1;
         let mut entries = Vec::new();
         for seg in &self.segments {
