@@ -53,13 +53,9 @@ pub fn canonical_bytes_of_own(json: &str) -> Result<Vec<u8>, CanonicalError> {
     {
         return canonical_bytes(json);
     }
-    let out = jcs_text(json)?;
-    debug_assert_eq!(
-        canonical_bytes(json).ok().as_deref(),
-        Some(out.as_slice()),
-        "fast JCS differs from the reference for {json}"
-    );
-    Ok(out)
+    // Not compared with the reference per event in debug builds (it would cost ~200 µs an
+    // event in the test suite); the tests compare the two on every IG example and edge case.
+    jcs_text(json)
 }
 
 /// RFC 8785 form of any JSON text, straight from the text: scalars are copied (strings
