@@ -377,8 +377,8 @@ fn judge<'a>(s: &Sides<'a>) -> Judged<'a> {
     }
 }
 
-/// Run the check (see the module doc).
-pub async fn check(config: &Config, opts: &CheckOptions) -> Result<Report, CheckError> {
+/// The ARR of the config's HTTP output, and its FHIR base.
+fn connect(config: &Config) -> Result<Arr, CheckError> {
     let o = &config.output;
     if o.output_type != OutputType::Http {
         return Err(CheckError::Setup(format!(
@@ -397,7 +397,32 @@ pub async fn check(config: &Config, opts: &CheckOptions) -> Result<Report, Check
     .map_err(CheckError::Setup)?;
     let http = HttpOutput::new(o, &config.agent.state_dir)
         .map_err(|e| CheckError::Setup(e.to_string()))?;
-    let mut arr = Arr { http, base };
+    Ok(Arr { http, base })
+}
+
+/// Every resource that `GET [base]/AuditEvent?_count=<page_size>` finds, page by page
+/// (same paging and origin rules as `arr check`), handed to `each`. Returns the pages read.
+pub async fn search_all(
+    config: &Config,
+    page_size: usize,
+    each: impl FnMut(&serde_json::Value),
+) -> Result<usize, CheckError> {
+    let mut arr = connect(config)?;
+    let first = arr.url(&[("_count", page_size.max(1).to_string())])?;
+    arr.search(first, each).await
+}
+
+/// Ids of the events in dead letters and requeued dead letters, as UUIDs.
+pub fn dead_letter_uuids(state_dir: &Path) -> HashSet<Uuid> {
+    dead_letter_ids(state_dir)
+        .iter()
+        .filter_map(|s| Uuid::parse_str(s).ok())
+        .collect()
+}
+
+/// Run the check (see the module doc).
+pub async fn check(config: &Config, opts: &CheckOptions) -> Result<Report, CheckError> {
+    let mut arr = connect(config)?;
     let state = &config.agent.state_dir;
     let observer = crate::pipeline::map_context(config, "", Vec::new()).observer_display;
     let ext_url = &config.agent.event_id_extension;

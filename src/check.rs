@@ -161,7 +161,9 @@ const ROOT: &[Field] = &[
     opt("output", Ty::Table(OUTPUT)),
     opt("spool", Ty::Table(SPOOL)),
     opt("metrics", Ty::Table(METRICS)),
+    opt("tamper", Ty::Table(TAMPER)),
 ];
+const TAMPER: &[Field] = &[opt("enabled", Ty::Bool), opt("seal_interval", Ty::Duration)];
 const AGENT: &[Field] = &[
     opt("state_dir", Ty::Str),
     opt("hostname", Ty::Str),
@@ -528,6 +530,16 @@ impl Checker {
         self.check_sources(root, &user_parsers);
         self.check_agent(root);
         self.check_output(root);
+        if let Some((t, _)) = get_table(root, "tamper")
+            && let Some((interval, span)) = get_str(t, "seal_interval")
+            && parse_duration(interval).is_ok_and(|d| d < std::time::Duration::from_millis(100))
+        {
+            self.report(
+                &span,
+                "tamper.seal_interval",
+                "must be at least 100ms".to_string(),
+            );
+        }
         if let Some((m, _)) = get_table(root, "metrics")
             && let Some((listen, span)) = get_str(m, "listen")
             && !valid_listen(listen)
@@ -1334,6 +1346,32 @@ ca_file = "/nonexistent/ca.pem"
         let got = check_text("c.toml", "[spool]\nsegment_size = \"lots\"\n");
         assert!(got[0].contains("invalid size"), "{got:?}");
         assert!(check_text("c.toml", "[spool]\nsegment_size = \"16MiB\"\n").is_empty());
+    }
+
+    #[test]
+    fn tamper_keys_are_known_and_the_seal_interval_checked() {
+        assert_eq!(
+            check_text(
+                "c.toml",
+                "[tamper]\nenabled = false\nseal_interval = \"10m\"\n"
+            ),
+            Vec::<String>::new()
+        );
+        let got = check_text(
+            "c.toml",
+            "[tamper]\nenabled = \"yes\"\nseal_interval = \"10ms\"\nkey = \"x\"\n",
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("c.toml:2:11: tamper.enabled:")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("c.toml:3:17: tamper.seal_interval: must be at least 100ms")),
+            "{got:?}"
+        );
+        assert!(got.iter().any(|g| g.contains("tamper.key")), "{got:?}");
     }
 
     #[test]

@@ -32,6 +32,8 @@
 //!   positions after the fsync) and the delivery task (spool → batch → deliver, acks after
 //!   2xx).
 //! * [`arr`] (`balp-agent arr check`) compares the delivered log with a search of the ARR.
+//! * [`tamper`]: the signed Merkle tree over every spooled event, its seals, `verify` and
+//!   `prove` (docs/tamper.md).
 //! * [`check`] validates a config (`balp-agent check`), reporting every problem at once;
 //!   [`config`] holds the plain settings every stage takes.
 
@@ -51,3 +53,4 @@ pub mod shutdown;
 pub mod source;
 pub mod spool;
 pub mod systemd;
+pub mod tamper;

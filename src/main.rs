@@ -73,6 +73,57 @@ enum Command {
         #[command(subcommand)]
         action: ArrAction,
     },
+    /// The tamper-evidence signing key (docs/tamper.md).
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+    /// Rebuild the tree from the events at the ARR (or in a directory of Bundles), check
+    /// every seal's signature and chain, and list the events missing, altered or extra.
+    /// Exit 0 clean, 1 findings, 2 errors.
+    Verify {
+        /// Read the events with a FHIR search of the ARR (`output` settings).
+        #[arg(
+            long,
+            required_unless_present = "from_dir",
+            conflicts_with = "from_dir"
+        )]
+        from_arr: bool,
+        /// Read the events from the Bundle (or AuditEvent) JSON files in DIR.
+        #[arg(long, value_name = "DIR")]
+        from_dir: Option<PathBuf>,
+        /// The leaf log (default: state_dir/tamper/leaves).
+        #[arg(long, value_name = "FILE")]
+        leaves: Option<PathBuf>,
+        /// A trusted public key file (hex or base64); repeat for several. Default: every
+        /// key in state_dir/tamper/keys/.
+        #[arg(long = "key", value_name = "FILE")]
+        keys: Vec<PathBuf>,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Search page size (`_count`) with --from-arr.
+        #[arg(long, default_value_t = 500)]
+        page_size: usize,
+    },
+    /// Print the inclusion proof of one event under the latest seal that covers it (JSON,
+    /// docs/tamper.md "Proof format").
+    Prove {
+        /// The event id (UUID).
+        event_id: String,
+        /// The leaf log (default: state_dir/tamper/leaves).
+        #[arg(long, value_name = "FILE")]
+        leaves: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyAction {
+    /// Print the public key and its fingerprint (creates the key pair if there is none).
+    Show,
+    /// Make a new key pair; the old public key stays trusted by verify. Takes effect at the
+    /// agent's next start or reload (SIGHUP).
+    Rotate,
 }
 
 #[derive(Subcommand, Debug)]
@@ -153,6 +204,26 @@ fn main() -> ExitCode {
                     page_size,
                 },
         } => Ok(cmd_arr_check(&cli.config, *since, *json, *page_size)),
+        Command::Key { action } => cmd_key(&cli.config, action),
+        Command::Verify {
+            from_arr,
+            from_dir,
+            leaves,
+            keys,
+            json,
+            page_size,
+        } => Ok(cmd_verify(
+            &cli.config,
+            VerifyArgs {
+                from_arr: *from_arr,
+                from_dir: from_dir.as_deref(),
+                leaves: leaves.as_deref(),
+                keys,
+                json: *json,
+                page_size: *page_size,
+            },
+        )),
+        Command::Prove { event_id, leaves } => cmd_prove(&cli.config, event_id, leaves.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -646,4 +717,222 @@ fn cmd_spool(path: &std::path::Path, action: &SpoolAction) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn cmd_key(path: &std::path::Path, action: &KeyAction) -> Result<ExitCode> {
+    use balp_agent::tamper::keys::AgentKey;
+    use base64::Engine as _;
+    let Ok(cfg) = load_config(path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let state = &cfg.agent.state_dir;
+    let key = match action {
+        KeyAction::Show => AgentKey::load_or_create(state)?,
+        KeyAction::Rotate => {
+            let key = AgentKey::rotate(state)?;
+            eprintln!(
+                "new key created; the running agent signs with it from its next start or reload (SIGHUP)"
+            );
+            key
+        }
+    };
+    let public = key.public();
+    println!("algorithm: ed25519");
+    println!(
+        "public key (hex): {}",
+        balp_agent::tamper::merkle::hex(&public)
+    );
+    println!(
+        "public key (base64): {}",
+        base64::engine::general_purpose::STANDARD.encode(public)
+    );
+    println!(
+        "fingerprint (SHA-256 of the public key): {}",
+        key.fingerprint()
+    );
+    println!(
+        "file: {}",
+        state
+            .join(balp_agent::tamper::TAMPER_DIR)
+            .join(balp_agent::tamper::keys::PUBKEY_DIR)
+            .join(format!("{}.pub", key.fingerprint()))
+            .display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+struct VerifyArgs<'a> {
+    from_arr: bool,
+    from_dir: Option<&'a std::path::Path>,
+    leaves: Option<&'a std::path::Path>,
+    keys: &'a [PathBuf],
+    json: bool,
+    page_size: usize,
+}
+
+fn leaves_path(cfg: &Config, given: Option<&std::path::Path>) -> PathBuf {
+    given.map(PathBuf::from).unwrap_or_else(|| {
+        cfg.agent
+            .state_dir
+            .join(balp_agent::tamper::TAMPER_DIR)
+            .join(balp_agent::spool::leaves::LEAVES_FILE)
+    })
+}
+
+/// Every AuditEvent in the JSON files of `dir` (Bundles' entries, or AuditEvents), in file
+/// name order.
+fn events_in_dir(dir: &std::path::Path) -> Result<Vec<serde_json::Value>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+        let v: serde_json::Value = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not JSON", f.display()))?;
+        match v["resourceType"].as_str() {
+            Some("Bundle") => {
+                for e in v["entry"].as_array().into_iter().flatten() {
+                    out.push(e["resource"].clone());
+                }
+            }
+            Some("AuditEvent") => out.push(v),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn cmd_verify(path: &std::path::Path, args: VerifyArgs<'_>) -> ExitCode {
+    const ERROR: u8 = 2;
+    let Ok(cfg) = load_config(path) else {
+        return ExitCode::from(ERROR);
+    };
+    match verify_inner(&cfg, &args) {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string(&report) {
+                    Ok(t) => println!("{t}"),
+                    Err(e) => {
+                        eprintln!("balp-agent verify: {e}");
+                        return ExitCode::from(ERROR);
+                    }
+                }
+            } else {
+                println!(
+                    "{} leaves, {} events read, {} seals valid (covering {} leaves), {} pending in the spool or dead-lettered",
+                    report.leaves,
+                    report.events,
+                    report.seals_ok,
+                    report.sealed_size,
+                    report.pending
+                );
+                for f in &report.findings {
+                    let leaf = f.leaf.map(|l| format!(" leaf {l}")).unwrap_or_default();
+                    println!("{} {}{}: {}", f.kind, f.id, leaf, f.detail);
+                }
+                if report.is_clean() {
+                    println!(
+                        "clean: every leaf's event is at the output unaltered, every seal verifies and chains"
+                    );
+                }
+            }
+            if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("balp-agent verify: {e:#}");
+            ExitCode::from(ERROR)
+        }
+    }
+}
+
+fn verify_inner(
+    cfg: &Config,
+    args: &VerifyArgs<'_>,
+) -> Result<balp_agent::tamper::verify::VerifyReport> {
+    use balp_agent::tamper::{keys, verify};
+    let state = &cfg.agent.state_dir;
+    let leaves_file = leaves_path(cfg, args.leaves);
+    let leaves = balp_agent::spool::leaves::read_entries(&leaves_file, u64::MAX)?;
+    let trusted = if args.keys.is_empty() {
+        keys::recorded_public_keys(state)?
+    } else {
+        args.keys
+            .iter()
+            .map(|p| keys::read_public_key(p))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    if trusted.is_empty() {
+        anyhow::bail!(
+            "no public key: none in {} and no --key given",
+            state
+                .join(balp_agent::tamper::TAMPER_DIR)
+                .join(keys::PUBKEY_DIR)
+                .display()
+        );
+    }
+    let events = match (args.from_dir, args.from_arr) {
+        (Some(dir), _) => events_in_dir(dir)?,
+        (None, true) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let mut out = Vec::new();
+            runtime.block_on(balp_agent::arr::search_all(cfg, args.page_size, |r| {
+                out.push(r.clone())
+            }))?;
+            out
+        }
+        (None, false) => anyhow::bail!("give --from-arr or --from-dir DIR"),
+    };
+    // Not yet delivered, or rejected: absent for a known reason.
+    let mut pending = balp_agent::spool::delivered::spool_ids(state)?.pending;
+    pending.extend(balp_agent::arr::dead_letter_uuids(state));
+    let observer = pipeline::map_context(cfg, "", Vec::new()).observer_display;
+    let input = verify::VerifyInput {
+        leaves: &leaves,
+        keys: &trusted,
+        observer: &observer,
+        extension_url: &cfg.agent.event_id_extension,
+        pending: &pending,
+    };
+    Ok(verify::verify(&input, &events))
+}
+
+fn cmd_prove(
+    path: &std::path::Path,
+    event_id: &str,
+    leaves: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    use balp_agent::tamper::{keys, seal, verify};
+    let Ok(cfg) = load_config(path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let id = uuid::Uuid::parse_str(event_id.trim_start_matches("urn:uuid:"))
+        .with_context(|| format!("{event_id:?} is not an event id (UUID)"))?;
+    let state = &cfg.agent.state_dir;
+    let entries = balp_agent::spool::leaves::read_entries(&leaves_path(&cfg, leaves), u64::MAX)?;
+    let seals_file = state
+        .join(balp_agent::tamper::TAMPER_DIR)
+        .join(seal::SEALS_FILE);
+    let seals: Vec<serde_json::Value> = match std::fs::read_to_string(&seals_file) {
+        Ok(text) => text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", seals_file.display())),
+    };
+    let trusted = keys::recorded_public_keys(state)?;
+    let proof = verify::prove(id, &entries, &seals, &trusted)?;
+    println!("{}", serde_json::to_string_pretty(&proof)?);
+    Ok(ExitCode::SUCCESS)
 }

@@ -41,6 +41,38 @@ pub struct Config {
     /// `[metrics]`
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// `[tamper]`
+    #[serde(default)]
+    pub tamper: TamperConfig,
+}
+
+/// `[tamper]`: the signed Merkle tree over every event (docs/tamper.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TamperConfig {
+    /// Keep the tree and emit seals.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A seal event is emitted this often (and at every clean stop).
+    #[serde(default = "default_seal_interval")]
+    pub seal_interval: ConfigDuration,
+}
+
+impl Default for TamperConfig {
+    fn default() -> Self {
+        TamperConfig {
+            enabled: true,
+            seal_interval: default_seal_interval(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_seal_interval() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(3600))
 }
 
 /// `[agent]`

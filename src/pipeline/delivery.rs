@@ -393,6 +393,7 @@ mod tests {
             let opts = SpoolOptions {
                 segment_bytes: 1 << 20,
                 free_floor: 0,
+                ..SpoolOptions::default()
             };
             crate::private::create_dir(&state).unwrap();
             let (spool, _) = Spool::open_with(&state, &config, opts).unwrap();

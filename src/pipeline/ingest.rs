@@ -92,6 +92,10 @@ pub(super) struct Ingest {
     sources_open: bool,
     max_events: usize,
     spool_max_bytes: u64,
+    /// Seals the tamper-evidence tree (`None`: `[tamper]` disabled), and when next.
+    sealer: Option<crate::tamper::seal::Sealer>,
+    seal_every: Duration,
+    next_seal: tokio::time::Instant,
 }
 
 /// What [`Ingest::new`] takes besides the config.
@@ -106,6 +110,7 @@ pub(super) struct IngestParts {
     pub(super) replayable_sources: usize,
     pub(super) once: bool,
     pub(super) reloading: Arc<AtomicBool>,
+    pub(super) sealer: Option<crate::tamper::seal::Sealer>,
 }
 
 impl Ingest {
@@ -149,6 +154,9 @@ impl Ingest {
             sources_open,
             max_events: config.output.max_events,
             spool_max_bytes: config.spool.max_bytes.0,
+            sealer: parts.sealer,
+            seal_every: config.tamper.seal_interval.0,
+            next_seal: tokio::time::Instant::now() + config.tamper.seal_interval.0,
         }
     }
 
@@ -209,6 +217,9 @@ impl Ingest {
                     self.flush_joiners(Some(Instant::now()), Timestamp::now())?;
                 }
                 _ = requeue_tick.tick(), if has_room => self.requeue()?,
+                _ = tokio::time::sleep_until(self.next_seal), if self.sealer.is_some() && self.sources_open => {
+                    self.seal()?;
+                }
                 // Last: with `biased`, a branch below a busy source channel would never run, and
                 // the ticks above (positions, status, watchdog) must keep turning in a burst.
                 // While a commit is out and the next one is full, wait for the first.
@@ -249,6 +260,7 @@ impl Ingest {
                 self.flush_joiners(None, Timestamp::now())?;
                 self.self_audit(AppActivity::Stop)?;
                 self.force_commit()?;
+                self.seal()?;
                 let _ = self.drain_tx.send(true);
                 Ok(())
             }
@@ -261,6 +273,7 @@ impl Ingest {
                     self.self_audit(AppActivity::Stop)?;
                 }
                 self.force_commit()?;
+                self.seal()?;
                 let _ = self.drain_tx.send(true);
                 Ok(())
             }
@@ -311,6 +324,32 @@ impl Ingest {
         self.spool.lock()?.append(&record, &origin)?;
         self.force_commit()
     }
+    /// Seal the tamper-evidence tree: commit what is appended (so every event has its leaf),
+    /// append the seal, commit it. A tree that is not settled (the filesystem full) is
+    /// sealed a second later.
+    fn seal(&mut self) -> Result<(), PipelineError> {
+        if self.sealer.is_none() {
+            return Ok(());
+        }
+        self.force_commit()?;
+        let sealed = match &self.sealer {
+            Some(sealer) => sealer.append_seal(&mut *self.spool.lock()?)?,
+            None => None,
+        };
+        let now = tokio::time::Instant::now();
+        match sealed {
+            Some(_) => {
+                events::event(crate::spool::leaves::SEAL_PATTERN);
+                self.next_seal = now + self.seal_every;
+                self.force_commit()
+            }
+            None => {
+                self.next_seal = now + Duration::from_secs(1);
+                Ok(())
+            }
+        }
+    }
+
     /// Process lines: spool their events, remember their positions for the next commit.
     /// Lines of multi-line sources are first joined into records; a position only ever
     /// advances to the end of a complete record.
@@ -660,6 +699,7 @@ mod tests {
                 replayable_sources: 1,
                 once: false,
                 reloading: Arc::new(AtomicBool::new(false)),
+                sealer: None,
             },
         );
         let stream = Arc::new(StreamId {

@@ -182,6 +182,15 @@ pub async fn run(
         None => None,
     };
 
+    let sealer = if config.tamper.enabled {
+        let ctx = map_context(&config, "self", Vec::new());
+        let sealer = crate::tamper::seal::Sealer::new(&config.agent.state_dir, ctx)
+            .map_err(|e| PipelineError::Internal(e.to_string()))?;
+        tracing::info!(key = %sealer.fingerprint(), "tamper evidence: leaves kept, seals signed with this key");
+        Some(sealer)
+    } else {
+        None
+    };
     let mut ingest = ingest::Ingest::new(
         &config,
         ingest::IngestParts {
@@ -194,6 +203,7 @@ pub async fn run(
             replayable_sources: started.replayable(),
             once: options.once,
             reloading: options.reloading.clone(),
+            sealer,
         },
     );
     // The agent audits its own start and stop like any other event.
@@ -240,7 +250,12 @@ fn open_state(config: &Config) -> Result<(Positions, Spool), PipelineError> {
         source: e,
     })?;
     let mut positions = Positions::load(state_dir)?;
-    let (spool, recovered) = tokio::task::block_in_place(|| Spool::open(state_dir, &config.spool))?;
+    let opts = crate::spool::SpoolOptions {
+        tree: config.tamper.enabled,
+        ..crate::spool::SpoolOptions::of_config(&config.spool)
+    };
+    let (spool, recovered) =
+        tokio::task::block_in_place(|| Spool::open_with(state_dir, &config.spool, opts))?;
     if recovered.quarantined > 0 || recovered.truncated_bytes > 0 || recovered.lost > 0 {
         tracing::error!(
             quarantined = recovered.quarantined,

@@ -231,6 +231,23 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The event id, pattern name and AuditEvent JSON of a payload, borrowed (no copy): what a
+/// Merkle leaf needs. `None` when its lengths or text do not add up.
+pub fn payload_parts(p: &[u8]) -> Option<(Uuid, &[u8], &str)> {
+    if p.len() < FIXED {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&p[8..24]);
+    let mut c = Cursor { b: p, at: FIXED };
+    let pattern = c.bytes()?;
+    for _ in 0..3 {
+        c.bytes()?;
+    }
+    let json = std::str::from_utf8(c.bytes()?).ok()?;
+    (c.at == p.len()).then_some((Uuid::from_bytes(id), pattern, json))
+}
+
 /// Decode a payload; `None` when its lengths or text do not add up.
 pub fn decode_payload(p: &[u8]) -> Option<Payload> {
     if p.len() < FIXED {

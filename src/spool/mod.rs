@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod delivered;
 pub mod format;
+pub mod leaves;
 mod reader;
 mod recover;
 pub mod scan;
@@ -134,6 +135,21 @@ pub struct SpoolOptions {
     pub segment_bytes: u64,
     /// `has_room` is false while the filesystem has less free space than this.
     pub free_floor: u64,
+    /// Keep the tamper-evidence leaf log ([`leaves`]) beside the segments.
+    pub tree: bool,
+}
+
+impl SpoolOptions {
+    /// The options `[spool]` sets (the leaf log on, as by default).
+    pub fn of_config(config: &SpoolConfig) -> SpoolOptions {
+        SpoolOptions {
+            free_floor: config.min_free.0,
+            // `check` keeps it in this range; a record larger than a segment still fits (a
+            // segment holds at least one record).
+            segment_bytes: config.segment_size.0.clamp(1 << 20, 1 << 30),
+            ..SpoolOptions::default()
+        }
+    }
 }
 
 impl Default for SpoolOptions {
@@ -141,6 +157,7 @@ impl Default for SpoolOptions {
         SpoolOptions {
             segment_bytes: 64 << 20,
             free_floor: 64 << 20,
+            tree: true,
         }
     }
 }
@@ -314,6 +331,8 @@ pub struct Spool {
     room: Cell<Option<(Instant, bool)>>,
     /// Which events were acknowledged, kept after their segments are deleted.
     delivered: delivered::DeliveredLog,
+    /// The tamper-evidence leaf log, written by commit jobs (`None`: `[tamper]` disabled).
+    tree: Option<std::sync::Arc<std::sync::Mutex<leaves::LeafLog>>>,
 }
 
 fn create_dir(path: &Path) -> Result<(), SpoolError> {

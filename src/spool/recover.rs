@@ -6,13 +6,7 @@ use super::*;
 impl Spool {
     /// Open (creating if needed) the spool under `<state_dir>/spool/` and recover it.
     pub fn open(state_dir: &Path, config: &SpoolConfig) -> Result<(Spool, Recovered), SpoolError> {
-        let opts = SpoolOptions {
-            free_floor: config.min_free.0,
-            // `check` keeps it in this range; a record larger than a segment still fits (a
-            // segment holds at least one record).
-            segment_bytes: config.segment_size.0.clamp(1 << 20, 1 << 30),
-        };
-        Spool::open_with(state_dir, config, opts)
+        Spool::open_with(state_dir, config, SpoolOptions::of_config(config))
     }
 
     /// [`Spool::open`] with explicit tuning.
@@ -242,8 +236,14 @@ impl Spool {
             poisoned: false,
             room: Cell::new(None),
             delivered,
+            tree: None,
         };
         spool.trim_gaps();
+        if opts.tree {
+            // Also before any segment goes: it may hold records whose leaves were lost.
+            spool.open_tree(state_dir)?;
+        }
+        // After the tree, which may add a gap for events it knows and the spool lost.
         rec.lost = spool.report_lost();
         spool.lost = rec.lost;
         // Before any acknowledged segment goes: it may hold the only trace of lines the
@@ -324,6 +324,57 @@ impl Spool {
             );
         }
         total
+    }
+
+    /// Open the leaf log and append the leaves of the records above its last seq that are
+    /// still in segments (what a power failure took from it), then sync it.
+    fn open_tree(&mut self, state_dir: &Path) -> Result<(), SpoolError> {
+        let mut log = leaves::LeafLog::open(state_dir)?;
+        let end = self.next_seq - 1;
+        if log.last_seq() > end {
+            // Seqs are never reused: the leaves of records lost at the spool's end (damage, a
+            // deleted spool) stay in the tree, and verify reports those events as missing.
+            tracing::warn!(
+                leaf_seq = log.last_seq(),
+                spool_seq = end,
+                "tamper leaf log names events the spool no longer holds; the spool continues above them"
+            );
+            self.gaps.insert(end + 1, log.last_seq());
+            self.next_seq = log.last_seq() + 1;
+            self.durable_seq = self.next_seq - 1;
+            self.trim_gaps();
+        }
+        let from = log.last_seq() + 1;
+        let mut entries = Vec::new();
+        for seg in &self.segments {
+            if seg.last_seq.is_none_or(|l| l < from) {
+                continue;
+            }
+            let file = File::open(&seg.path).map_err(io_err("open", &seg.path))?;
+            let mut scanner = Scanner::new(file, SEG_HDR_LEN as u64, seg.len)
+                .map_err(io_err("read", &seg.path))?;
+            loop {
+                match scanner.next_frame().map_err(io_err("read", &seg.path))? {
+                    Frame::Record { seq, payload, .. } if seq >= from => {
+                        if let Some((id, pattern, json)) = format::payload_parts(&payload) {
+                            entries.push(leaves::LeafEntry::of_event(seq, id, pattern, json));
+                        }
+                    }
+                    Frame::Record { .. } | Frame::Corrupt { .. } => {}
+                    Frame::Torn { .. } | Frame::UnknownVersion { .. } | Frame::End => break,
+                }
+            }
+        }
+        if !entries.is_empty() {
+            tracing::warn!(
+                leaves = entries.len(),
+                "tamper leaf log: leaves of spooled events rebuilt from the spool"
+            );
+            log.append(&entries).map_err(io_err("write", log.path()))?;
+        }
+        log.sync()?;
+        self.tree = Some(std::sync::Arc::new(std::sync::Mutex::new(log)));
+        Ok(())
     }
 
     pub(super) fn trim_gaps(&mut self) {

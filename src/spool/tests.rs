@@ -21,6 +21,7 @@ fn opts(segment_bytes: u64) -> SpoolOptions {
     SpoolOptions {
         segment_bytes,
         free_floor: 0,
+        ..SpoolOptions::default()
     }
 }
 

@@ -10,6 +10,7 @@
 
 use super::*;
 use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
 
 /// Bytes taken out of the spool by [`Spool::stage_commit`], to be written and fsynced by
 /// [`CommitJob::run`] on any thread.
@@ -19,6 +20,16 @@ pub struct CommitJob {
     /// The spool directory, when a segment file was created since the last commit.
     dir: Option<PathBuf>,
     durable_to: u64,
+    /// The leaf log's part (boxed: a job travels inside `CommitError`).
+    tree: Option<Box<TreeJob>>,
+}
+
+/// The leaf log, which gets the leaves of a job's records once they are fsynced.
+#[derive(Debug)]
+struct TreeJob {
+    log: Arc<Mutex<leaves::LeafLog>>,
+    /// Those leaves, hashed on the first run (kept for a run again after a full filesystem).
+    leaves: Option<Vec<leaves::LeafEntry>>,
 }
 
 #[derive(Debug)]
@@ -67,7 +78,17 @@ impl CommitJob {
     /// [`run`](Self::run), but a write that finds the filesystem full hands the job back
     /// ([`CommitError::NoSpace`]) instead of failing for good. Every buffer is written before
     /// the first fsync, so a full filesystem is met before anything is synced.
-    pub fn try_run(self) -> Result<CommitDone, CommitError> {
+    pub fn try_run(mut self) -> Result<CommitDone, CommitError> {
+        // Hashing here keeps it off the ingest thread and outside the spool's lock.
+        if let Some(t) = self.tree.as_mut()
+            && t.leaves.is_none()
+        {
+            let mut entries = Vec::new();
+            for w in &self.writes {
+                leaves::entries_of_buffer(&w.buf, w.offset == 0, &mut entries);
+            }
+            t.leaves = Some(entries);
+        }
         for i in 0..self.writes.len() {
             let w = &self.writes[i];
             // Explicit offsets: the active segment's handle is shared with later appends.
@@ -90,20 +111,55 @@ impl CommitJob {
         }
         let mut written = Vec::with_capacity(self.writes.len());
         let mut spare = None;
-        for w in self.writes {
+        for w in &self.writes {
             w.file.sync_data().map_err(|source| {
                 CommitError::Failed(SpoolError::Fsync {
                     path: w.path.clone(),
                     source,
                 })
             })?;
+        }
+        if let Some(dir) = &self.dir {
+            fsync_dir(dir).map_err(CommitError::Failed)?;
+        }
+        // The records are durable: their leaves may be written (no fsync: docs/tamper.md).
+        let leaf_failure = match self.tree.as_deref() {
+            Some(TreeJob {
+                log: tree,
+                leaves: Some(entries),
+            }) => {
+                let mut log = tree
+                    .lock()
+                    .map_err(|_| CommitError::Failed(SpoolError::Poisoned))?;
+                log.append(entries)
+                    .err()
+                    .map(|e| (e, log.path().to_path_buf()))
+            }
+            _ => None,
+        };
+        if let Some((source, path)) = leaf_failure {
+            let full = matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            );
+            let error = SpoolError::Io {
+                op: "write",
+                path,
+                source,
+            };
+            return Err(if full {
+                // Running the job again rewrites and re-syncs the same segment bytes, then
+                // writes these leaves at the same offset (nothing of them counted).
+                CommitError::NoSpace { job: self, error }
+            } else {
+                CommitError::Failed(error)
+            });
+        }
+        for w in self.writes {
             written.push((w.first_seq, w.buf.len() as u64));
             let mut buf = w.buf;
             buf.clear();
             spare = Some(buf);
-        }
-        if let Some(dir) = &self.dir {
-            fsync_dir(dir).map_err(CommitError::Failed)?;
         }
         Ok(CommitDone {
             written,
@@ -289,6 +345,12 @@ impl Spool {
             writes,
             dir: created.then(|| self.dir.clone()),
             durable_to: self.next_seq - 1,
+            tree: self.tree.as_ref().map(|log| {
+                Box::new(TreeJob {
+                    log: log.clone(),
+                    leaves: None,
+                })
+            }),
         })
     }
 
@@ -321,6 +383,18 @@ impl Spool {
         }
         self.durable_seq = self.durable_seq.max(done.durable_to);
         Ok(self.durable_seq)
+    }
+
+    /// The tree head, when everything appended has its leaf (no commit out, nothing
+    /// buffered): a seal appended next covers exactly the leaves before it. `None` otherwise
+    /// or with the tree disabled.
+    pub fn tree_head(&self) -> Option<leaves::TreeHead> {
+        if self.staging || self.buffered > 0 || self.poisoned {
+            return None;
+        }
+        let tree = self.tree.as_ref()?;
+        let log = tree.lock().ok()?;
+        Some(log.head())
     }
 
     fn segment_mut(&mut self, first_seq: u64) -> Result<&mut Segment, SpoolError> {
@@ -410,8 +484,11 @@ impl Spool {
             {
                 self.cursor = None;
             }
-            // The delivered log's lines for these records must outlive them.
+            // The delivered log's lines and the leaves of these records must outlive them.
             self.delivered.sync()?;
+            if let Some(tree) = &self.tree {
+                tree.lock().map_err(|_| SpoolError::Poisoned)?.sync()?;
+            }
             fs::remove_file(&seg.path).map_err(io_err("remove", &seg.path))?;
             self.disk_bytes -= seg.len;
             self.segments.remove(i);

@@ -242,13 +242,13 @@ impl Arr {
             .collect()
     }
 
-    /// Accepted Application Start/Stop events of the agent itself.
+    /// Accepted Application Start/Stop events of the agent itself (not its seals).
     pub fn accepted_self_events(&self) -> Vec<serde_json::Value> {
         self.accepted_bundles()
             .iter()
             .flat_map(|b| b["entry"].as_array().cloned().unwrap_or_default())
             .map(|e| e["resource"].clone())
-            .filter(is_self_audit)
+            .filter(|r| is_self_audit(r) && !is_seal(r))
             .collect()
     }
 
@@ -311,6 +311,11 @@ fn event_ids(bundle: &serde_json::Value) -> Vec<String> {
 /// The agent's own Application Start/Stop event?
 pub fn is_self_audit(resource: &serde_json::Value) -> bool {
     resource["type"]["code"] == "110100"
+}
+
+/// A tamper-evidence seal (also DCM 110100, subtype `urn:balp-agent:tamper#seal`).
+pub fn is_seal(resource: &serde_json::Value) -> bool {
+    resource["subtype"][0]["code"] == "seal"
 }
 
 async fn serve(
