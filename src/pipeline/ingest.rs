@@ -207,7 +207,7 @@ impl Ingest {
                 // While full, look again now and then: free disk space can change by itself.
                 _ = tokio::time::sleep(Duration::from_millis(250)), if !has_room => {}
                 _ = persist_tick.tick() => {
-                    self.persist_and_report();
+                    self.persist_and_report()?;
                     // The main loop turns: tell systemd we are alive (WatchdogSec).
                     if watchdog {
                         crate::systemd::watchdog_ping();
@@ -280,13 +280,22 @@ impl Ingest {
         }
     }
 
-    /// Save dirty positions and publish the spool's state (`/health`, `spool status`).
-    pub(super) fn persist_and_report(&mut self) {
-        if self.positions.is_dirty() {
-            self.health
-                .positions_write_failed(!persist(&mut self.positions));
-        }
-        if let Ok(s) = self.spool.lock() {
+    /// Save dirty positions and publish the spool's state (`/health`, `spool status`);
+    /// errs only when deleting delivered segments fails (an fsync: the spool is unusable).
+    pub(super) fn persist_and_report(&mut self) -> Result<(), PipelineError> {
+        // Every record up to the durable seq has its lines' positions in memory now (they
+        // advance as each commit finishes, on this thread), so once they are saved the
+        // spool may delete the segments that hold those records.
+        let covered = self.spool.lock().ok().map(|s| s.durable_seq());
+        let saved = !self.positions.is_dirty() || {
+            let ok = persist(&mut self.positions);
+            self.health.positions_write_failed(!ok);
+            ok
+        };
+        if let Ok(mut s) = self.spool.lock() {
+            if saved && let Some(seq) = covered {
+                s.positions_saved(seq)?;
+            }
             let st = s.status();
             self.health.set_spool(
                 st.pending_events,
@@ -301,6 +310,7 @@ impl Ingest {
                 &admin::StatusReport::from_status("running agent", &st, self.max_events, dead),
             );
         }
+        Ok(())
     }
 
     /// Append and commit the agent's own start or stop event.

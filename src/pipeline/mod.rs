@@ -212,7 +212,7 @@ pub async fn run(
     }
     // The spool is locked from here on: `spool status` reads this snapshot instead, so it
     // must exist from the start, not only after the first tick.
-    ingest.persist_and_report();
+    ingest.persist_and_report()?;
     crate::systemd::notify("READY=1");
     tracing::info!(
         sources = config.sources.len(),
@@ -252,6 +252,9 @@ fn open_state(config: &Config) -> Result<(Positions, Spool), PipelineError> {
     let mut positions = Positions::load(state_dir)?;
     let opts = crate::spool::SpoolOptions {
         tree: config.tamper.enabled,
+        // Acknowledged records stay until the saved positions cover their lines, so that
+        // a crash right after a delivery does not read those lines again.
+        gate_on_positions: true,
         ..crate::spool::SpoolOptions::of_config(&config.spool)
     };
     let (spool, recovered) =
@@ -292,6 +295,10 @@ fn open_state(config: &Config) -> Result<(Positions, Spool), PipelineError> {
                 cursor: None,
             });
         }
+    }
+    if positions.is_dirty() {
+        // Saved now: the spool keeps the records behind them only until the next ack.
+        positions.persist()?;
     }
     Ok((positions, spool))
 }

@@ -137,6 +137,9 @@ pub struct SpoolOptions {
     pub free_floor: u64,
     /// Keep the tamper-evidence leaf log ([`leaves`]) beside the segments.
     pub tree: bool,
+    /// Keep acknowledged segments until [`Spool::positions_saved`] says the saved read
+    /// positions cover them (the agent; tools that open the spool leave it off).
+    pub gate_on_positions: bool,
 }
 
 impl SpoolOptions {
@@ -158,6 +161,7 @@ impl Default for SpoolOptions {
             segment_bytes: 64 << 20,
             free_floor: 64 << 20,
             tree: true,
+            gate_on_positions: false,
         }
     }
 }
@@ -328,6 +332,9 @@ pub struct Spool {
     /// A [`CommitJob`] is out: no other commit may start until it is finished.
     staging: bool,
     poisoned: bool,
+    /// With `SpoolOptions::gate_on_positions`: the highest seq the saved
+    /// read positions cover; a segment is deleted only once its records are at or below it.
+    positions_saved: Option<u64>,
     room: Cell<Option<(Instant, bool)>>,
     /// Which events were acknowledged, kept after their segments are deleted.
     delivered: delivered::DeliveredLog,

@@ -234,6 +234,7 @@ impl Spool {
             spare: None,
             staging: false,
             poisoned: false,
+            positions_saved: opts.gate_on_positions.then_some(0),
             room: Cell::new(None),
             delivered,
             tree: None,

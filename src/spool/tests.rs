@@ -188,6 +188,40 @@ fn read_range_is_deterministic_across_reopen() {
 }
 
 #[test]
+fn with_the_gate_acked_segments_stay_until_saved_positions_cover_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let gated = SpoolOptions {
+        gate_on_positions: true,
+        ..opts(4096)
+    };
+    let (mut spool, _) = Spool::open_with(dir.path(), &config(1 << 30), gated).unwrap();
+    fill(&mut spool, 0, 200);
+    let before = seg_files(dir.path()).len();
+    spool.ack(200).unwrap();
+    assert_eq!(
+        seg_files(dir.path()).len(),
+        before,
+        "no positions saved yet"
+    );
+    let second_last = spool.segments[1].last_seq.unwrap();
+    spool.positions_saved(second_last).unwrap();
+    assert_eq!(
+        seg_files(dir.path()).len(),
+        before - 2,
+        "the two covered ones go"
+    );
+    drop(spool);
+    // Reopened (gated): acknowledged segments left behind are kept until positions say so,
+    // and their records still give the positions.
+    let (mut spool, rec) = Spool::open_with(dir.path(), &config(1 << 30), gated).unwrap();
+    assert_eq!(rec.pending_events, 0);
+    assert!(rec.positions.values().any(|(_, end)| *end > 0));
+    assert_eq!(seg_files(dir.path()).len(), before - 2);
+    spool.positions_saved(200).unwrap();
+    assert!(seg_files(dir.path()).is_empty());
+}
+
+#[test]
 fn ack_deletes_fully_acked_segments_only() {
     let dir = tempfile::tempdir().unwrap();
     let (mut spool, _) = open(dir.path(), 4096);

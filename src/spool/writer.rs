@@ -461,8 +461,29 @@ impl Spool {
         Ok(())
     }
 
+    /// The read positions just saved cover every record up to `seq` (the durable seq read
+    /// before they were written): acknowledged segments they now cover are deleted.
+    pub fn positions_saved(&mut self, seq: u64) -> Result<(), SpoolError> {
+        let Some(saved) = &mut self.positions_saved else {
+            return Ok(());
+        };
+        *saved = (*saved).max(seq);
+        let upto = (*saved).min(self.acked);
+        let due = self
+            .segments
+            .first()
+            .and_then(|s| s.last_seq)
+            .is_some_and(|l| l <= upto);
+        if self.poisoned || !due {
+            return Ok(());
+        }
+        self.delete_acked_segments()
+    }
+
     pub(super) fn delete_acked_segments(&mut self) -> Result<(), SpoolError> {
-        let acked = self.acked;
+        let acked = self
+            .positions_saved
+            .map_or(self.acked, |p| p.min(self.acked));
         let active_first = self.active.as_ref().map(|a| a.first_seq);
         let active_idle = self.active.as_ref().is_some_and(|a| a.buf.is_empty());
         let mut i = 0;
