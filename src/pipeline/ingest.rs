@@ -13,6 +13,7 @@
 
 use super::process::{SourceProcessor, map_context};
 use super::{COMMIT_BYTES, COMMIT_EVERY, JOIN_IDLE, PERSIST_EVERY, PipelineError, SharedSpool};
+use crate::alert::{Alert, AlertEngine, AlertFact};
 use crate::balp::{self, AppActivity, EventRecord, MapContext};
 use crate::config::Config;
 use crate::decode::Stamp;
@@ -92,6 +93,16 @@ pub(super) struct Ingest {
     sources_open: bool,
     max_events: usize,
     spool_max_bytes: u64,
+    /// The alert rules (None: none in force).
+    alerts: Option<AlertEngine>,
+    /// The facts of the line being processed (reused).
+    facts: Vec<AlertFact>,
+}
+
+/// What one line made: its events, or an alert they raised.
+enum Made {
+    Event(EventRecord),
+    Alert(Alert),
 }
 
 /// What [`Ingest::new`] takes besides the config.
@@ -106,6 +117,8 @@ pub(super) struct IngestParts {
     pub(super) replayable_sources: usize,
     pub(super) once: bool,
     pub(super) reloading: Arc<AtomicBool>,
+    /// The alert rules with their saved state (None: none in force).
+    pub(super) alerts: Option<AlertEngine>,
 }
 
 impl Ingest {
@@ -149,6 +162,8 @@ impl Ingest {
             sources_open,
             max_events: config.output.max_events,
             spool_max_bytes: config.spool.max_bytes.0,
+            alerts: parts.alerts,
+            facts: Vec::new(),
         }
     }
 
@@ -199,6 +214,7 @@ impl Ingest {
                 // While full, look again now and then: free disk space can change by itself.
                 _ = tokio::time::sleep(Duration::from_millis(250)), if !has_room => {}
                 _ = persist_tick.tick() => {
+                    self.check_silent()?;
                     self.persist_and_report();
                     // The main loop turns: tell systemd we are alive (WatchdogSec).
                     if watchdog {
@@ -267,9 +283,11 @@ impl Ingest {
         }
     }
 
-    /// Save dirty positions and publish the spool's state (`/health`, `spool status`).
+    /// Save the alert state and then dirty positions, and publish the spool's state
+    /// (`/health`, `spool status`). Positions wait while the alert state cannot be saved:
+    /// saved positions never cover a line the saved alert windows do not.
     pub(super) fn persist_and_report(&mut self) {
-        if self.positions.is_dirty() {
+        if self.save_alerts() && self.positions.is_dirty() {
             self.health
                 .positions_write_failed(!persist(&mut self.positions));
         }
@@ -288,6 +306,54 @@ impl Ingest {
                 &admin::StatusReport::from_status("running agent", &st, self.max_events, dead),
             );
         }
+    }
+
+    /// Save the alert state (if it changed); false if that failed (logged).
+    pub(super) fn save_alerts(&mut self) -> bool {
+        let Some(engine) = self.alerts.as_mut() else {
+            return true;
+        };
+        let durable = match self.spool.lock() {
+            Ok(s) => s.durable_seq(),
+            Err(_) => return false,
+        };
+        match engine.save(durable) {
+            Ok(()) => true,
+            Err(e) => {
+                events::alert_state_write_failed(&e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Raise the alerts of sources silent for too long (wall clock; never with `--once`).
+    fn check_silent(&mut self) -> Result<(), PipelineError> {
+        if self.once {
+            return Ok(());
+        }
+        let Some(engine) = self.alerts.as_mut() else {
+            return Ok(());
+        };
+        let raised = engine.check_silent(Timestamp::now());
+        if raised.is_empty() {
+            return Ok(());
+        }
+        let origin = Origin {
+            source: "self".into(),
+            stream_key: "self".into(),
+            path: PathBuf::new(),
+            start: 0,
+            end: 0,
+        };
+        let mut guard = self.spool.lock()?;
+        for alert in &raised {
+            self.uncommitted_bytes += alert.record.json.len();
+            let seq = guard.append(&alert.record, &origin)?;
+            engine.spooled(alert, seq);
+        }
+        drop(guard);
+        self.arm();
+        Ok(())
     }
 
     /// Append and commit the agent's own start or stop event.
@@ -366,7 +432,7 @@ impl Ingest {
         // to read Bundles meanwhile (holding it across a batch made the two take turns); the
         // events of each chunk are appended under one short lock.
         const CHUNK: usize = 64;
-        let mut made: Vec<(usize, EventRecord)> = Vec::new();
+        let mut made: Vec<(usize, Made)> = Vec::new();
         for chunk in records.chunks(CHUNK) {
             // A batch makes ~0.5 MiB of events: commit inside it, so that the spool's buffers
             // stay near COMMIT_BYTES instead of growing with the batch.
@@ -380,7 +446,29 @@ impl Ingest {
                 let Some(proc_) = self.processors.get_mut(&line.stream.source) else {
                     continue;
                 };
-                made.extend(proc_.process(line, now).into_iter().map(|r| (i, r)));
+                match self.alerts.as_mut() {
+                    None => made.extend(
+                        proc_
+                            .process(line, now)
+                            .into_iter()
+                            .map(|r| (i, Made::Event(r))),
+                    ),
+                    Some(engine) => {
+                        engine.line_seen(&line.stream.source, now);
+                        let facts = engine.wants_facts().then_some(&mut self.facts);
+                        let records = proc_.process_facts(line, now, facts);
+                        made.extend(records.into_iter().map(|r| (i, Made::Event(r))));
+                        // An alert follows the events that raised it, in the same commit.
+                        for fact in self.facts.drain(..) {
+                            made.extend(
+                                engine
+                                    .observe(&fact)
+                                    .into_iter()
+                                    .map(|a| (i, Made::Alert(a))),
+                            );
+                        }
+                    }
+                }
                 // Network streams have no read position to keep; journal streams send their
                 // cursor as a `SourceMsg::Position` after their lines.
                 if !crate::source::syslog::is_syslog_stream(&line.stream)
@@ -398,15 +486,22 @@ impl Ingest {
             }
             let mut guard = self.spool.lock()?;
             let mut origin: Option<(usize, Origin)> = None;
-            for (i, record) in made.drain(..) {
+            for (i, m) in made.drain(..) {
                 if origin.as_ref().is_none_or(|(at, _)| *at != i) {
                     origin = Some((i, Origin::of_line(&chunk[i])));
                 }
                 let Some((_, o)) = &origin else {
                     continue;
                 };
+                let record = match &m {
+                    Made::Event(r) => r,
+                    Made::Alert(a) => &a.record,
+                };
                 self.uncommitted_bytes += record.json.len();
-                guard.append(&record, o)?;
+                let seq = guard.append(record, o)?;
+                if let (Made::Alert(a), Some(engine)) = (&m, self.alerts.as_mut()) {
+                    engine.spooled(a, seq);
+                }
             }
         }
         self.arm();
@@ -660,6 +755,7 @@ mod tests {
                 replayable_sources: 1,
                 once: false,
                 reloading: Arc::new(AtomicBool::new(false)),
+                alerts: None,
             },
         );
         let stream = Arc::new(StreamId {

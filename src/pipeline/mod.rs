@@ -137,6 +137,9 @@ pub async fn run(
     }
     let (positions, spool) = open_state(&config)?;
     let processors = build_processors(&config)?;
+    let alerts = crate::alert::AlertEngine::open(&config, &config.agent.state_dir)
+        .map_err(PipelineError::Config)?;
+    let alerts = (!alerts.is_empty()).then_some(alerts);
 
     let health = Arc::new(Health::from_config(&config));
     let mut outputs = Vec::new();
@@ -194,6 +197,7 @@ pub async fn run(
             replayable_sources: started.replayable(),
             once: options.once,
             reloading: options.reloading.clone(),
+            alerts,
         },
     );
     // The agent audits its own start and stop like any other event.
@@ -222,7 +226,10 @@ pub async fn run(
     if let Some(t) = metrics_task {
         t.abort();
     }
-    ingest.positions.persist()?;
+    // The alert state first: saved positions never cover lines its windows do not.
+    if ingest.save_alerts() {
+        ingest.positions.persist()?;
+    }
     if result.is_ok() {
         tracing::info!("balp-agent stopped cleanly");
     }

@@ -1,0 +1,225 @@
+//! `<state_dir>/alerts.json`: the windows, open incidents and last line times, replaced
+//! atomically (tmp, fsync, rename, fsync of the directory). A versioned, tagged format: a
+//! change is a new variant, never a silent reinterpretation.
+
+use super::{AlertEngine, Entry, Incident, KeyState, Silence};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+
+/// Why the alert state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertStateError {
+    /// A file system operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file does not hold a known format.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "format")]
+pub(super) enum StateFile {
+    #[serde(rename = "balp-agent-alerts-1")]
+    V1(Saved),
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct Saved {
+    /// Wall clock (ms) of the last line per source.
+    #[serde(default)]
+    last_line: BTreeMap<String, i64>,
+    /// Per rule name.
+    #[serde(default)]
+    rules: BTreeMap<String, SavedRule>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SavedRule {
+    /// The rule's kind: state of a name now used by another rule is dropped.
+    kind: String,
+    #[serde(default)]
+    now_ms: i64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    keys: BTreeMap<String, SavedKey>,
+    /// Silent sources already alerted: source → the last line time alerted for.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    silent: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SavedKey {
+    /// (ms, event id, patient).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    entries: Vec<(i64, Uuid, Option<String>)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    incident: Option<SavedIncident>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedIncident {
+    alert: Uuid,
+    last_ms: i64,
+}
+
+/// The saved state, or None when there is no file.
+pub(super) fn load(path: &Path) -> Result<Option<Saved>, AlertStateError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(AlertStateError::Io {
+                op: "reading",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    match serde_json::from_str::<StateFile>(&text) {
+        Ok(StateFile::V1(saved)) => Ok(Some(saved)),
+        Err(e) => Err(AlertStateError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Replace the file atomically.
+pub(super) fn save(path: &Path, saved: Saved) -> Result<(), AlertStateError> {
+    let json =
+        serde_json::to_string(&StateFile::V1(saved)).map_err(|e| AlertStateError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let tmp = path.with_extension("json.tmp");
+    crate::private::replace(&tmp, path, json.as_bytes()).map_err(|source| AlertStateError::Io {
+        op: "writing",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl AlertEngine {
+    /// What to save: incidents whose alert is above `durable_seq` become their window again.
+    pub(super) fn snapshot(&self, durable_seq: u64) -> Saved {
+        let mut rules = BTreeMap::new();
+        for r in &self.rules {
+            let mut keys = BTreeMap::new();
+            for (k, ks) in &r.keys {
+                let mut entries: Vec<&Entry> = ks.entries.iter().collect();
+                let incident = match &ks.incident {
+                    Some(i) if i.seq <= durable_seq => Some(SavedIncident {
+                        alert: i.alert,
+                        last_ms: i.last_ms,
+                    }),
+                    Some(i) => {
+                        entries.extend(i.restore.iter());
+                        entries.sort();
+                        entries.dedup_by(|a, b| a.id == b.id);
+                        None
+                    }
+                    None => None,
+                };
+                if entries.is_empty() && incident.is_none() {
+                    continue;
+                }
+                keys.insert(
+                    k.clone(),
+                    SavedKey {
+                        entries: entries
+                            .into_iter()
+                            .map(|e| (e.ms, e.id, e.patient.clone()))
+                            .collect(),
+                        incident,
+                    },
+                );
+            }
+            let silent = r
+                .silent
+                .iter()
+                .filter(|(_, s)| s.seq <= durable_seq)
+                .map(|(src, s)| (src.clone(), s.last_line_ms))
+                .collect();
+            rules.insert(
+                r.rule.name.clone(),
+                SavedRule {
+                    kind: r.rule.kind.as_str().to_owned(),
+                    now_ms: r.now_ms,
+                    keys,
+                    silent,
+                },
+            );
+        }
+        Saved {
+            last_line: self.last_line.clone(),
+            rules,
+        }
+    }
+
+    /// Take a saved state over (rules matched by name and kind; others dropped).
+    pub(super) fn restore(&mut self, saved: Saved) {
+        self.last_line = saved.last_line;
+        let mut saved_rules = saved.rules;
+        for r in &mut self.rules {
+            let Some(s) = saved_rules.remove(&r.rule.name) else {
+                continue;
+            };
+            if s.kind != r.rule.kind.as_str() {
+                continue;
+            }
+            r.now_ms = s.now_ms;
+            let cap = r.rule.threshold;
+            r.keys = s
+                .keys
+                .into_iter()
+                .map(|(k, sk)| {
+                    let mut entries: Vec<Entry> = sk
+                        .entries
+                        .into_iter()
+                        .map(|(ms, id, patient)| Entry { ms, id, patient })
+                        .collect();
+                    entries.sort();
+                    entries.dedup_by(|a, b| a.id == b.id);
+                    // A lowered threshold keeps the newest entries.
+                    if entries.len() > cap {
+                        entries.drain(..entries.len() - cap);
+                    }
+                    let incident = sk.incident.map(|i| Incident {
+                        alert: i.alert,
+                        last_ms: i.last_ms,
+                        seq: 0,
+                        restore: Vec::new(),
+                    });
+                    (k, KeyState { entries, incident })
+                })
+                .collect();
+            r.silent = s
+                .silent
+                .into_iter()
+                .map(|(src, last_line_ms)| {
+                    (
+                        src,
+                        Silence {
+                            last_line_ms,
+                            seq: 0,
+                        },
+                    )
+                })
+                .collect();
+        }
+    }
+}
