@@ -255,6 +255,14 @@ pub struct AlertEngine {
     started_ms: i64,
     /// Where the state is saved (None: `balp-agent test`, nothing kept).
     path: Option<PathBuf>,
+    /// Read position up to which each stream's lines went through the rules, per source and
+    /// stream key (the spool's own positions are not allowed past it at a start).
+    coverage: BTreeMap<String, BTreeMap<String, u64>>,
+    /// A state file was loaded (else there is no coverage to hold positions to).
+    loaded: bool,
+    /// Per source and stream key: lines up to this read position are in the spool already
+    /// and are read again only for the rules (their events are not spooled again).
+    replay_until: BTreeMap<String, BTreeMap<String, u64>>,
     dirty: bool,
     event_rules: bool,
     silent_rules: bool,
@@ -312,6 +320,9 @@ impl AlertEngine {
             last_line: BTreeMap::new(),
             started_ms: ms(Timestamp::now()),
             path: None,
+            coverage: BTreeMap::new(),
+            loaded: false,
+            replay_until: BTreeMap::new(),
             dirty: false,
             event_rules,
             silent_rules,
@@ -319,12 +330,22 @@ impl AlertEngine {
     }
 
     /// The engine for `run`: state loaded from `state_dir/alerts.json` (a missing file is no
-    /// state; a corrupt one is logged and ignored, like a first start).
-    pub fn open(config: &Config, state_dir: &Path) -> Result<AlertEngine, Vec<String>> {
+    /// state; a corrupt one is logged and ignored, like a first start). `spool_next_seq` is
+    /// the seq the reopened spool appends next: an incident whose alert has a seq below it
+    /// is in the spool (or delivered); one at or above it was lost with its commit and goes
+    /// back to the window that raised it.
+    pub fn open(
+        config: &Config,
+        state_dir: &Path,
+        spool_next_seq: u64,
+    ) -> Result<AlertEngine, Vec<String>> {
         let mut engine = AlertEngine::new(config)?;
         let path = state_dir.join(STATE_FILE);
         match state::load(&path) {
-            Ok(Some(saved)) => engine.restore(saved),
+            Ok(Some(saved)) => {
+                engine.restore(saved, spool_next_seq);
+                engine.loaded = true;
+            }
             Ok(None) => {}
             Err(e) => tracing::error!(
                 error = %e,
@@ -343,6 +364,73 @@ impl AlertEngine {
     /// Whether nothing is configured at all.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// The lines of a stream up to read position `end` went through the rules.
+    pub fn covered(&mut self, source: &str, key: &str, end: u64) {
+        if !self.event_rules {
+            return;
+        }
+        match self.coverage.get_mut(source) {
+            Some(streams) => match streams.get_mut(key) {
+                Some(e) => *e = (*e).max(end),
+                None => {
+                    streams.insert(key.to_owned(), end);
+                }
+            },
+            None => {
+                self.coverage
+                    .insert(source.to_owned(), BTreeMap::from([(key.to_owned(), end)]));
+            }
+        }
+    }
+
+    /// How far a start may advance a stream's read position to what the spool holds: the
+    /// saved state must have seen those lines, or their facts would be missing from the
+    /// windows (they are read again instead, and their events spooled again with the same
+    /// ids). None: no limit (no event rules, or no state file yet).
+    pub fn position_cap(&self, source: &str, key: &str) -> Option<u64> {
+        if !self.event_rules || !self.loaded {
+            return None;
+        }
+        Some(
+            self.coverage
+                .get(source)
+                .and_then(|s| s.get(key))
+                .copied()
+                .unwrap_or(0),
+        )
+    }
+
+    /// The spool holds the events of the stream's lines up to `end`, past what the windows
+    /// saw: those lines are read again for the rules only ([`replayed`](Self::replayed)).
+    pub fn replay(&mut self, source: &str, key: &str, end: u64) {
+        self.replay_until
+            .entry(source.to_owned())
+            .or_default()
+            .insert(key.to_owned(), end);
+    }
+
+    /// Whether the line ending at `end` is one whose events the spool holds already (read
+    /// again only for the rules: its events must not be spooled twice).
+    pub fn replayed(&mut self, source: &str, key: &str, end: u64) -> bool {
+        if self.replay_until.is_empty() {
+            return false;
+        }
+        let Some(streams) = self.replay_until.get_mut(source) else {
+            return false;
+        };
+        let Some(&until) = streams.get(key) else {
+            return false;
+        };
+        if end <= until {
+            return true;
+        }
+        streams.remove(key);
+        if streams.is_empty() {
+            self.replay_until.remove(source);
+        }
+        false
     }
 
     /// Alerts raised since start, per rule name (every rule in force, zeros included).
@@ -510,9 +598,9 @@ impl AlertEngine {
     }
 
     /// Save the state if it changed: atomically, before the positions file is written.
-    /// Incidents whose alert is above `durable_seq` (not yet fsynced in the spool) are
-    /// saved as the window that raised them, so that re-reading their lines raises them
-    /// again.
+    /// Incidents are saved with their alert's spool seq; those above `durable_seq` (not yet
+    /// fsynced) also with the window that raised them, which [`open`](Self::open) puts back
+    /// if the spool lost that alert, so that re-reading their lines raises it again.
     pub fn save(&mut self, durable_seq: u64) -> Result<(), AlertStateError> {
         let Some(path) = self.path.clone() else {
             return Ok(());

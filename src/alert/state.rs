@@ -46,6 +46,10 @@ pub(super) struct Saved {
     /// Per rule name.
     #[serde(default)]
     rules: BTreeMap<String, SavedRule>,
+    /// Per source and stream key: the read position up to which lines went through the
+    /// rules.
+    #[serde(default)]
+    coverage: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -56,9 +60,10 @@ struct SavedRule {
     now_ms: i64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     keys: BTreeMap<String, SavedKey>,
-    /// Silent sources already alerted: source → the last line time alerted for.
+    /// Silent sources already alerted: source → (the last line time alerted for, the
+    /// alert's spool seq).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    silent: BTreeMap<String, i64>,
+    silent: BTreeMap<String, (i64, u64)>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -74,6 +79,11 @@ struct SavedKey {
 struct SavedIncident {
     alert: Uuid,
     last_ms: i64,
+    /// The alert's spool seq (`u64::MAX`: not appended yet).
+    seq: u64,
+    /// The window that raised it, while the alert was not yet durable when saved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    restore: Vec<(i64, Uuid, Option<String>)>,
 }
 
 /// The saved state, or None when there is no file.
@@ -113,46 +123,60 @@ pub(super) fn save(path: &Path, saved: Saved) -> Result<(), AlertStateError> {
     })
 }
 
+fn saved_entries(entries: &[Entry]) -> Vec<(i64, Uuid, Option<String>)> {
+    entries
+        .iter()
+        .map(|e| (e.ms, e.id, e.patient.clone()))
+        .collect()
+}
+
+fn entries_of(saved: Vec<(i64, Uuid, Option<String>)>, cap: usize) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = saved
+        .into_iter()
+        .map(|(ms, id, patient)| Entry { ms, id, patient })
+        .collect();
+    entries.sort();
+    entries.dedup_by(|a, b| a.id == b.id);
+    // A lowered threshold keeps the newest entries.
+    if entries.len() > cap {
+        entries.drain(..entries.len() - cap);
+    }
+    entries
+}
+
 impl AlertEngine {
-    /// What to save: incidents whose alert is above `durable_seq` become their window again.
+    /// What to save; incidents whose alert is above `durable_seq` carry their window.
     pub(super) fn snapshot(&self, durable_seq: u64) -> Saved {
         let mut rules = BTreeMap::new();
         for r in &self.rules {
-            let mut keys = BTreeMap::new();
-            for (k, ks) in &r.keys {
-                let mut entries: Vec<&Entry> = ks.entries.iter().collect();
-                let incident = match &ks.incident {
-                    Some(i) if i.seq <= durable_seq => Some(SavedIncident {
+            let keys = r
+                .keys
+                .iter()
+                .filter(|(_, ks)| !ks.entries.is_empty() || ks.incident.is_some())
+                .map(|(k, ks)| {
+                    let incident = ks.incident.as_ref().map(|i| SavedIncident {
                         alert: i.alert,
                         last_ms: i.last_ms,
-                    }),
-                    Some(i) => {
-                        entries.extend(i.restore.iter());
-                        entries.sort();
-                        entries.dedup_by(|a, b| a.id == b.id);
-                        None
-                    }
-                    None => None,
-                };
-                if entries.is_empty() && incident.is_none() {
-                    continue;
-                }
-                keys.insert(
-                    k.clone(),
-                    SavedKey {
-                        entries: entries
-                            .into_iter()
-                            .map(|e| (e.ms, e.id, e.patient.clone()))
-                            .collect(),
-                        incident,
-                    },
-                );
-            }
+                        seq: i.seq,
+                        restore: if i.seq > durable_seq {
+                            saved_entries(&i.restore)
+                        } else {
+                            Vec::new()
+                        },
+                    });
+                    (
+                        k.clone(),
+                        SavedKey {
+                            entries: saved_entries(&ks.entries),
+                            incident,
+                        },
+                    )
+                })
+                .collect();
             let silent = r
                 .silent
                 .iter()
-                .filter(|(_, s)| s.seq <= durable_seq)
-                .map(|(src, s)| (src.clone(), s.last_line_ms))
+                .map(|(src, s)| (src.clone(), (s.last_line_ms, s.seq)))
                 .collect();
             rules.insert(
                 r.rule.name.clone(),
@@ -167,12 +191,16 @@ impl AlertEngine {
         Saved {
             last_line: self.last_line.clone(),
             rules,
+            coverage: self.coverage.clone(),
         }
     }
 
-    /// Take a saved state over (rules matched by name and kind; others dropped).
-    pub(super) fn restore(&mut self, saved: Saved) {
+    /// Take a saved state over (rules matched by name and kind; others dropped). An
+    /// incident whose alert seq is not below `spool_next_seq` was lost with its commit: its
+    /// window comes back instead, and the lines that completed it are read again.
+    pub(super) fn restore(&mut self, saved: Saved, spool_next_seq: u64) {
         self.last_line = saved.last_line;
+        self.coverage = saved.coverage;
         let mut saved_rules = saved.rules;
         for r in &mut self.rules {
             let Some(s) = saved_rules.remove(&r.rule.name) else {
@@ -187,30 +215,29 @@ impl AlertEngine {
                 .keys
                 .into_iter()
                 .map(|(k, sk)| {
-                    let mut entries: Vec<Entry> = sk
-                        .entries
-                        .into_iter()
-                        .map(|(ms, id, patient)| Entry { ms, id, patient })
-                        .collect();
-                    entries.sort();
-                    entries.dedup_by(|a, b| a.id == b.id);
-                    // A lowered threshold keeps the newest entries.
-                    if entries.len() > cap {
-                        entries.drain(..entries.len() - cap);
-                    }
-                    let incident = sk.incident.map(|i| Incident {
-                        alert: i.alert,
-                        last_ms: i.last_ms,
-                        seq: 0,
-                        restore: Vec::new(),
-                    });
+                    let mut entries = sk.entries;
+                    let incident = match sk.incident {
+                        Some(i) if i.seq < spool_next_seq => Some(Incident {
+                            alert: i.alert,
+                            last_ms: i.last_ms,
+                            seq: 0,
+                            restore: Vec::new(),
+                        }),
+                        Some(i) => {
+                            entries.extend(i.restore);
+                            None
+                        }
+                        None => None,
+                    };
+                    let entries = entries_of(entries, cap);
                     (k, KeyState { entries, incident })
                 })
                 .collect();
             r.silent = s
                 .silent
                 .into_iter()
-                .map(|(src, last_line_ms)| {
+                .filter(|(_, (_, seq))| *seq < spool_next_seq)
+                .map(|(src, (last_line_ms, _))| {
                     (
                         src,
                         Silence {

@@ -417,12 +417,12 @@ fn a_saved_window_survives_a_restart_and_the_reread_lines_add_nothing() {
     let burst: Vec<AlertFact> = (0..8).map(|i| s.fail(i, "root", "203.0.113.9")).collect();
     let straight = feed(&mut engine(""), &burst);
 
-    let mut e = AlertEngine::open(&cfg, dir.path()).unwrap();
+    let mut e = AlertEngine::open(&cfg, dir.path(), 1).unwrap();
     assert!(feed(&mut e, &burst[..5]).is_empty());
     e.save(0).unwrap();
     drop(e);
     // Restart: the positions lag, so lines 3..5 are read again before the rest.
-    let mut e = AlertEngine::open(&cfg, dir.path()).unwrap();
+    let mut e = AlertEngine::open(&cfg, dir.path(), 1).unwrap();
     let raised = feed(&mut e, &burst[3..]);
     assert_eq!(raised.len(), 1);
     assert_eq!(raised[0].record.id, straight[0].record.id);
@@ -433,36 +433,65 @@ fn a_saved_window_survives_a_restart_and_the_reread_lines_add_nothing() {
 }
 
 #[test]
-fn an_alert_not_yet_durable_is_raised_again_with_the_same_id_and_a_durable_one_never() {
+fn an_alert_lost_with_its_commit_is_raised_again_with_the_same_id_and_a_spooled_one_never() {
     let dir = tempfile::tempdir().unwrap();
     let cfg: Config = toml::from_str("").unwrap();
     let mut s = Script::new();
     let burst: Vec<AlertFact> = (0..8).map(|i| s.fail(i, "root", "203.0.113.9")).collect();
-    let mut e = AlertEngine::open(&cfg, dir.path()).unwrap();
+    let mut e = AlertEngine::open(&cfg, dir.path(), 1).unwrap();
     let raised = feed(&mut e, &burst);
     assert_eq!(raised.len(), 1);
     e.spooled(&raised[0], 42);
     // Saved while the commit holding seq 42 is still being written.
     e.save(41).unwrap();
     drop(e);
-    let mut e = AlertEngine::open(&cfg, dir.path()).unwrap();
-    // SIGKILL before the commit: the lines are read again, the alert comes again.
-    let again = feed(&mut e, &burst);
+    // SIGKILL before that commit: the spool reopens with 42 as its next seq, the lines are
+    // read again, and the alert comes again.
+    let mut e = AlertEngine::open(&cfg, dir.path(), 42).unwrap();
+    let again = feed(&mut e, &burst[5..]);
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].record.id, raised[0].record.id);
-    e.spooled(&again[0], 7);
-    e.save(7).unwrap();
+    assert_eq!(again[0].record.json, raised[0].record.json);
+    e.spooled(&again[0], 42);
+    e.save(41).unwrap();
     drop(e);
-    let mut e = AlertEngine::open(&cfg, dir.path()).unwrap();
+    // This time the commit made it (the spool goes on at 43): never raised twice.
+    let mut e = AlertEngine::open(&cfg, dir.path(), 43).unwrap();
     assert!(
         feed(&mut e, &burst).is_empty(),
-        "durable: never raised twice"
+        "spooled: never raised twice"
     );
+    e.save(43).unwrap();
+    drop(e);
+    let mut e = AlertEngine::open(&cfg, dir.path(), 44).unwrap();
+    assert!(feed(&mut e, &burst).is_empty());
     let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
     assert!(
         text.starts_with("{\"format\":\"balp-agent-alerts-1\""),
         "{text}"
     );
+}
+
+#[test]
+fn positions_may_catch_up_with_the_spool_only_as_far_as_the_windows_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg: Config = toml::from_str("").unwrap();
+    let mut e = AlertEngine::open(&cfg, dir.path(), 1).unwrap();
+    assert_eq!(e.position_cap("auth", "k"), None, "no state yet: no limit");
+    e.covered("auth", "k", 100);
+    e.covered("auth", "k", 60);
+    e.dirty = true;
+    e.save(0).unwrap();
+    let e = AlertEngine::open(&cfg, dir.path(), 1).unwrap();
+    assert_eq!(e.position_cap("auth", "k"), Some(100));
+    assert_eq!(
+        e.position_cap("auth", "other"),
+        Some(0),
+        "unseen streams are read again"
+    );
+    let only_silent: Config =
+        toml::from_str("[[alerts]]\nrule = \"failed-login-burst\"\nenabled = false\n[[alerts]]\nrule = \"success-after-failures\"\nenabled = false\n[[alerts]]\nrule = \"many-patients\"\nenabled = false\n").unwrap();
+    let e = AlertEngine::open(&only_silent, dir.path(), 1).unwrap();
+    assert_eq!(e.position_cap("auth", "k"), None, "no window to keep whole");
 }
 
 #[test]

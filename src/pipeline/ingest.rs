@@ -457,7 +457,10 @@ impl Ingest {
                         engine.line_seen(&line.stream.source, now);
                         let facts = engine.wants_facts().then_some(&mut self.facts);
                         let records = proc_.process_facts(line, now, facts);
-                        made.extend(records.into_iter().map(|r| (i, Made::Event(r))));
+                        // Read again after a crash only for the rules: the spool has them.
+                        if !engine.replayed(&line.stream.source, &line.stream.key, line.end) {
+                            made.extend(records.into_iter().map(|r| (i, Made::Event(r))));
+                        }
                         // An alert follows the events that raised it, in the same commit.
                         for fact in self.facts.drain(..) {
                             made.extend(
@@ -474,6 +477,9 @@ impl Ingest {
                 if !crate::source::syslog::is_syslog_stream(&line.stream)
                     && !crate::source::journald::is_journald_key(&line.stream.key)
                 {
+                    if let Some(engine) = self.alerts.as_mut() {
+                        engine.covered(&line.stream.source, &line.stream.key, line.end);
+                    }
                     self.pending.push(PendingPosition::At(Checkpoint {
                         stream: line.stream.clone(),
                         offset: line.end,
