@@ -345,6 +345,8 @@ impl AlertEngine {
             Ok(Some(saved)) => {
                 engine.restore(saved, spool_next_seq);
                 engine.loaded = true;
+                // A source removed from the config is not silent, only gone.
+                engine.last_line.retain(|s, _| config.source(s).is_some());
             }
             Ok(None) => {}
             Err(e) => tracing::error!(
@@ -447,18 +449,27 @@ impl AlertEngine {
             return;
         }
         let now = ms(now);
-        match self.last_line.get_mut(source) {
-            Some(t) => *t = (*t).max(now),
+        // Silences are minutes or hours: a second's precision is saved, not every line.
+        let changed = match self.last_line.get_mut(source) {
+            Some(t) if now > *t => {
+                let moved = now - *t >= 1000;
+                *t = now;
+                moved
+            }
+            Some(_) => false,
             None => {
                 self.last_line.insert(source.to_owned(), now);
+                true
             }
-        }
+        };
         for r in &mut self.rules {
-            if r.rule.kind == AlertRuleKind::SilentSource {
+            if r.rule.kind == AlertRuleKind::SilentSource && !r.silent.is_empty() {
                 r.silent.remove(source);
             }
         }
-        self.dirty = true;
+        if changed {
+            self.dirty = true;
+        }
     }
 
     /// Sources silent for longer than their rule allows at wall-clock `now`: one alert per
@@ -483,7 +494,8 @@ impl AlertEngine {
                 }
                 let key = format!("source:{source}");
                 let id = alert_id(&r.rule.name, &key, &last.to_string());
-                let due = since.saturating_add(after);
+                // From the last line, not from the start: a re-raise is the same event.
+                let due = last.saturating_add(after);
                 let spec = AlertSpec {
                     id,
                     rule: &r.rule.name,
