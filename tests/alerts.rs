@@ -393,8 +393,10 @@ fn a_sigkill_right_after_the_completing_line_raises_the_alert_once_with_its_id()
             wait_until(Duration::from_secs(20), || !arr
                 .accepted_alerts()
                 .is_empty()),
-            "round {round}: {}",
-            agent.log()
+            "round {round}: {}\nalerts.json: {}\npositions.json: {}",
+            agent.log(),
+            std::fs::read_to_string(dir.path().join("state/alerts.json")).unwrap_or_default(),
+            std::fs::read_to_string(dir.path().join("state/positions.json")).unwrap_or_default()
         );
         // SIGTERM only once the agent handles it (the alert may have been there already).
         assert!(wait_until(Duration::from_secs(20), || agent

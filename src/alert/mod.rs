@@ -348,11 +348,16 @@ impl AlertEngine {
                 // A source removed from the config is not silent, only gone.
                 engine.last_line.retain(|s, _| config.source(s).is_some());
             }
-            Ok(None) => {}
-            Err(e) => tracing::error!(
-                error = %e,
-                "alerts: state unreadable; windows start empty (alerts already raised may be raised again, with the same ids)"
-            ),
+            // Written at once (before any line is read), so that a crash before the first
+            // regular save still finds a state whose coverage holds positions back.
+            Ok(None) => engine.dirty = true,
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "alerts: state unreadable; windows start empty (alerts already raised may be raised again, with the same ids)"
+                );
+                engine.dirty = true;
+            }
         }
         engine.path = Some(path);
         Ok(engine)

@@ -477,10 +477,15 @@ fn positions_may_catch_up_with_the_spool_only_as_far_as_the_windows_saw() {
     let cfg: Config = toml::from_str("").unwrap();
     let mut e = AlertEngine::open(&cfg, dir.path(), 1).unwrap();
     assert_eq!(e.position_cap("auth", "k"), None, "no state yet: no limit");
+    // The first save comes before any line: a crash right after still finds a state.
+    e.save(0).unwrap();
+    let e2 = AlertEngine::open(&cfg, dir.path(), 1).unwrap();
+    assert_eq!(e2.position_cap("auth", "k"), Some(0));
     e.covered("auth", "k", 100);
     e.covered("auth", "k", 60);
     e.dirty = true;
     e.save(0).unwrap();
+    drop(e2);
     let e = AlertEngine::open(&cfg, dir.path(), 1).unwrap();
     assert_eq!(e.position_cap("auth", "k"), Some(100));
     assert_eq!(
@@ -615,4 +620,31 @@ fn facts_come_from_the_mapped_events() {
     );
     assert_eq!(f[0].kind, FactKind::Query);
     assert_eq!(f[0].patient.as_deref(), Some("77"));
+}
+
+#[test]
+fn metrics_count_alerts_per_rule_from_zero() {
+    let mut e = engine(
+        "[[alerts]]\nrule = \"failed-login-burst\"\nname = \"probe-burst\"\nthreshold = 2\n\
+         [[alerts]]\nrule = \"watchlist\"\nname = \"probe-quiet\"\nusers = [\"nobody\"]\n",
+    );
+    let page = || {
+        crate::metrics::render(
+            &crate::metrics::Health::default(),
+            std::time::Instant::now(),
+        )
+    };
+    assert!(page().contains("balp_agent_alerts_total{rule=\"probe-quiet\"} 0\n"));
+    let mut s = Script::new();
+    let raised = feed(
+        &mut e,
+        &[s.fail(0, "x", "192.0.2.7"), s.fail(1, "x", "192.0.2.7")],
+    );
+    assert_eq!(raised.len(), 1);
+    let text = page();
+    assert!(
+        text.contains("balp_agent_alerts_total{rule=\"probe-burst\"} 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("balp_agent_alerts_total{rule=\"probe-quiet\"} 0\n"));
 }
