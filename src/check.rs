@@ -162,6 +162,7 @@ const ROOT: &[Field] = &[
     opt("spool", Ty::Table(SPOOL)),
     opt("metrics", Ty::Table(METRICS)),
     opt("tamper", Ty::Table(TAMPER)),
+    opt("alerts", Ty::TableArray(ALERT)),
 ];
 const TAMPER: &[Field] = &[opt("enabled", Ty::Bool), opt("seal_interval", Ty::Duration)];
 const AGENT: &[Field] = &[
@@ -283,6 +284,25 @@ const METRICS: &[Field] = &[
     req("listen", Ty::Str),
     opt("spool_threshold", Ty::Fraction),
     opt("delivery_failure_threshold", Ty::Duration),
+];
+
+const ALERT: &[Field] = &[
+    req("rule", Ty::Enum(crate::config::AlertRuleKind::NAMES)),
+    opt("name", Ty::Str),
+    opt("enabled", Ty::Bool),
+    opt("threshold", Ty::PositiveInt),
+    opt("window", Ty::Duration),
+    opt("cooldown", Ty::Duration),
+    opt("by", Ty::StrOrList),
+    opt("patients", Ty::StrList),
+    opt("users", Ty::StrList),
+    opt("ignore_users", Ty::StrList),
+    opt("days", Ty::StrList),
+    opt("hours", Ty::Str),
+    opt("timezone", Ty::Str),
+    opt("sources", Ty::StrOrList),
+    opt("silent_after", Ty::Duration),
+    opt("max_keys", Ty::PositiveInt),
 ];
 
 type Table<'i> = DeTable<'i>;
@@ -540,6 +560,7 @@ impl Checker {
                 "must be at least 100ms".to_string(),
             );
         }
+        self.check_alerts(root);
         if let Some((m, _)) = get_table(root, "metrics")
             && let Some((listen, span)) = get_str(m, "listen")
             && !valid_listen(listen)
@@ -961,6 +982,119 @@ impl Checker {
         }
     }
 
+    /// `[[alerts]]`: keys the rule uses, values it understands, sources that exist, one
+    /// entry per name.
+    fn check_alerts(&mut self, root: &Table<'_>) {
+        use crate::alert::rules;
+        use crate::config::AlertRuleKind;
+        let source_names: Vec<&str> = tables(root, "sources")
+            .iter()
+            .filter_map(|(t, _)| get_str(t, "name").map(|(n, _)| n))
+            .collect();
+        let mut names: Vec<String> = Vec::new();
+        for (i, (t, tspan)) in tables(root, "alerts").into_iter().enumerate() {
+            let p = format!("alerts[{i}]");
+            let Some(kind) = get_str(t, "rule").and_then(|(r, _)| AlertRuleKind::parse(r)) else {
+                continue;
+            };
+            let allowed = crate::config::alerts::rule_keys(kind);
+            for (k, v) in t.iter() {
+                let key = k.get_ref().as_ref();
+                if !["rule", "name", "enabled"].contains(&key) && !allowed.contains(&key) {
+                    self.report(
+                        &k.span(),
+                        format!("{p}.{key}"),
+                        format!(
+                            "`{key}` is not used by rule {:?} (it takes: {})",
+                            kind.as_str(),
+                            allowed.join(", ")
+                        ),
+                    );
+                }
+                let _ = v;
+            }
+            let name = get_str(t, "name").map_or(kind.as_str(), |(n, _)| n);
+            if names.iter().any(|n| n == name) {
+                let span = get_str(t, "name").map_or(tspan.clone(), |(_, s)| s);
+                self.report(
+                    &span,
+                    format!("{p}.name"),
+                    format!("two [[alerts]] entries are named {name:?}; give each instance its own `name`"),
+                );
+            }
+            names.push(name.to_owned());
+            for (k, (b, span)) in str_list(t, "by").into_iter().enumerate() {
+                if b != "user" && b != "address" {
+                    let at = if get(t, "by").is_some_and(|v| v.get_ref().is_str()) {
+                        format!("{p}.by")
+                    } else {
+                        format!("{p}.by[{k}]")
+                    };
+                    self.report(
+                        &span,
+                        at,
+                        format!("unknown value {b:?} (allowed: user, address)"),
+                    );
+                }
+            }
+            for (k, (d, span)) in str_list(t, "days").into_iter().enumerate() {
+                if rules::weekday(d).is_none() {
+                    self.report(
+                        &span,
+                        format!("{p}.days[{k}]"),
+                        format!("unknown day {d:?} (use mon, tue, wed, thu, fri, sat, sun)"),
+                    );
+                }
+            }
+            if let Some((h, span)) = get_str(t, "hours")
+                && let Err(e) = rules::hours(h)
+            {
+                self.report(&span, format!("{p}.hours"), e);
+            }
+            if let Some((tz, span)) = get_str(t, "timezone")
+                && let Err(e) = crate::decode::zone(tz)
+            {
+                self.report(&span, format!("{p}.timezone"), one_line(&e));
+            }
+            for (k, (src, span)) in str_list(t, "sources").into_iter().enumerate() {
+                if !source_names.contains(&src) {
+                    let at = if get(t, "sources").is_some_and(|v| v.get_ref().is_str()) {
+                        format!("{p}.sources")
+                    } else {
+                        format!("{p}.sources[{k}]")
+                    };
+                    self.report(
+                        &span,
+                        at,
+                        format!(
+                            "no [[sources]] entry is named {src:?} (sources: {})",
+                            source_names.join(", ")
+                        ),
+                    );
+                }
+            }
+            for key in ["window", "silent_after"] {
+                if let Some((d, span)) = get_str(t, key)
+                    && parse_duration(d).is_ok_and(|d| d.is_zero())
+                {
+                    self.report(&span, format!("{p}.{key}"), "must be longer than 0");
+                }
+            }
+            let enabled = get(t, "enabled").and_then(|v| v.get_ref().as_bool()) != Some(false);
+            if kind == AlertRuleKind::Watchlist
+                && enabled
+                && str_list(t, "patients").is_empty()
+                && str_list(t, "users").is_empty()
+            {
+                self.report(
+                    &tspan,
+                    p.clone(),
+                    "a watchlist needs `patients` and/or `users` (ids to watch)",
+                );
+            }
+        }
+    }
+
     fn check_readable(&mut self, t: &Table<'_>, key: &str, prefix: &str) {
         if let Some((file, span)) = get_str(t, key)
             && let Err(e) = std::fs::File::open(self.base.join(file))
@@ -1331,6 +1465,74 @@ ca_file = "/nonexistent/ca.pem"
             );
         }
         assert_eq!(got.len(), expect.len(), "{}", got.join("\n"));
+    }
+
+    #[test]
+    fn alert_entries_are_checked_key_by_key() {
+        let text = r#"[[sources]]
+name = "auth"
+type = "file"
+include = ["/var/log/auth.log"]
+parsers = ["sshd"]
+
+[[alerts]]
+rule = "failed-login-burst"
+threshold = 0
+by = ["user", "host"]
+days = ["mon"]
+
+[[alerts]]
+rule = "off-hours"
+days = ["mon", "funday"]
+hours = "7-19"
+timezone = "Mars/Olympus"
+sources = "nginx"
+
+[[alerts]]
+rule = "watchlist"
+
+[[alerts]]
+rule = "silent-source"
+name = "failed-login-burst"
+silent_after = "0s"
+
+[[alerts]]
+rule = "snooping"
+
+[[alerts]]
+rule = "many-patients"
+enabled = false
+ignore_users = ["svc-batch"]
+window = "30m"
+"#;
+        let got = check_text("c.toml", text);
+        let expect = [
+            "c.toml:9:13: alerts[0].threshold: must be at least 1",
+            "c.toml:10:15: alerts[0].by[1]: unknown value \"host\" (allowed: user, address)",
+            "c.toml:11:1: alerts[0].days: `days` is not used by rule \"failed-login-burst\" (it takes: threshold, window, cooldown, by, ignore_users, sources, max_keys)",
+            "c.toml:15:16: alerts[1].days[1]: unknown day \"funday\"",
+            "c.toml:16:9: alerts[1].hours: invalid hours \"7-19\"",
+            "c.toml:17:12: alerts[1].timezone: unknown time zone \"Mars/Olympus\"",
+            "c.toml:18:11: alerts[1].sources: no [[sources]] entry is named \"nginx\" (sources: auth)",
+            "c.toml:20:1: alerts[2]: a watchlist needs `patients` and/or `users`",
+            "c.toml:25:8: alerts[3].name: two [[alerts]] entries are named \"failed-login-burst\"",
+            "c.toml:26:16: alerts[3].silent_after: must be longer than 0",
+            "c.toml:29:8: alerts[4].rule: unknown value \"snooping\" (allowed: failed-login-burst, success-after-failures, many-patients, off-hours, watchlist, silent-source)",
+        ];
+        for e in expect {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in\n{}",
+                got.join("\n")
+            );
+        }
+        assert_eq!(got.len(), expect.len(), "{}", got.join("\n"));
+
+        let ok = "[[alerts]]\nrule = \"watchlist\"\npatients = [\"p1\"]\ncooldown = \"2h\"\n\
+                  [[alerts]]\nrule = \"failed-login-burst\"\nenabled = false\n";
+        assert_eq!(check_text("c.toml", ok), Vec::<String>::new());
+        let cfg: Config = toml::from_str(ok).unwrap();
+        assert_eq!(cfg.alerts.len(), 2);
     }
 
     #[test]

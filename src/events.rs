@@ -31,6 +31,8 @@ pub struct Counters {
     pub dead_lettered: AtomicU64,
     /// Failed writes of the positions file.
     pub position_write_failures: AtomicU64,
+    /// Failed writes of the alert state file (positions then wait).
+    pub alert_state_write_failures: AtomicU64,
     /// Syslog messages dropped because the pipeline was not taking lines (UDP only).
     pub syslog_dropped: AtomicU64,
     /// Syslog TCP/TLS connections refused at `max_connections`.
@@ -43,6 +45,8 @@ pub struct Counters {
     downgrades: Mutex<BTreeMap<String, u64>>,
     /// Seconds from handing a Bundle to the output until it was accepted.
     latency: Mutex<Histogram>,
+    /// Alerts raised, by rule name.
+    alerts: Mutex<BTreeMap<String, u64>>,
 }
 
 /// Upper bounds (seconds) of the delivery latency histogram buckets. Fixed so that series
@@ -116,6 +120,10 @@ impl Counters {
     /// The delivery latency histogram so far.
     pub fn delivery_latency(&self) -> Histogram {
         self.latency.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+    /// Alerts raised per rule name.
+    pub fn alerts(&self) -> BTreeMap<String, u64> {
+        self.alerts.lock().map(|m| m.clone()).unwrap_or_default()
     }
     /// Events per pattern.
     pub fn by_pattern(&self) -> BTreeMap<String, u64> {
@@ -295,5 +303,31 @@ pub fn syslog_connection_refused(listen: &str, peer: &str, max: usize) {
         peer,
         max_connections = max,
         "syslog connection refused: max_connections reached"
+    );
+}
+
+/// The rules in force: each gets its counter at 0, so `/metrics` shows every rule.
+pub fn alert_rules<'a>(names: impl IntoIterator<Item = &'a str>) {
+    for n in names {
+        bump(&counters().alerts, n, 0);
+    }
+}
+
+/// A rule raised an alert (a Security Alert event of the agent's own, spooled with the
+/// events that triggered it). The key and the events are in the alert itself, not here:
+/// they may name users and patients.
+pub fn alert(rule: &str, kind: &str) {
+    bump(&counters().alerts, rule, 1);
+    tracing::info!(rule, kind, "alert raised");
+}
+
+/// The alert state file could not be written; positions are not saved until it is.
+pub fn alert_state_write_failed(error: &str) {
+    counters()
+        .alert_state_write_failures
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::error!(
+        error,
+        "could not persist the alert state; read positions wait for it"
     );
 }

@@ -31,12 +31,15 @@
 //! * [`pipeline`] wires the stages together: the ingest loop (decode → parse → map → spool,
 //!   positions after the fsync) and the delivery task (spool → batch → deliver, acks after
 //!   2xx).
+//! * [`alert`] watches the mapped events (and the sources' silence) and raises DCM 110113
+//!   Security Alert events of its own, spooled with the events that triggered them.
 //! * [`arr`] (`balp-agent arr check`) compares the delivered log with a search of the ARR.
 //! * [`tamper`]: the signed Merkle tree over every spooled event, its seals, `verify` and
 //!   `prove` (docs/tamper.md).
 //! * [`check`] validates a config (`balp-agent check`), reporting every problem at once;
 //!   [`config`] holds the plain settings every stage takes.
 
+pub mod alert;
 pub mod arr;
 pub mod balp;
 pub mod batch;

@@ -434,6 +434,17 @@ fn cmd_test(
             return Ok(ExitCode::FAILURE);
         }
     };
+    // The alerts the lines would raise (event time only: no silent-source in a test).
+    let mut alerts = match balp_agent::alert::AlertEngine::new(&cfg) {
+        Ok(a) => a,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("{}: {p}", path.display());
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut facts = Vec::new();
     let (label, reader): (String, Box<dyn BufRead>) = match file {
         Some(f) => (
             f.display().to_string(),
@@ -497,15 +508,25 @@ fn cmd_test(
             flags,
         };
         for logical in joiner.push(line) {
-            for record in processor.process(&logical, now) {
-                writeln!(out, "{}", record.json)?;
-            }
+            test_record(
+                &mut processor,
+                &mut alerts,
+                &mut facts,
+                &logical,
+                now,
+                &mut out,
+            )?;
         }
     }
     if let Some(logical) = joiner.flush() {
-        for record in processor.process(&logical, now) {
-            writeln!(out, "{}", record.json)?;
-        }
+        test_record(
+            &mut processor,
+            &mut alerts,
+            &mut facts,
+            &logical,
+            now,
+            &mut out,
+        )?;
     }
     out.flush()?;
     let s = &processor.stats;
@@ -523,7 +544,34 @@ fn cmd_test(
         let n = processor.stats.matched.get(&name).copied().unwrap_or(0);
         eprintln!("parser {name}: matched {n}");
     }
+    let raised = alerts.raised();
+    eprintln!("alerts: {}", raised.values().sum::<u64>());
+    for (rule, n) in raised {
+        eprintln!("alert rule {rule}: raised {n}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One record through the processor and the alert rules: its events, then the alerts they
+/// raise, one JSON line each (the order `run` spools them in).
+fn test_record(
+    processor: &mut SourceProcessor,
+    alerts: &mut balp_agent::alert::AlertEngine,
+    facts: &mut Vec<balp_agent::alert::AlertFact>,
+    record: &LogLine,
+    now: jiff::Timestamp,
+    out: &mut impl Write,
+) -> Result<()> {
+    let want = alerts.wants_facts().then_some(&mut *facts);
+    for event in processor.process_facts(record, now, want) {
+        writeln!(out, "{}", event.json)?;
+    }
+    for fact in facts.drain(..) {
+        for alert in alerts.observe(&fact) {
+            writeln!(out, "{}", alert.record.json)?;
+        }
+    }
+    Ok(())
 }
 
 fn cmd_presets(action: Option<&PresetsAction>) -> Result<ExitCode> {

@@ -351,6 +351,21 @@ pub fn render(health: &Health, now: Instant) -> String {
         e.sample("balp_agent_events_total", &[("pattern", &pattern)], n);
     }
 
+    e.family(
+        "balp_agent_alerts_total",
+        "counter",
+        "Security Alert events the agent raised itself, by rule name (docs/alerts.md).",
+    );
+    for (rule, n) in c.alerts() {
+        e.sample("balp_agent_alerts_total", &[("rule", &rule)], n);
+    }
+    e.single(
+        "balp_agent_alert_state_write_failures_total",
+        "counter",
+        "Failed writes of the alert state file (read positions wait for the next success).",
+        get(&c.alert_state_write_failures),
+    );
+
     e.single(
         "balp_agent_bundles_sent_total",
         "counter",

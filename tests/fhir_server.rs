@@ -430,7 +430,8 @@ max_backoff = "200ms"
 fn stored_by_request_id(s: &FhirServer) -> BTreeMap<String, Vec<u64>> {
     let mut m: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for e in s.stored().audit_events.into_values() {
-        if e.type_code == "110100" {
+        // The agent's own start/stop and its alerts (fhir_lines make no other 110113).
+        if e.type_code == "110100" || e.type_code == "110113" {
             continue;
         }
         let rid = e
@@ -493,9 +494,17 @@ fn sigkill_during_delivery_leaves_exactly_one_audit_event_per_line() {
         .stored()
         .audit_events
         .values()
-        .filter(|e| e.type_code != "110100")
+        .filter(|e| e.type_code != "110100" && e.type_code != "110113")
         .count();
     assert_eq!(from_lines, LINES);
+    // dr.smith reads 30 000 patients: one many-patients alert, whatever the kills did.
+    let alerts = s
+        .stored()
+        .audit_events
+        .values()
+        .filter(|e| e.type_code == "110113")
+        .count();
+    assert_eq!(alerts, 1, "one alert for the one incident");
     // Cross-check with plain FHIR search: AuditEvents from lines + the agent's own.
     let own = s
         .stored()
@@ -505,7 +514,7 @@ fn sigkill_during_delivery_leaves_exactly_one_audit_event_per_line() {
         .count();
     assert_eq!(
         s.search_total("AuditEvent", "_count=1"),
-        (LINES + own) as u64
+        (LINES + own + alerts) as u64
     );
     let updated: u64 = by_rid.values().map(|v| v[0] - 1).sum();
     eprintln!(

@@ -304,7 +304,9 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
     let mut seen = std::collections::BTreeMap::new();
     for b in arr.accepted_bundles() {
         for e in b["entry"].as_array().cloned().unwrap_or_default() {
-            if common::arr::is_self_audit(&e["resource"]) {
+            if common::arr::is_self_audit(&e["resource"])
+                || common::arr::is_agent_alert(&e["resource"])
+            {
                 continue;
             }
             let id = e["resource"]["id"].as_str().unwrap_or_default().to_owned();

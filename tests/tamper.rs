@@ -35,6 +35,10 @@ max_events = 25
 flush_interval = "100ms"
 [tamper]
 seal_interval = "{seal_interval}"
+# One user reading every patient would raise an alert: an event the counts here leave out.
+[[alerts]]
+rule = "many-patients"
+enabled = false
 "#,
             log.display()
         ),
@@ -318,6 +322,9 @@ bundle_type = "batch"
 max_events = 40
 flush_interval = "100ms"
 timeout = "5s"
+[[alerts]]
+rule = "many-patients"
+enabled = false
 "#,
             log.display(),
             server.base_url()

@@ -25,7 +25,7 @@ pub(super) fn network(addr: &str) -> Network {
 }
 
 /// The client's address: the first X-Forwarded-For hop when known, else the peer address.
-pub(super) fn client_address(f: &Fields) -> Option<&str> {
+pub(crate) fn client_address(f: &Fields) -> Option<&str> {
     let hop = f
         .get(F::ForwardedFor)
         .and_then(|x| x.split(',').next())

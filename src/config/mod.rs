@@ -3,8 +3,11 @@
 //! validating a file is [`crate::check`], which lists every problem of a file at once as
 //! `PATH:LINE:COL: key.path: message`.
 
+pub mod alerts;
 pub mod parser;
 pub mod units;
+
+pub use alerts::{AlertConfig, AlertRuleKind};
 
 use parser::ParserSpec;
 use serde::Deserialize;
@@ -41,6 +44,10 @@ pub struct Config {
     /// `[metrics]`
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// `[[alerts]]`: discrepancy-alert rules; the built-in defaults apply to rules not
+    /// named here (docs/alerts.md).
+    #[serde(default)]
+    pub alerts: Vec<AlertConfig>,
     /// `[tamper]`
     #[serde(default)]
     pub tamper: TamperConfig,

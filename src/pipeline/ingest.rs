@@ -13,6 +13,7 @@
 
 use super::process::{SourceProcessor, map_context};
 use super::{COMMIT_BYTES, COMMIT_EVERY, JOIN_IDLE, PERSIST_EVERY, PipelineError, SharedSpool};
+use crate::alert::{Alert, AlertEngine, AlertFact};
 use crate::balp::{self, AppActivity, EventRecord, MapContext};
 use crate::config::Config;
 use crate::decode::Stamp;
@@ -96,6 +97,19 @@ pub(super) struct Ingest {
     sealer: Option<crate::tamper::seal::Sealer>,
     seal_every: Duration,
     next_seal: tokio::time::Instant,
+    /// The alert rules (None: none in force).
+    alerts: Option<AlertEngine>,
+    /// Streams whose lines are read again for the rules only: until the saved positions
+    /// reach these offsets they do not cover the spool's records (no segment may go).
+    replay_hold: Vec<(String, String, u64)>,
+    /// The facts of the line being processed (reused).
+    facts: Vec<AlertFact>,
+}
+
+/// What one line made: its events, or an alert they raised.
+enum Made {
+    Event(EventRecord),
+    Alert(Alert),
 }
 
 /// What [`Ingest::new`] takes besides the config.
@@ -111,6 +125,8 @@ pub(super) struct IngestParts {
     pub(super) once: bool,
     pub(super) reloading: Arc<AtomicBool>,
     pub(super) sealer: Option<crate::tamper::seal::Sealer>,
+    /// The alert rules with their saved state (None: none in force).
+    pub(super) alerts: Option<AlertEngine>,
 }
 
 impl Ingest {
@@ -157,6 +173,13 @@ impl Ingest {
             sealer: parts.sealer,
             seal_every: config.tamper.seal_interval.0,
             next_seal: tokio::time::Instant::now() + config.tamper.seal_interval.0,
+            replay_hold: parts
+                .alerts
+                .as_ref()
+                .map(AlertEngine::replay_targets)
+                .unwrap_or_default(),
+            alerts: parts.alerts,
+            facts: Vec::new(),
         }
     }
 
@@ -207,6 +230,7 @@ impl Ingest {
                 // While full, look again now and then: free disk space can change by itself.
                 _ = tokio::time::sleep(Duration::from_millis(250)), if !has_room => {}
                 _ = persist_tick.tick() => {
+                    self.check_silent()?;
                     self.persist_and_report()?;
                     // The main loop turns: tell systemd we are alive (WatchdogSec).
                     if watchdog {
@@ -280,18 +304,31 @@ impl Ingest {
         }
     }
 
-    /// Save dirty positions and publish the spool's state (`/health`, `spool status`);
-    /// errs only when deleting delivered segments fails (an fsync: the spool is unusable).
+    /// Save the alert state and then dirty positions, and publish the spool's state
+    /// (`/health`, `spool status`). Positions wait while the alert state cannot be saved:
+    /// saved positions never cover a line the saved alert windows do not. Errs only when
+    /// deleting delivered segments fails (an fsync: the spool is unusable).
     pub(super) fn persist_and_report(&mut self) -> Result<(), PipelineError> {
         // Every record up to the durable seq has its lines' positions in memory now (they
         // advance as each commit finishes, on this thread), so once they are saved the
         // spool may delete the segments that hold those records.
-        let covered = self.spool.lock().ok().map(|s| s.durable_seq());
-        let saved = !self.positions.is_dirty() || {
-            let ok = persist(&mut self.positions);
-            self.health.positions_write_failed(!ok);
-            ok
+        // Lines read again for the rules only are behind the spool's records: those are
+        // covered once the positions passed the end of that replay.
+        let positions = &self.positions;
+        self.replay_hold.retain(|(source, key, until)| {
+            positions.known(source).get(key).is_none_or(|p| p < until)
+        });
+        let covered = if self.replay_hold.is_empty() {
+            self.spool.lock().ok().map(|s| s.durable_seq())
+        } else {
+            None
         };
+        let saved = self.save_alerts()
+            && (!self.positions.is_dirty() || {
+                let ok = persist(&mut self.positions);
+                self.health.positions_write_failed(!ok);
+                ok
+            });
         if let Ok(mut s) = self.spool.lock() {
             if saved && let Some(seq) = covered {
                 s.positions_saved(seq)?;
@@ -310,6 +347,54 @@ impl Ingest {
                 &admin::StatusReport::from_status("running agent", &st, self.max_events, dead),
             );
         }
+        Ok(())
+    }
+
+    /// Save the alert state (if it changed); false if that failed (logged).
+    pub(super) fn save_alerts(&mut self) -> bool {
+        let Some(engine) = self.alerts.as_mut() else {
+            return true;
+        };
+        let durable = match self.spool.lock() {
+            Ok(s) => s.durable_seq(),
+            Err(_) => return false,
+        };
+        match engine.save(durable) {
+            Ok(()) => true,
+            Err(e) => {
+                events::alert_state_write_failed(&e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Raise the alerts of sources silent for too long (wall clock; never with `--once`).
+    fn check_silent(&mut self) -> Result<(), PipelineError> {
+        if self.once {
+            return Ok(());
+        }
+        let Some(engine) = self.alerts.as_mut() else {
+            return Ok(());
+        };
+        let raised = engine.check_silent(Timestamp::now());
+        if raised.is_empty() {
+            return Ok(());
+        }
+        let origin = Origin {
+            source: "self".into(),
+            stream_key: "self".into(),
+            path: PathBuf::new(),
+            start: 0,
+            end: 0,
+        };
+        let mut guard = self.spool.lock()?;
+        for alert in &raised {
+            self.uncommitted_bytes += alert.record.json.len();
+            let seq = guard.append(&alert.record, &origin)?;
+            engine.spooled(alert, seq);
+        }
+        drop(guard);
+        self.arm();
         Ok(())
     }
 
@@ -415,7 +500,7 @@ impl Ingest {
         // to read Bundles meanwhile (holding it across a batch made the two take turns); the
         // events of each chunk are appended under one short lock.
         const CHUNK: usize = 64;
-        let mut made: Vec<(usize, EventRecord)> = Vec::new();
+        let mut made: Vec<(usize, Made)> = Vec::new();
         for chunk in records.chunks(CHUNK) {
             // A batch makes ~0.5 MiB of events: commit inside it, so that the spool's buffers
             // stay near COMMIT_BYTES instead of growing with the batch.
@@ -429,12 +514,40 @@ impl Ingest {
                 let Some(proc_) = self.processors.get_mut(&line.stream.source) else {
                     continue;
                 };
-                made.extend(proc_.process(line, now).into_iter().map(|r| (i, r)));
+                match self.alerts.as_mut() {
+                    None => made.extend(
+                        proc_
+                            .process(line, now)
+                            .into_iter()
+                            .map(|r| (i, Made::Event(r))),
+                    ),
+                    Some(engine) => {
+                        engine.line_seen(&line.stream.source, now);
+                        let facts = engine.wants_facts().then_some(&mut self.facts);
+                        let records = proc_.process_facts(line, now, facts);
+                        // Read again after a crash only for the rules: the spool has them.
+                        if !engine.replayed(&line.stream.source, &line.stream.key, line.end) {
+                            made.extend(records.into_iter().map(|r| (i, Made::Event(r))));
+                        }
+                        // An alert follows the events that raised it, in the same commit.
+                        for fact in self.facts.drain(..) {
+                            made.extend(
+                                engine
+                                    .observe(&fact)
+                                    .into_iter()
+                                    .map(|a| (i, Made::Alert(a))),
+                            );
+                        }
+                    }
+                }
                 // Network streams have no read position to keep; journal streams send their
                 // cursor as a `SourceMsg::Position` after their lines.
                 if !crate::source::syslog::is_syslog_stream(&line.stream)
                     && !crate::source::journald::is_journald_key(&line.stream.key)
                 {
+                    if let Some(engine) = self.alerts.as_mut() {
+                        engine.covered(&line.stream.source, &line.stream.key, line.end);
+                    }
                     self.pending.push(PendingPosition::At(Checkpoint {
                         stream: line.stream.clone(),
                         offset: line.end,
@@ -447,15 +560,22 @@ impl Ingest {
             }
             let mut guard = self.spool.lock()?;
             let mut origin: Option<(usize, Origin)> = None;
-            for (i, record) in made.drain(..) {
+            for (i, m) in made.drain(..) {
                 if origin.as_ref().is_none_or(|(at, _)| *at != i) {
                     origin = Some((i, Origin::of_line(&chunk[i])));
                 }
                 let Some((_, o)) = &origin else {
                     continue;
                 };
+                let record = match &m {
+                    Made::Event(r) => r,
+                    Made::Alert(a) => &a.record,
+                };
                 self.uncommitted_bytes += record.json.len();
-                guard.append(&record, o)?;
+                let seq = guard.append(record, o)?;
+                if let (Made::Alert(a), Some(engine)) = (&m, self.alerts.as_mut()) {
+                    engine.spooled(a, seq);
+                }
             }
         }
         self.arm();
@@ -710,6 +830,7 @@ mod tests {
                 once: false,
                 reloading: Arc::new(AtomicBool::new(false)),
                 sealer: None,
+                alerts: None,
             },
         );
         let stream = Arc::new(StreamId {

@@ -34,6 +34,7 @@ mod sources;
 
 pub use process::{ProcStats, SourceProcessor, map_context, source_zone};
 
+use crate::alert::AlertEngine;
 use crate::balp::AppActivity;
 use crate::batch::BatchPolicy;
 use crate::config::Config;
@@ -135,7 +136,7 @@ pub async fn run(
     for w in config.secret_file_warnings() {
         tracing::warn!("{w}");
     }
-    let (positions, spool) = open_state(&config)?;
+    let (positions, spool, alerts) = open_state(&config)?;
     let processors = build_processors(&config)?;
 
     let health = Arc::new(Health::from_config(&config));
@@ -204,6 +205,7 @@ pub async fn run(
             once: options.once,
             reloading: options.reloading.clone(),
             sealer,
+            alerts,
         },
     );
     // The agent audits its own start and stop like any other event.
@@ -232,17 +234,22 @@ pub async fn run(
     if let Some(t) = metrics_task {
         t.abort();
     }
-    ingest.positions.persist()?;
+    // The alert state first: saved positions never cover lines its windows do not.
+    if ingest.save_alerts() {
+        ingest.positions.persist()?;
+    }
     if result.is_ok() {
         tracing::info!("balp-agent stopped cleanly");
     }
     result
 }
 
-/// Open the state directory: read positions and the spool, and let positions catch up with
-/// what the spool holds (the spool is the source of truth: a position may lag the last
-/// fsynced record if the agent died between the spool commit and the positions write).
-fn open_state(config: &Config) -> Result<(Positions, Spool), PipelineError> {
+/// Open the state directory: read positions, the spool and the alert state, and let
+/// positions catch up with what the spool holds (the spool is the source of truth: a
+/// position may lag the last fsynced record if the agent died between the spool commit and
+/// the positions write) — but not past the lines the saved alert windows have seen, which
+/// are read again instead (their events get the same ids).
+fn open_state(config: &Config) -> Result<(Positions, Spool, Option<AlertEngine>), PipelineError> {
     let state_dir = &config.agent.state_dir;
     crate::private::create_dir(state_dir).map_err(|e| PositionsError::Io {
         op: "creating directory",
@@ -267,6 +274,9 @@ fn open_state(config: &Config) -> Result<(Positions, Spool), PipelineError> {
             "spool damage found at start-up: bad records moved to spool/quarantine, the rest will be delivered"
         );
     }
+    let alerts =
+        AlertEngine::open(config, state_dir, spool.next_seq()).map_err(PipelineError::Config)?;
+    let mut alerts = (!alerts.is_empty()).then_some(alerts);
     if recovered.pending_events > 0 {
         tracing::info!(
             pending = recovered.pending_events,
@@ -284,6 +294,18 @@ fn open_state(config: &Config) -> Result<(Positions, Spool), PipelineError> {
             continue;
         }
         let known = positions.known(source).get(key).copied();
+        let mut end = *end;
+        if let Some(a) = alerts.as_mut()
+            && let Some(cap) = a.position_cap(source, key)
+        {
+            let cap = cap.max(known.unwrap_or(0));
+            if cap < end {
+                // Those lines go through the rules again; their events are spooled already.
+                a.replay(source, key, end);
+                end = cap;
+            }
+        }
+        let end = &end;
         if known.is_none_or(|k| k < *end) {
             positions.apply(&Checkpoint {
                 stream: Arc::new(StreamId {
@@ -300,7 +322,7 @@ fn open_state(config: &Config) -> Result<(Positions, Spool), PipelineError> {
         // Saved now: the spool keeps the records behind them only until the next ack.
         positions.persist()?;
     }
-    Ok((positions, spool))
+    Ok((positions, spool, alerts))
 }
 
 /// Decode → parse → map for every source; every problem at once.

@@ -1,5 +1,6 @@
 //! Decode → parse → map for one source: a [`LogLine`] in, its AuditEvents out.
 
+use crate::alert::AlertFact;
 use crate::balp::{self, EventRecord, LineRef, MapContext};
 use crate::config::{Config, SourceConfig};
 use crate::decode::Decoder;
@@ -84,6 +85,17 @@ impl SourceProcessor {
 
     /// All events one line yields (none, one, or one per patient), in order.
     pub fn process(&mut self, line: &LogLine, now: Timestamp) -> Vec<EventRecord> {
+        self.process_facts(line, now, None)
+    }
+
+    /// As [`process`](Self::process), and with `facts` the [`AlertFact`] of each event
+    /// (built from the mapped event, in the same order).
+    pub fn process_facts(
+        &mut self,
+        line: &LogLine,
+        now: Timestamp,
+        facts: Option<&mut Vec<AlertFact>>,
+    ) -> Vec<EventRecord> {
         self.stats.lines += 1;
         let decoded = self.decoder.decode(&line.text, now);
         if decoded.malformed {
@@ -123,6 +135,19 @@ impl SourceProcessor {
                 }
                 let made = balp::map::map_extracted(&self.ctx, &extracted, lref);
                 self.stats.events += made.len() as u64;
+                if let Some(facts) = facts {
+                    let time = extracted.time.map_or(now, |t| t.ts);
+                    let address = balp::agents::client_address(&extracted.fields);
+                    facts.extend(made.iter().map(|ev| {
+                        AlertFact::of_event(
+                            ev,
+                            extracted.pattern,
+                            time,
+                            &line.stream.source,
+                            address,
+                        )
+                    }));
+                }
                 made.iter()
                     .map(|ev| {
                         events::event(extracted.pattern.as_str());

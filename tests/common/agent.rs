@@ -154,11 +154,11 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// Every AuditEvent made from log lines in the Bundle files of a directory output, in file
-/// order (the agent's own start/stop events are left out).
+/// order (the agent's own start/stop events and the alerts it raises are left out).
 pub fn events_in_dir(dir: &Path) -> Vec<serde_json::Value> {
     all_events_in_dir(dir)
         .into_iter()
-        .filter(|e| e["type"]["code"] != "110100")
+        .filter(|e| e["type"]["code"] != "110100" && !super::arr::is_agent_alert(e))
         .collect()
 }
 

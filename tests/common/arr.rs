@@ -252,6 +252,16 @@ impl Arr {
             .collect()
     }
 
+    /// Accepted alerts the agent raised itself, in order (redeliveries repeat).
+    pub fn accepted_alerts(&self) -> Vec<serde_json::Value> {
+        self.accepted_bundles()
+            .iter()
+            .flat_map(|b| b["entry"].as_array().cloned().unwrap_or_default())
+            .map(|e| e["resource"].clone())
+            .filter(is_agent_alert)
+            .collect()
+    }
+
     /// Wait until at least `n` events were accepted; false on timeout.
     pub fn wait_for_events(&self, n: usize, timeout: Duration) -> bool {
         self.wait_until(timeout, |s| s.accepted_events >= n)
@@ -293,15 +303,16 @@ impl Drop for Arr {
 }
 
 /// Ids of the events made from log lines. The agent's own start/stop events (DCM 110100
-/// Application Activity) are left out, so tests count exactly the events their lines make;
-/// [`Arr::accepted_self_events`] counts those.
+/// Application Activity) and the alerts it raises are left out, so tests count exactly the
+/// events their lines make; [`Arr::accepted_self_events`] and [`Arr::accepted_alerts`] count
+/// those.
 fn event_ids(bundle: &serde_json::Value) -> Vec<String> {
     bundle["entry"]
         .as_array()
         .map(|entries| {
             entries
                 .iter()
-                .filter(|e| !is_self_audit(&e["resource"]))
+                .filter(|e| !is_self_audit(&e["resource"]) && !is_agent_alert(&e["resource"]))
                 .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
                 .collect()
         })
@@ -316,6 +327,14 @@ pub fn is_self_audit(resource: &serde_json::Value) -> bool {
 /// A tamper-evidence seal (also DCM 110100, subtype `urn:balp-agent:tamper#seal`).
 pub fn is_seal(resource: &serde_json::Value) -> bool {
     resource["subtype"][0]["code"] == "seal"
+}
+
+/// A Security Alert the agent raised itself (`[[alerts]]`, docs/alerts.md)?
+pub fn is_agent_alert(resource: &serde_json::Value) -> bool {
+    resource["type"]["code"] == "110113"
+        && resource["subtype"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|c| c["system"] == "urn:balp-agent:alert-rule"))
 }
 
 async fn serve(
