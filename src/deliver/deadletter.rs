@@ -67,7 +67,13 @@ impl DeadLetters {
 
 /// The dead-letter document. The Bundle is embedded as JSON when it parses (it always should),
 /// else as a string, so the file is valid JSON either way.
-fn letter(bundle_json: &str, status: u16, response: &[u8], url: &str, time: &str) -> String {
+pub(super) fn letter(
+    bundle_json: &str,
+    status: u16,
+    response: &[u8],
+    url: &str,
+    time: &str,
+) -> String {
     let bundle = match serde_json::from_str::<serde::de::IgnoredAny>(bundle_json) {
         Ok(_) => bundle_json.to_owned(),
         Err(_) => json_string(bundle_json),
