@@ -42,8 +42,9 @@ impl Stamp {
     /// `2026-11-25T15:22:44.172367+00:00`.
     pub fn to_instant(&self) -> String {
         use std::fmt::Write as _;
-        let dt = self.offset.to_datetime(self.ts);
-        let secs = self.offset.seconds();
+        let offset = self.shown_offset();
+        let dt = offset.to_datetime(self.ts);
+        let secs = offset.seconds();
         let sign = if secs < 0 { '-' } else { '+' };
         let abs = secs.unsigned_abs();
         let nanos = dt.subsec_nanosecond();
@@ -70,6 +71,25 @@ impl Stamp {
         };
         let _ = write!(out, "{sign}{:02}:{:02}", abs / 3600, (abs % 3600) / 60);
         out
+    }
+
+    /// The offset [`to_instant`](Self::to_instant) writes. FHIR's instant allows offsets up to
+    /// ±14:00 in whole minutes; a line may state any offset jiff reads (±25:59:59). Such a
+    /// stamp is written in UTC: the same instant, a valid value (found by the fuzz target
+    /// `parse`: "+20:00" failed conformance).
+    fn shown_offset(&self) -> Offset {
+        let secs = self.offset.seconds();
+        if secs.unsigned_abs() <= 14 * 3600 && secs % 60 == 0 {
+            self.offset
+        } else {
+            Offset::UTC
+        }
+    }
+
+    /// Whether a FHIR `instant` can hold this stamp: its year (as written) is 0001-9999. A
+    /// log can state year 0 or, through `%Y` and epoch numbers, negative and five-digit years.
+    pub fn fits_fhir(&self) -> bool {
+        (1..=9999).contains(&self.shown_offset().to_datetime(self.ts).year())
     }
 
     /// The current time in UTC.
@@ -160,5 +180,42 @@ impl Decoder {
                 Decoder::Postgres(postgres::PostgresDecoder::json(tz.clone()))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_outside_fhirs_offset_range_are_written_in_utc() {
+        let ts: Timestamp = "2026-11-25T15:22:44Z".parse().unwrap();
+        let at = |secs: i32| {
+            Stamp {
+                ts,
+                offset: Offset::from_seconds(secs).unwrap(),
+            }
+            .to_instant()
+        };
+        assert_eq!(at(3600), "2026-11-25T16:22:44+01:00");
+        assert_eq!(at(-14 * 3600), "2026-11-25T01:22:44-14:00");
+        // +20:00 (regression from the fuzz target `parse`) and an offset with seconds (which
+        // the format cannot hold, so it named another instant) keep the instant in UTC.
+        assert_eq!(at(20 * 3600), "2026-11-25T15:22:44+00:00");
+        assert_eq!(at(3630), "2026-11-25T15:22:44+00:00");
+    }
+
+    #[test]
+    fn only_years_0001_to_9999_fit_fhir() {
+        let stamp = |y: i16, m: i8, d: i8| Stamp {
+            ts: jiff::tz::Offset::UTC
+                .to_timestamp(jiff::civil::date(y, m, d).at(15, 25, 33, 0))
+                .unwrap(),
+            offset: Offset::UTC,
+        };
+        assert!(stamp(1, 1, 1).fits_fhir());
+        assert!(stamp(9999, 12, 30).fits_fhir());
+        assert!(!stamp(0, 12, 31).fits_fhir());
+        assert!(!stamp(-26, 11, 25).fits_fhir());
     }
 }

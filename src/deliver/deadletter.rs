@@ -66,9 +66,18 @@ impl DeadLetters {
 }
 
 /// The dead-letter document. The Bundle is embedded as JSON when it parses (it always should),
-/// else as a string, so the file is valid JSON either way.
-fn letter(bundle_json: &str, status: u16, response: &[u8], url: &str, time: &str) -> String {
-    let bundle = match serde_json::from_str::<serde::de::IgnoredAny>(bundle_json) {
+/// else as a string, so the file is valid JSON either way. "Parses" means as the readers of
+/// dead letters (`spool dead-letters`, requeue, `arr check`) parse it, into a
+/// `serde_json::Value`: `IgnoredAny` also took numbers like `1e999` that `Value` refuses, and
+/// such a letter could not have been requeued (found by the fuzz target `http`).
+pub(super) fn letter(
+    bundle_json: &str,
+    status: u16,
+    response: &[u8],
+    url: &str,
+    time: &str,
+) -> String {
+    let bundle = match serde_json::from_str::<serde_json::Value>(bundle_json) {
         Ok(_) => bundle_json.to_owned(),
         Err(_) => json_string(bundle_json),
     };
@@ -147,5 +156,9 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
         assert_eq!(v["bundle"], "{not json");
         assert_eq!(v["response"], "bad");
+        // Valid JSON grammar, but no number serde_json reads: kept as a string too.
+        let doc = letter(r#"{"n":1e999}"#, 400, b"", "u", "t");
+        let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        assert_eq!(v["bundle"], r#"{"n":1e999}"#);
     }
 }

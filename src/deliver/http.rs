@@ -957,6 +957,73 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap_or_default()
 }
 
+/// The pure steps of response handling, driven by the fuzz harnesses in `fuzz/` with any
+/// status, header and body. Not an API: hidden, and nothing in the agent calls it.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{Class, EntryClass, batch_response, classify, classify_entry, parse_retry_after};
+    use std::time::{Duration, SystemTime};
+
+    /// What the output makes of one ARR response.
+    #[derive(Debug)]
+    pub struct Handling {
+        /// How the status is handled (`Accepted`, `Transient`, `Unauthorized`, `Config`,
+        /// `TooLarge`, `Rejected`).
+        pub class: &'static str,
+        /// The `Retry-After` floor.
+        pub retry_after: Option<Duration>,
+        /// For a 2xx answer to a `batch` Bundle of `n` entries: per entry its status, its
+        /// handling (`Done`, `Retry`, `Reject`) and its `response` JSON; `None` when the body
+        /// is no batch-response for `n` entries (all count as accepted).
+        pub entries: Option<Vec<(Option<u16>, &'static str, String)>>,
+        /// The dead-letter document a rejection of a Bundle `bundle_json` would write.
+        pub dead_letter: String,
+    }
+
+    /// Handle one response as [`super::HttpOutput`] does.
+    pub fn handle(
+        status: u16,
+        retry_after: &str,
+        body: &[u8],
+        n: usize,
+        bundle_json: &str,
+        now: SystemTime,
+    ) -> Handling {
+        let class = match classify(status) {
+            Class::Accepted => "Accepted",
+            Class::Transient => "Transient",
+            Class::Unauthorized => "Unauthorized",
+            Class::Config => "Config",
+            Class::TooLarge => "TooLarge",
+            Class::Rejected => "Rejected",
+        };
+        let entries = batch_response(body, n).map(|es| {
+            es.into_iter()
+                .map(|e| {
+                    let handling = match classify_entry(e.status) {
+                        EntryClass::Done => "Done",
+                        EntryClass::Retry => "Retry",
+                        EntryClass::Reject(_) => "Reject",
+                    };
+                    (e.status, handling, e.response)
+                })
+                .collect()
+        });
+        Handling {
+            class,
+            retry_after: parse_retry_after(retry_after, now),
+            entries,
+            dead_letter: super::super::deadletter::letter(
+                bundle_json,
+                status,
+                body,
+                "https://arr.example.org/fhir",
+                "2026-11-25T15:22:44Z",
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 #[path = "../../tests/common/arr.rs"]
 mod arr;

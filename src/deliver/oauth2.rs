@@ -122,7 +122,7 @@ impl OAuth2 {
         }
         let issued = Instant::now();
         let (token, expires_in) = self.fetch(client, timeout).await?;
-        let renew_at = expires_in.map(|e| issued + e.saturating_sub((e / 10).min(MAX_MARGIN)));
+        let renew_at = renew_at(issued, expires_in);
         self.token = Some(Token {
             header: token,
             renew_at,
@@ -185,56 +185,76 @@ impl OAuth2 {
                 break;
             }
         }
-        let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-        if !(200..300).contains(&status) {
-            // The OAuth `error` code (e.g. invalid_client) is safe to log; descriptions may
-            // echo request data, so they are left out.
-            let code = json
-                .as_ref()
-                .and_then(|v| v["error"].as_str())
-                .map(|c| format!(" ({c})"))
-                .unwrap_or_default();
-            let reason = format!("token endpoint {url}: HTTP {status}{code}");
-            return Err(match status {
-                408 | 429 | 500..=599 => TokenError::Transient(reason),
-                _ => TokenError::Refused(reason),
-            });
-        }
-        let Some(json) = json else {
-            return Err(TokenError::Transient(format!(
-                "token endpoint {url}: HTTP {status} without a JSON body"
-            )));
-        };
-        let token = json["access_token"]
-            .as_str()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                TokenError::Transient(format!("token endpoint {url}: answer without access_token"))
-            })?;
-        if let Some(t) = json["token_type"].as_str()
-            && !t.eq_ignore_ascii_case("bearer")
-        {
-            tracing::warn!(
-                token_url = url,
-                token_type = t,
-                "token_type is not Bearer; sending it as a Bearer token"
-            );
-        }
-        let expires_in = match &json["expires_in"] {
-            serde_json::Value::Number(n) => n.as_u64(),
-            // Some servers send it as a string.
-            serde_json::Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        }
-        .map(Duration::from_secs);
-        let mut header = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
-            TokenError::Transient(format!(
-                "token endpoint {url}: access_token not usable in an HTTP header"
-            ))
-        })?;
-        header.set_sensitive(true);
-        Ok((header, expires_in))
+        token_answer(url, status, &body)
     }
+}
+
+/// What a token endpoint's answer (`status`, `body`) gives: the `Authorization` header and
+/// the token's lifetime, or why not. Pure, so that every answer can be tried (fuzz target
+/// `http`).
+pub fn token_answer(
+    url: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<(HeaderValue, Option<Duration>), TokenError> {
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    if !(200..300).contains(&status) {
+        // The OAuth `error` code (e.g. invalid_client) is safe to log; descriptions may
+        // echo request data, so they are left out.
+        let code = json
+            .as_ref()
+            .and_then(|v| v["error"].as_str())
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default();
+        let reason = format!("token endpoint {url}: HTTP {status}{code}");
+        return Err(match status {
+            408 | 429 | 500..=599 => TokenError::Transient(reason),
+            _ => TokenError::Refused(reason),
+        });
+    }
+    let Some(json) = json else {
+        return Err(TokenError::Transient(format!(
+            "token endpoint {url}: HTTP {status} without a JSON body"
+        )));
+    };
+    let token = json["access_token"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            TokenError::Transient(format!("token endpoint {url}: answer without access_token"))
+        })?;
+    if let Some(t) = json["token_type"].as_str()
+        && !t.eq_ignore_ascii_case("bearer")
+    {
+        tracing::warn!(
+            token_url = url,
+            token_type = t,
+            "token_type is not Bearer; sending it as a Bearer token"
+        );
+    }
+    let expires_in = match &json["expires_in"] {
+        serde_json::Value::Number(n) => n.as_u64(),
+        // Some servers send it as a string.
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .map(Duration::from_secs);
+    let mut header = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+        TokenError::Transient(format!(
+            "token endpoint {url}: access_token not usable in an HTTP header"
+        ))
+    })?;
+    header.set_sensitive(true);
+    Ok((header, expires_in))
+}
+
+/// When a token issued at `issued` that lives `expires_in` is fetched again: a margin
+/// (a tenth of its life, at most [`MAX_MARGIN`]) before it expires; `None` (kept until a
+/// 401) when it does not expire or its lifetime runs past what an `Instant` can hold (an
+/// endpoint may answer any number: `Instant + Duration` would panic).
+pub fn renew_at(issued: Instant, expires_in: Option<Duration>) -> Option<Instant> {
+    let e = expires_in?;
+    issued.checked_add(e.saturating_sub((e / 10).min(MAX_MARGIN)))
 }
 
 fn read_secret(path: &std::path::Path) -> Result<String, String> {
@@ -248,6 +268,31 @@ fn read_secret(path: &std::path::Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_stated_lifetime_schedules_a_renewal_without_panicking() {
+        // An endpoint answering `"expires_in": 18446744073709551615` made `Instant +
+        // Duration` overflow and panic the delivery task (found in the #16 audit; the fuzz
+        // target `http` tries every lifetime).
+        let body =
+            br#"{"access_token":"t","token_type":"Bearer","expires_in":18446744073709551615}"#;
+        let (header, expires_in) = token_answer("https://idp", 200, body).unwrap();
+        assert_eq!(header.to_str().unwrap(), "Bearer t");
+        assert_eq!(expires_in, Some(Duration::from_secs(u64::MAX)));
+        assert_eq!(renew_at(Instant::now(), expires_in), None);
+        let now = Instant::now();
+        let at = renew_at(now, Some(Duration::from_secs(3600))).unwrap();
+        assert_eq!(at, now + Duration::from_secs(3570));
+        assert_eq!(renew_at(now, None), None);
+        assert!(matches!(
+            token_answer("https://idp", 429, b""),
+            Err(TokenError::Transient(_))
+        ));
+        assert!(matches!(
+            token_answer("https://idp", 401, br#"{"error":"invalid_client"}"#),
+            Err(TokenError::Refused(r)) if r.contains("invalid_client")
+        ));
+    }
 
     #[test]
     fn form_encoding_keeps_only_unreserved_characters() {

@@ -1062,12 +1062,16 @@ impl CompiledParser {
                 .as_ref()
                 .map(|(tpl, fmt)| (tpl.render(&ctx), fmt))
                 .filter(|(t, _)| !t.trim().is_empty());
+            // A time no FHIR instant can hold (year 0, negative or five digits: `%Y` and epoch
+            // numbers read them) counts as unreadable too (found by the fuzz target `parse`:
+            // `[25/Nov/-026:…]` made `recorded` "-026-11-25T…", failing conformance).
+            let header = decoded.time.filter(Stamp::fits_fhir);
             let (time, time_unreadable) = match written {
-                Some((t, fmt)) => match parse_time(&t, fmt, tz) {
+                Some((t, fmt)) => match parse_time(&t, fmt, tz).filter(Stamp::fits_fhir) {
                     Some(stamp) => (Some(stamp), false),
-                    None => (decoded.time, true),
+                    None => (header, true),
                 },
-                None => (decoded.time, decoded.time.is_none()),
+                None => (header, header.is_none()),
             };
             return Some(RuleMatch {
                 extracted: Some(Extracted {
@@ -1583,6 +1587,43 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(e.time.unwrap().to_instant(), "2026-11-25T15:21:39+01:00");
+    }
+
+    #[test]
+    fn a_time_no_fhir_instant_can_hold_is_unreadable() {
+        // Found by the fuzz target `parse` (fuzz/crashes/parse/negative-year): `%Y` reads
+        // "-026", and `recorded` became "-026-11-25T15:25:33+00:00".
+        let p = compile_parser(&spec(
+            r#"
+            [[parsers]]
+            name = "t"
+            [[parsers.rules]]
+            regex = '^at \[(?P<t>[^\]]*)\]'
+            pattern = "read"
+            time_format = "%d/%b/%Y:%H:%M:%S %z"
+            fields = { time = "{t}" }
+            "#,
+        ))
+        .unwrap();
+        let e = p.parse(&raw("at [25/Nov/2026:15:25:33 +0000]"), &TimeZone::UTC);
+        assert!(!e.unwrap().unwrap().time_unreadable);
+        for line in [
+            "at [25/Nov/-026:15:25:33 +0000]",
+            "at [25/Nov/0000:15:25:33 +0000]",
+        ] {
+            let e = p.parse(&raw(line), &TimeZone::UTC).unwrap().unwrap();
+            assert_eq!((e.time, e.time_unreadable), (None, true), "{line}");
+        }
+        // The same for a header time out of range (an empty capture falls back to it).
+        let mut d = raw("at []");
+        d.time = Some(Stamp {
+            ts: jiff::tz::Offset::UTC
+                .to_timestamp(jiff::civil::date(-26, 11, 25).at(15, 25, 33, 0))
+                .unwrap(),
+            offset: jiff::tz::Offset::UTC,
+        });
+        let e = p.parse(&d, &TimeZone::UTC).unwrap().unwrap();
+        assert_eq!((e.time, e.time_unreadable), (None, true));
     }
 
     #[test]

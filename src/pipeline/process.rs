@@ -31,7 +31,9 @@ pub struct ProcStats {
     pub matched: BTreeMap<Arc<str>, u64>,
 }
 
-/// Decode → parse → map for one source: used by `run` and, identically, by `test`.
+/// Decode → parse → map for one source: used by `run` and, identically, by `test`. Clone
+/// gives a processor with the same compiled parsers and its own copy of their state.
+#[derive(Clone)]
 pub struct SourceProcessor {
     decoder: Decoder,
     /// The source's parsers, comma-joined (the label of unmatched-line counts).

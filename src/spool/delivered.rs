@@ -381,7 +381,13 @@ pub fn spool_ids(state_dir: &Path) -> Result<SpoolIds, SpoolError> {
 fn parse_line(line: &[u8]) -> Option<DeliveredEntry> {
     let text = std::str::from_utf8(line).ok()?;
     let mut parts = text.split('\t');
-    let seq = parts.next()?.parse().ok()?;
+    // No seq above MAX_SEQ is ever written; a larger one is a damaged line (the log has no
+    // checksum), skipped like any other so that `last_seq + 1` cannot overflow.
+    let seq = parts
+        .next()?
+        .parse()
+        .ok()
+        .filter(|s| *s <= super::format::MAX_SEQ)?;
     let id = Uuid::parse_str(parts.next()?).ok()?;
     let recorded = parts.next()?.to_owned();
     if parts.next().is_some() {
@@ -562,6 +568,27 @@ mod tests {
         assert_eq!(log.last_seq(), 7);
         drop(log);
         assert_eq!(DeliveredLog::open(dir.path()).unwrap().last_seq(), 7);
+    }
+
+    #[test]
+    fn a_damaged_seq_in_the_log_is_skipped_and_open_still_works() {
+        // Found by the fuzz target `spool` (fuzz/crashes/spool/delivered-seq-u64-max): a
+        // line with seq u64::MAX made the spool's open overflow `last_seq + 1`.
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = DeliveredLog::open(dir.path()).unwrap();
+        log.write(&lines(1..3)).unwrap();
+        log.write(&format!("{}\t{}\t\n", u64::MAX, Uuid::from_u128(9)))
+            .unwrap();
+        drop(log);
+        assert_eq!(DeliveredLog::open(dir.path()).unwrap().last_seq(), 2);
+        let r = read(dir.path()).unwrap();
+        assert_eq!((r.events.len(), r.skipped), (2, 1));
+        let mut spool = spool_with(dir.path(), 3);
+        spool.ack(3).unwrap();
+        drop(spool);
+        let (mut spool, _) =
+            crate::spool::Spool::open(dir.path(), &crate::config::SpoolConfig::default()).unwrap();
+        assert_eq!(spool.read_range(0, 10, 1 << 20).unwrap().len(), 0);
     }
 
     fn spool_with(dir: &Path, n: u128) -> crate::spool::Spool {

@@ -25,6 +25,14 @@ pub const REC_OVERHEAD: usize = REC_HDR_LEN + 4;
 /// Largest payload accepted; bounds what a corrupt-but-checksummed length could make us allocate.
 pub const MAX_PAYLOAD: usize = 64 << 20;
 
+/// The largest seq a record or the ack file may carry. Half the u64 range lasts 290 000
+/// years at a million events a second; a larger one (with valid checksums: a forged file, or
+/// a writer bug) is treated as damage, so that `next_seq = max + 1` and the gap arithmetic
+/// can never overflow (before this limit an ack of u64::MAX wrapped `next_seq` to 0 and
+/// made every new event count as acknowledged; found in the #16 audit, kept as inputs of the
+/// fuzz target `spool` in fuzz/crashes/spool/).
+pub const MAX_SEQ: u64 = u64::MAX / 2;
+
 /// Ack file magic.
 pub const ACK_MAGIC: [u8; 4] = *b"BACK";
 /// Ack file version.
@@ -108,7 +116,7 @@ pub enum RecHeaderCheck {
     Valid(RecHeader),
     /// Valid checksum, unknown record version.
     UnknownVersion(u8),
-    /// Not a header (bad magic, checksum, or an impossible length).
+    /// Not a header (bad magic, checksum, an impossible length or seq).
     Invalid,
 }
 
@@ -127,9 +135,13 @@ pub fn decode_record_header(h: &[u8]) -> RecHeaderCheck {
     if len > MAX_PAYLOAD {
         return RecHeaderCheck::Invalid;
     }
+    let seq = u64_at(h, 12);
+    if seq > MAX_SEQ {
+        return RecHeaderCheck::Invalid;
+    }
     RecHeaderCheck::Valid(RecHeader {
         len,
-        seq: u64_at(h, 12),
+        seq,
         payload_crc: u32_at(h, 24),
     })
 }
@@ -298,8 +310,9 @@ pub fn decode_ack(b: &[u8]) -> Option<u64> {
     (b.len() == ACK_LEN
         && b[0..4] == ACK_MAGIC
         && u16_at(b, 4) == ACK_VERSION
-        && crc32c::crc32c(&b[0..16]) == u32_at(b, 16))
-    .then(|| u64_at(b, 8))
+        && crc32c::crc32c(&b[0..16]) == u32_at(b, 16)
+        && u64_at(b, 8) <= MAX_SEQ)
+        .then(|| u64_at(b, 8))
 }
 
 /// File name of the segment starting at `first_seq`.

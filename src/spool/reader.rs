@@ -27,7 +27,7 @@ impl Spool {
         let Some(mut cursor) = self.cursor.take() else {
             return Ok(out);
         };
-        let result = self.read_with(&mut cursor, from, max_events, max_bytes, &mut out);
+        let result = self.read_with(&mut cursor, max_events, max_bytes, &mut out);
         self.cursor = Some(cursor);
         result.map(|_| out)
     }
@@ -60,7 +60,6 @@ impl Spool {
     fn read_with(
         &mut self,
         cursor: &mut ReadCursor,
-        from: u64,
         max_events: usize,
         max_bytes: usize,
         out: &mut Vec<SpooledEvent>,
@@ -91,7 +90,11 @@ impl Spool {
                     seq,
                     payload,
                 } => {
-                    if seq < from {
+                    // Below the start, or not above the record last returned: a record that
+                    // repeats or goes back in seq was quarantined by `open` ("seq not above
+                    // the previous record's") and must not be delivered after all (found by
+                    // the fuzz target `spool`: a duplicate seq came back twice).
+                    if seq < cursor.next_seq {
                         continue;
                     }
                     if seq > self.durable_seq {

@@ -265,7 +265,7 @@ impl Spool {
     /// Give the delivered log the lines of acknowledged records it lacks at its end (seq
     /// above its last one, up to the ack), from the segments still present, and sync it.
     fn repair_delivered(&mut self) -> Result<(), SpoolError> {
-        let from = self.delivered.last_seq() + 1;
+        let from = self.delivered.last_seq().saturating_add(1);
         let to = self.acked;
         if from > to {
             return Ok(());

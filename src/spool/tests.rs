@@ -374,6 +374,35 @@ fn undecodable_payload_is_quarantined() {
 }
 
 #[test]
+fn a_record_repeating_an_earlier_seq_is_quarantined_and_never_read() {
+    // Found by the fuzz target `spool`: open quarantined a checksummed record whose seq did
+    // not grow ("seq not above the previous record's"), yet read_range returned it too, so
+    // the same seq came back twice.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = open(dir.path(), 64 << 20);
+    fill(&mut spool, 0, 5);
+    drop(spool);
+    let seg = seg_files(dir.path())[0].clone();
+    let mut frame = Vec::new();
+    for seq in [3u64, 5] {
+        let (r, o) = event(seq + 100);
+        let mut p = Vec::new();
+        format::encode_payload(&mut p, 1, r.id, r.pattern, &r.json, &o);
+        format::encode_record(&mut frame, seq, &p);
+    }
+    append_bytes(&seg, &frame);
+    let (mut spool, rec) = open(dir.path(), 64 << 20);
+    assert_eq!(rec.quarantined, 2);
+    let all = read_all(&mut spool);
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert_intact(&all);
+    assert_eq!(spool.status().pending_events, 5);
+}
+
+#[test]
 fn bad_segment_header_keeps_its_records() {
     let dir = tempfile::tempdir().unwrap();
     let (mut spool, _) = open(dir.path(), 64 << 20);
@@ -405,6 +434,40 @@ fn unknown_format_version_refuses_to_open() {
     assert!(
         matches!(err, SpoolError::UnsupportedVersion { version: 2, .. }),
         "{err}"
+    );
+}
+
+#[test]
+fn seqs_beyond_max_seq_are_damage_not_a_wrap() {
+    // Found in the #16 audit (inputs in fuzz/crashes/spool/): a checksummed ack of u64::MAX (or a record with that
+    // seq) made open compute next_seq = u64::MAX + 1 (a panic in debug builds; in release a
+    // wrap to 0, after which every new event counted as acknowledged).
+    for forged_ack in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = open(dir.path(), 64 << 20);
+        fill(&mut spool, 0, 3);
+        drop(spool);
+        let sdir = dir.path().join("spool");
+        if forged_ack {
+            fs::write(sdir.join("ack"), format::encode_ack(u64::MAX)).unwrap();
+        } else {
+            let (r, o) = event(99);
+            let mut p = Vec::new();
+            format::encode_payload(&mut p, 1, r.id, r.pattern, &r.json, &o);
+            let mut frame = Vec::new();
+            format::encode_record(&mut frame, u64::MAX, &p);
+            append_bytes(&seg_files(dir.path())[0], &frame);
+        }
+        let (mut spool, rec) = open(dir.path(), 64 << 20);
+        assert_eq!(rec.pending_events, 3, "forged ack: {forged_ack}");
+        // The forged record is damage (here the segment's end, so it is cut off as a tail).
+        assert_eq!(rec.quarantined + rec.truncated_bytes > 0, !forged_ack);
+        assert_eq!(fill(&mut spool, 3, 4), vec![4]);
+        assert_eq!(read_all(&mut spool).len(), 4);
+    }
+    assert_eq!(
+        format::decode_ack(&format::encode_ack(format::MAX_SEQ)),
+        Some(format::MAX_SEQ)
     );
 }
 

@@ -167,13 +167,17 @@ impl Framer {
                     self.framing = Framing::LfDelimited;
                     self.state = State::Line;
                     if digits > 0 {
-                        let prefix = len.to_string();
-                        // Leading zeros were consumed too; restore them so the text is intact.
+                        // The digits were consumed as a number: write them back as they were,
+                        // leading zeros included (a count of zero has no significant digit,
+                        // so all of its digits are zeros).
+                        let prefix = if len > 0 {
+                            len.to_string()
+                        } else {
+                            String::new()
+                        };
                         let zeros = digits.saturating_sub(prefix.len());
                         self.append(&vec![b'0'; zeros]);
-                        if len > 0 {
-                            self.append(prefix.as_bytes());
-                        }
+                        self.append(prefix.as_bytes());
                     }
                     return &chunk[i..];
                 }
@@ -303,6 +307,21 @@ mod tests {
                 ("next".into(), false)
             ]
         );
+    }
+
+    #[test]
+    fn zero_counts_fall_back_with_every_digit_kept() {
+        // Found by the fuzz target `framer` (fuzz/crashes/framer/): "00" then a non-digit
+        // came out as "0", "0 x" as " x" — a count of zero lost one digit.
+        let got = frames(&[b"3 abc00x more\n"], 100);
+        assert_eq!(
+            strs(&got),
+            [("abc".into(), false), ("00x more".into(), false)]
+        );
+        let got = frames(&[b"0 x\n"], 100);
+        assert_eq!(strs(&got), [("0 x".into(), false)]);
+        let got = frames(&[b"3 abc", b"0", b"07x\n"], 100);
+        assert_eq!(strs(&got), [("abc".into(), false), ("007x".into(), false)]);
     }
 
     #[test]
