@@ -216,6 +216,7 @@ fn options() -> SpoolOptions {
     SpoolOptions {
         segment_bytes: 4096,
         free_floor: 0,
+        ..SpoolOptions::default()
     }
 }
 
