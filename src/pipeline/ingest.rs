@@ -92,6 +92,7 @@ pub(super) struct Ingest {
     sources_open: bool,
     max_events: usize,
     spool_max_bytes: u64,
+    acker: Arc<crate::source::nats::Acker>,
 }
 
 /// What [`Ingest::new`] takes besides the config.
@@ -106,6 +107,8 @@ pub(super) struct IngestParts {
     pub(super) replayable_sources: usize,
     pub(super) once: bool,
     pub(super) reloading: Arc<AtomicBool>,
+    /// Where NATS sources' acks wait for the spool's acknowledgement.
+    pub(super) acker: Arc<crate::source::nats::Acker>,
 }
 
 impl Ingest {
@@ -149,6 +152,7 @@ impl Ingest {
             sources_open,
             max_events: config.output.max_events,
             spool_max_bytes: config.spool.max_bytes.0,
+            acker: parts.acker,
         }
     }
 
@@ -229,6 +233,7 @@ impl Ingest {
                 events::lines_read(lines.len() as u64);
                 self.lines(&lines, Timestamp::now())
             }
+            Some(SourceMsg::Events(events)) => self.forwarded(events),
             Some(SourceMsg::Position(cp)) => {
                 self.pending.push(PendingPosition::At(cp));
                 self.arm();
@@ -409,6 +414,33 @@ impl Ingest {
                 guard.append(&record, o)?;
             }
         }
+        self.arm();
+        Ok(())
+    }
+
+    /// Spool finished events from a forwarding source as they are; each one's NATS ack
+    /// waits in the acker for the spool's acknowledgement of its seq. They have no read
+    /// position (JetStream redelivers what was never acked).
+    fn forwarded(
+        &mut self,
+        events: Vec<crate::source::nats::Forwarded>,
+    ) -> Result<(), PipelineError> {
+        events::lines_read(events.len() as u64);
+        let mut guard = self.spool.lock()?;
+        for f in events {
+            let origin = Origin {
+                source: f.stream.source.to_string(),
+                stream_key: f.stream.key.clone(),
+                path: f.stream.path.clone(),
+                start: f.stream_seq,
+                end: f.stream_seq + 1,
+            };
+            self.uncommitted_bytes += f.record.json.len();
+            let seq = guard.append(&f.record, &origin)?;
+            events::event(f.record.pattern);
+            self.acker.hold(seq, f.ack);
+        }
+        drop(guard);
         self.arm();
         Ok(())
     }
@@ -660,6 +692,7 @@ mod tests {
                 replayable_sources: 1,
                 once: false,
                 reloading: Arc::new(AtomicBool::new(false)),
+                acker: crate::source::nats::Acker::new(),
             },
         );
         let stream = Arc::new(StreamId {
