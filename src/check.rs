@@ -1605,6 +1605,52 @@ max_connections = 0
     }
 
     #[test]
+    fn nats_outputs_and_sources_need_their_keys() {
+        let text = r#"
+[[sources]]
+name = "fleet"
+type = "nats"
+[sources.nats]
+servers = ["nats://127.0.0.1:4222", "http://[::1"]
+stream = "AUDIT"
+subject = "x"
+
+[[sources]]
+name = "bare"
+type = "nats"
+
+[output]
+type = "nats"
+[output.nats]
+servers = ["tls://nats.example.org:4222"]
+subject = "balp.*.{hostname}"
+consumer = "c"
+token_file = "/nonexistent/token"
+"#;
+        let got = check_text("c.toml", text);
+        let expect = [
+            "c.toml:5:1: sources[0].nats: a nats source needs `consumer`",
+            "c.toml:6:37: sources[0].nats.servers[1]: servers: \"http://[::1\" is not a NATS server URL",
+            "c.toml:8:11: sources[0].nats.subject: `subject` is only used by the nats output",
+            "c.toml:10:1: sources[1]: a nats source needs [sources[1].nats] with `servers`",
+            "c.toml:18:11: output.nats.subject: not a subject to publish to",
+            "c.toml:19:12: output.nats.consumer: `consumer` is only used by a nats source",
+            "c.toml:20:14: output.nats.token_file: cannot read \"/nonexistent/token\"",
+        ];
+        for e in expect {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in\n{}",
+                got.join("\n")
+            );
+        }
+        assert!(
+            !got.iter().any(|g| g.contains("parsers")),
+            "a nats source needs no parsers: {got:?}"
+        );
+    }
+
+    #[test]
     fn syntax_errors_are_located() {
         let got = check_text("c.toml", "[agent]\nmode = \n");
         assert_eq!(got.len(), 1, "{got:?}");
