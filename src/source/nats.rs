@@ -30,6 +30,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+/// Message stream errors in a row after which the source connects and binds again.
+const MAX_STREAM_ERRORS: u32 = 20;
+
 /// Prefix of the stream keys of NATS sources.
 const KEY_PREFIX: &str = "nats:";
 
@@ -307,6 +310,7 @@ impl Reader {
         };
         tracing::info!(source = %self.id.source, stream = %self.stream, consumer = %self.consumer, "NATS source reading");
         let mut stop = self.shutdown.clone();
+        let mut errors = 0u32;
         loop {
             let first = tokio::select! {
                 m = messages.next() => m,
@@ -319,10 +323,18 @@ impl Reader {
                     None => return Ended::Failed("the message stream ended".into()),
                     Some(Err(e)) => {
                         // Missed heartbeats and the like while a node is down: the stream
-                        // goes on by itself; anything it cannot recover from ends it.
-                        tracing::debug!(error = %e, "NATS source: message stream error");
+                        // goes on by itself. Errors in a row (the consumer deleted, say)
+                        // mean binding again.
+                        errors += 1;
+                        tracing::debug!(error = %e, errors, "NATS source: message stream error");
+                        if errors >= MAX_STREAM_ERRORS {
+                            return Ended::Failed(format!(
+                                "{errors} message stream errors in a row, the last: {e}"
+                            ));
+                        }
                     }
                     Some(Ok(m)) => {
+                        errors = 0;
                         if let Some(f) = self.take(&client, conn, m).await {
                             batch.push(f);
                         }
