@@ -150,7 +150,7 @@ const fn req(name: &'static str, ty: Ty) -> Field {
     }
 }
 
-const SOURCE_TYPES: &[&str] = &["file", "syslog", "journald"];
+const SOURCE_TYPES: &[&str] = &["file", "syslog", "journald", "nats"];
 const DECODERS: &[&str] = DecodeKind::NAMES;
 const MULTILINE: &[&str] = &["none", "indented", "csv"];
 
@@ -198,6 +198,24 @@ const SOURCE: &[Field] = &[
     opt("tls", Ty::Table(LISTEN_TLS)),
     opt("max_connections", Ty::PositiveInt),
     opt("max_frame_bytes", Ty::Size),
+    opt("nats", Ty::Table(NATS)),
+];
+/// `[output.nats]` and `[sources.nats]` (one schema; `check_nats` says which side uses what).
+const NATS: &[Field] = &[
+    req("servers", Ty::StrList),
+    opt("subject", Ty::Str),
+    opt("stream", Ty::Str),
+    opt("consumer", Ty::Str),
+    opt("subject_filter", Ty::Str),
+    opt("ack_wait", Ty::Duration),
+    opt("max_ack_pending", Ty::PositiveInt),
+    opt("batch", Ty::PositiveInt),
+    opt("token_file", Ty::Str),
+    opt("nkey_seed_file", Ty::Str),
+    opt("credentials_file", Ty::Str),
+    opt("username", Ty::Str),
+    opt("password_file", Ty::Str),
+    opt("tls", Ty::Table(TLS)),
 ];
 const LISTEN_TLS: &[Field] = &[
     req("cert_file", Ty::Str),
@@ -235,7 +253,7 @@ const FOLD: &[Field] = &[
 ];
 const SAMPLE: &[Field] = &[req("line", Ty::Str), req("yields", Ty::Str)];
 const OUTPUT: &[Field] = &[
-    opt("type", Ty::Enum(&["http", "directory", "stdout"])),
+    opt("type", Ty::Enum(&["http", "directory", "stdout", "nats"])),
     opt("url", Ty::Str),
     opt("fhir_base", Ty::Str),
     opt("path", Ty::Str),
@@ -253,6 +271,7 @@ const OUTPUT: &[Field] = &[
     opt("retry", Ty::Table(RETRY)),
     opt("auth", Ty::Table(AUTH)),
     opt("tls", Ty::Table(TLS)),
+    opt("nats", Ty::Table(NATS)),
 ];
 const RETRY: &[Field] = &[
     opt("initial_backoff", Ty::Duration),
@@ -681,6 +700,16 @@ impl Checker {
                 if ty == "syslog" {
                     self.check_syslog_source(t, &tspan, &p);
                 }
+                if ty == "nats" {
+                    self.check_nats(t, &tspan, &p, false);
+                    continue; // forwards finished events: no parsers
+                } else if let Some(span) = get(t, "nats").map(|v| v.span()) {
+                    self.report(
+                        &span,
+                        format!("{p}.nats"),
+                        "`nats` is only used by a nats source",
+                    );
+                }
                 if ty == "file" && str_list(t, "include").is_empty() {
                     self.report(
                         &tspan,
@@ -919,6 +948,7 @@ impl Checker {
                 }
                 None => self.report(&ospan, "output", "output.type = \"http\" needs `url`"),
             },
+            "nats" => self.check_nats(out, &ospan, "output", true),
             "directory" => match get_str(out, "path") {
                 Some((dir, span)) => {
                     if let Err(e) = probe_writable_dir(&self.base.join(dir)) {
@@ -1090,6 +1120,98 @@ impl Checker {
                     &tspan,
                     p.clone(),
                     "a watchlist needs `patients` and/or `users` (ids to watch)",
+                );
+            }
+        }
+    }
+
+    /// `[output.nats]` (`output`) or `[sources.nats]` of the table `t` at `p`.
+    fn check_nats(&mut self, t: &Table<'_>, tspan: &Range<usize>, p: &str, output: bool) {
+        let Some((n, nspan)) = get_table(t, "nats") else {
+            let side = if output {
+                "output.type = \"nats\""
+            } else {
+                "a nats source"
+            };
+            self.report(tspan, p, format!("{side} needs [{p}.nats] with `servers`"));
+            return;
+        };
+        let np = format!("{p}.nats");
+        for (k, (url, span)) in str_list(n, "servers").into_iter().enumerate() {
+            if let Err(e) = crate::deliver::nats::server_addrs(&[url.to_owned()]) {
+                self.report(&span, format!("{np}.servers[{k}]"), e);
+            }
+        }
+        let (needed, unused): (&[&str], &[&str]) = if output {
+            (
+                &[],
+                &[
+                    "consumer",
+                    "subject_filter",
+                    "ack_wait",
+                    "max_ack_pending",
+                    "batch",
+                ],
+            )
+        } else {
+            (&["stream", "consumer"], &["subject"])
+        };
+        for k in needed {
+            if get(n, k).is_none() {
+                self.report(&nspan, np.clone(), format!("a nats source needs `{k}`"));
+            }
+        }
+        for k in unused {
+            if let Some(span) = get(n, k).map(|v| v.span()) {
+                let side = if output {
+                    "a nats source"
+                } else {
+                    "the nats output"
+                };
+                self.report(
+                    &span,
+                    format!("{np}.{k}"),
+                    format!("`{k}` is only used by {side}"),
+                );
+            }
+        }
+        if output && let Some((s, span)) = get_str(n, "subject") {
+            let subject = crate::deliver::nats::subject_for(Some(s), "host");
+            if subject.is_empty() || subject.contains(['*', '>', ' ']) || subject.contains("..") {
+                self.report(
+                    &span,
+                    format!("{np}.subject"),
+                    "not a subject to publish to (no wildcards, spaces or empty tokens)",
+                );
+            }
+        }
+        if get(n, "username").is_some() != get(n, "password_file").is_some() {
+            self.report(&nspan, np.clone(), "username and password_file go together");
+        }
+        for k in [
+            "token_file",
+            "nkey_seed_file",
+            "credentials_file",
+            "password_file",
+        ] {
+            self.check_readable(n, k, &np);
+        }
+        if let Some((tls, tspan)) = get_table(n, "tls") {
+            let tp = format!("{np}.tls");
+            for k in ["ca_file", "client_cert_file", "client_key_file"] {
+                self.check_readable(tls, k, &tp);
+            }
+            if let Err(e) = crate::deliver::client_pair_complete(
+                get(tls, "client_cert_file").is_some(),
+                get(tls, "client_key_file").is_some(),
+            ) {
+                self.report(&tspan, tp.clone(), e);
+            }
+            if let Some(span) = get(tls, "insecure_skip_verify").map(|v| v.span()) {
+                self.report(
+                    &span,
+                    format!("{tp}.insecure_skip_verify"),
+                    "not supported for NATS: give the server's CA in ca_file",
                 );
             }
         }
@@ -1720,6 +1842,52 @@ max_connections = 0
             );
         }
         assert_eq!(got.len(), expect.len(), "{}", got.join("\n"));
+    }
+
+    #[test]
+    fn nats_outputs_and_sources_need_their_keys() {
+        let text = r#"
+[[sources]]
+name = "fleet"
+type = "nats"
+[sources.nats]
+servers = ["nats://127.0.0.1:4222", "http://[::1"]
+stream = "AUDIT"
+subject = "x"
+
+[[sources]]
+name = "bare"
+type = "nats"
+
+[output]
+type = "nats"
+[output.nats]
+servers = ["tls://nats.example.org:4222"]
+subject = "balp.*.{hostname}"
+consumer = "c"
+token_file = "/nonexistent/token"
+"#;
+        let got = check_text("c.toml", text);
+        let expect = [
+            "c.toml:5:1: sources[0].nats: a nats source needs `consumer`",
+            "c.toml:6:37: sources[0].nats.servers[1]: servers: \"http://[::1\" is not a NATS server URL",
+            "c.toml:8:11: sources[0].nats.subject: `subject` is only used by the nats output",
+            "c.toml:10:1: sources[1]: a nats source needs [sources[1].nats] with `servers`",
+            "c.toml:18:11: output.nats.subject: not a subject to publish to",
+            "c.toml:19:12: output.nats.consumer: `consumer` is only used by a nats source",
+            "c.toml:20:14: output.nats.token_file: cannot read \"/nonexistent/token\"",
+        ];
+        for e in expect {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in\n{}",
+                got.join("\n")
+            );
+        }
+        assert!(
+            !got.iter().any(|g| g.contains("parsers")),
+            "a nats source needs no parsers: {got:?}"
+        );
     }
 
     #[test]

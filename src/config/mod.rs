@@ -173,6 +173,8 @@ pub enum SourceType {
     Syslog,
     /// Follow the systemd journal.
     Journald,
+    /// Take AuditEvents from a JetStream durable pull consumer (a forwarder).
+    Nats,
 }
 
 /// `[[sources]] read_from`
@@ -351,6 +353,9 @@ pub struct SourceConfig {
     /// `syslog`: longer messages (frames) are cut here and flagged truncated.
     #[serde(default = "default_max_frame_bytes")]
     pub max_frame_bytes: ByteSize,
+    /// `nats`: `[sources.nats]` (servers, stream, consumer, auth).
+    #[serde(default)]
+    pub nats: Option<NatsConfig>,
 }
 
 /// `[sources.tls]`: the TLS server side of a `tls://` syslog listener.
@@ -414,6 +419,8 @@ pub enum OutputType {
     Directory,
     /// One Bundle per line on stdout.
     Stdout,
+    /// Publish each AuditEvent to a NATS JetStream stream.
+    Nats,
 }
 
 /// `[output] bundle_type`
@@ -500,6 +507,9 @@ pub struct OutputConfig {
     /// `[output.tls]`
     #[serde(default)]
     pub tls: TlsConfig,
+    /// `nats`: `[output.nats]` (servers, subject, stream, auth).
+    #[serde(default)]
+    pub nats: Option<NatsConfig>,
 }
 
 impl Default for OutputConfig {
@@ -520,6 +530,7 @@ impl Default for OutputConfig {
             retry: RetryConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            nats: None,
         }
     }
 }
@@ -629,6 +640,90 @@ pub struct TlsConfig {
     /// Skip server certificate verification (never in production; logged loudly).
     #[serde(default)]
     pub insecure_skip_verify: bool,
+}
+
+/// `[output.nats]` and `[sources.nats]`: where the JetStream stream is and how to log in.
+/// One table for both sides, so an agent and a forwarder are configured alike.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URLs (`nats://host:4222`, `tls://host:4222`); any one of them is enough to
+    /// find the cluster.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Output: the subject each event is published to; `{hostname}` is replaced by
+    /// `agent.hostname` (or the system's). Default `balp.audit.{hostname}`.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// The stream: checked to exist at start (output, optional), read from (source).
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Source: the durable consumer's name, shared by every forwarder of the stream.
+    #[serde(default)]
+    pub consumer: Option<String>,
+    /// Source: only subjects matching this (a consumer created by the agent gets it).
+    #[serde(default)]
+    pub subject_filter: Option<String>,
+    /// Source: how long JetStream waits for an ack before redelivering; the agent sends
+    /// progress acks while an event waits for the ARR.
+    #[serde(default = "default_nats_ack_wait")]
+    pub ack_wait: ConfigDuration,
+    /// Source: messages handed out but not yet acknowledged, per consumer (a consumer
+    /// created by the agent gets it).
+    #[serde(default = "default_nats_max_ack_pending")]
+    pub max_ack_pending: i64,
+    /// Source: messages fetched per pull request.
+    #[serde(default = "default_nats_batch")]
+    pub batch: usize,
+    /// File holding a token (`authorization { token }` on the server).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// File holding an NKey seed (`SU...`).
+    #[serde(default)]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A `.creds` file (JWT and seed), as `nsc` writes them.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// User name (with `password_file`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password of `username`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// CA certificate, client certificate and key for `tls://` servers.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            servers: Vec::new(),
+            subject: None,
+            stream: None,
+            consumer: None,
+            subject_filter: None,
+            ack_wait: default_nats_ack_wait(),
+            max_ack_pending: default_nats_max_ack_pending(),
+            batch: default_nats_batch(),
+            token_file: None,
+            nkey_seed_file: None,
+            credentials_file: None,
+            username: None,
+            password_file: None,
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+fn default_nats_ack_wait() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(60))
+}
+fn default_nats_max_ack_pending() -> i64 {
+    20_000
+}
+fn default_nats_batch() -> usize {
+    500
 }
 
 /// `[spool] when_full`

@@ -3,6 +3,7 @@
 //! * `directory`: one file per Bundle, written atomically (tmp → fsync → rename → fsync dir).
 //! * `stdout`: one Bundle per line.
 //! * `http`: POST to the ARR, with retry (see [`http`]).
+//! * `nats`: publish each event to a JetStream stream, with retry (see [`nats`]).
 //!
 //! [`Output::deliver`] returns only when the batch is settled: every event accepted, or
 //! accepted but for the events rejected for their content, which are dead-lettered
@@ -15,6 +16,7 @@ pub mod backoff;
 pub mod deadletter;
 pub mod directory;
 pub mod http;
+pub mod nats;
 pub mod oauth2;
 pub mod stdout;
 
@@ -119,6 +121,8 @@ pub enum Output {
     },
     /// `type = "http"`.
     Http(Box<http::HttpOutput>),
+    /// `type = "nats"`.
+    Nats(Box<nats::NatsOutput>),
 }
 
 impl Output {
@@ -145,6 +149,10 @@ impl Output {
                 o,
                 &config.agent.state_dir,
             )?))),
+            OutputType::Nats => Ok(Output::Nats(Box::new(nats::NatsOutput::new(
+                o,
+                &config.hostname(),
+            )?))),
         }
     }
 
@@ -167,8 +175,10 @@ impl Output {
     /// Report delivery outcomes to `health` (`/health`, `/metrics`). Only the HTTP output
     /// can fail without failing for good, so the others ignore it.
     pub fn set_health(&mut self, health: std::sync::Arc<crate::metrics::Health>) {
-        if let Output::Http(out) = self {
-            out.set_health(health);
+        match self {
+            Output::Http(out) => out.set_health(health),
+            Output::Nats(out) => out.set_health(health),
+            _ => {}
         }
     }
 
@@ -209,6 +219,7 @@ impl Output {
                 Ok(Delivery::Accepted)
             }
             Output::Http(out) => out.deliver(batch, shutdown).await,
+            Output::Nats(out) => out.deliver(batch, shutdown).await,
         }
     }
 }

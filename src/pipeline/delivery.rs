@@ -38,6 +38,8 @@ pub(super) struct DeliveryCtx {
     pub(super) shutdown: Shutdown,
     /// Records the ranges of the Bundles in flight, so a restart resends exactly those.
     pub(super) inflight_path: PathBuf,
+    /// Told every acknowledged seq, so NATS sources ack their messages only then.
+    pub(super) acker: Arc<crate::source::nats::Acker>,
 }
 
 /// What a delivery task hands back: its output (for the next Bundle) and the outcome.
@@ -178,7 +180,9 @@ impl Deliverer {
     /// first (a crash between the two only repeats ids in the log).
     fn ack(&mut self, seq: u64) -> Result<(), PipelineError> {
         let lines = std::mem::take(&mut self.to_log);
-        self.cx.spool.with(|s| s.ack_delivered(seq, &lines))
+        self.cx.spool.with(|s| s.ack_delivered(seq, &lines))?;
+        self.cx.acker.settled(seq);
+        Ok(())
     }
 
     /// Open slots while a Bundle is ready and the ARR is not failing. Returns when the next
@@ -457,6 +461,7 @@ mod tests {
                 drain: self.drain_tx.subscribe(),
                 shutdown: self.shutdown.clone(),
                 inflight_path: self.state.join("inflight"),
+                acker: crate::source::nats::Acker::new(),
             }
         }
 

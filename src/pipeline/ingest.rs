@@ -104,6 +104,7 @@ pub(super) struct Ingest {
     replay_hold: Vec<(String, String, u64)>,
     /// The facts of the line being processed (reused).
     facts: Vec<AlertFact>,
+    acker: Arc<crate::source::nats::Acker>,
 }
 
 /// What one line made: its events, or an alert they raised.
@@ -127,6 +128,8 @@ pub(super) struct IngestParts {
     pub(super) sealer: Option<crate::tamper::seal::Sealer>,
     /// The alert rules with their saved state (None: none in force).
     pub(super) alerts: Option<AlertEngine>,
+    /// Where NATS sources' acks wait for the spool's acknowledgement.
+    pub(super) acker: Arc<crate::source::nats::Acker>,
 }
 
 impl Ingest {
@@ -180,6 +183,7 @@ impl Ingest {
                 .unwrap_or_default(),
             alerts: parts.alerts,
             facts: Vec::new(),
+            acker: parts.acker,
         }
     }
 
@@ -264,6 +268,7 @@ impl Ingest {
                 events::lines_read(lines.len() as u64);
                 self.lines(&lines, Timestamp::now())
             }
+            Some(SourceMsg::Events(events)) => self.forwarded(events),
             Some(SourceMsg::Position(cp)) => {
                 self.pending.push(PendingPosition::At(cp));
                 self.arm();
@@ -582,6 +587,33 @@ impl Ingest {
         Ok(())
     }
 
+    /// Spool finished events from a forwarding source as they are; each one's NATS ack
+    /// waits in the acker for the spool's acknowledgement of its seq. They have no read
+    /// position (JetStream redelivers what was never acked).
+    fn forwarded(
+        &mut self,
+        events: Vec<crate::source::nats::Forwarded>,
+    ) -> Result<(), PipelineError> {
+        events::lines_read(events.len() as u64);
+        let mut guard = self.spool.lock()?;
+        for f in events {
+            let origin = Origin {
+                source: f.stream.source.to_string(),
+                stream_key: f.stream.key.clone(),
+                path: f.stream.path.clone(),
+                start: f.stream_seq,
+                end: f.stream_seq + 1,
+            };
+            self.uncommitted_bytes += f.record.json.len();
+            let seq = guard.append(&f.record, &origin)?;
+            events::event(f.record.pattern);
+            self.acker.hold(seq, f.ack);
+        }
+        drop(guard);
+        self.arm();
+        Ok(())
+    }
+
     /// Start the commit clock if something waits for a commit.
     fn arm(&mut self) {
         if self.commit_at.is_none() && (!self.pending.is_empty() || self.uncommitted_bytes > 0) {
@@ -831,6 +863,7 @@ mod tests {
                 reloading: Arc::new(AtomicBool::new(false)),
                 sealer: None,
                 alerts: None,
+                acker: crate::source::nats::Acker::new(),
             },
         );
         let stream = Arc::new(StreamId {

@@ -147,7 +147,16 @@ pub async fn run(
         outputs.push(output);
     }
     let (line_tx, mut line_rx) = mpsc::channel::<SourceMsg>(16);
-    let started = sources::start(&config, &positions, line_tx, &shutdown, options.once)?;
+    // NATS sources' acks wait here for the spool's acknowledgements.
+    let acker = crate::source::nats::Acker::new();
+    let started = sources::start(
+        &config,
+        &positions,
+        line_tx,
+        &shutdown,
+        options.once,
+        &acker,
+    )?;
 
     let spool = SharedSpool(Arc::new(Mutex::new(spool)));
     let committed = Arc::new(Notify::new());
@@ -167,6 +176,7 @@ pub async fn run(
         drain: drain_rx,
         shutdown: shutdown.clone(),
         inflight_path: config.agent.state_dir.join("inflight"),
+        acker: acker.clone(),
     }));
 
     let metrics_task = match &config.metrics {
@@ -206,6 +216,7 @@ pub async fn run(
             reloading: options.reloading.clone(),
             sealer,
             alerts,
+            acker,
         },
     );
     // The agent audits its own start and stop like any other event.
@@ -287,6 +298,9 @@ fn open_state(config: &Config) -> Result<(Positions, Spool, Option<AlertEngine>)
         if config.source(source).is_none() {
             continue; // requeued dead letters, or a source removed from the config
         }
+        if crate::source::nats::is_nats_key(key) {
+            continue; // JetStream keeps the consumer's position
+        }
         if crate::source::journald::is_journald_key(key) {
             // A journal line's offset is a hash of its cursor, not an ordered position; the
             // cursor itself lives only in the positions file (which never runs ahead of the
@@ -330,6 +344,9 @@ fn build_processors(config: &Config) -> Result<HashMap<Arc<str>, SourceProcessor
     let mut processors = HashMap::new();
     let mut problems = Vec::new();
     for source in &config.sources {
+        if source.source_type == crate::config::SourceType::Nats {
+            continue; // forwards finished events: nothing to decode, parse or map
+        }
         match SourceProcessor::build(config, source) {
             Ok(p) => {
                 processors.insert(Arc::from(source.name.as_str()), p);

@@ -41,6 +41,7 @@ pub(super) fn start(
     line_tx: mpsc::Sender<SourceMsg>,
     shutdown: &Shutdown,
     once: bool,
+    acker: &std::sync::Arc<crate::source::nats::Acker>,
 ) -> Result<Started, PipelineError> {
     let mut started = Started {
         threads: Vec::new(),
@@ -74,6 +75,16 @@ pub(super) fn start(
                 )
                 .map_err(source_error)?;
                 started.threads.push(handle);
+            }
+            SourceType::Nats => {
+                let task = crate::source::nats::spawn(
+                    source,
+                    line_tx.clone(),
+                    shutdown.clone(),
+                    acker.clone(),
+                )
+                .map_err(source_error)?;
+                started.tasks.push(task);
             }
             SourceType::File => {
                 let known = positions.resume(&source.name);

@@ -9,6 +9,7 @@
 
 pub mod file;
 pub mod journald;
+pub mod nats;
 pub mod syslog;
 
 use std::path::PathBuf;
@@ -81,6 +82,8 @@ pub enum SourceMsg {
     Forget(Arc<StreamId>),
     /// The named source has read everything that exists right now (used by `run --once`).
     CaughtUp(Arc<str>),
+    /// Finished AuditEvents from a forwarding source (NATS): spooled as they are.
+    Events(Vec<nats::Forwarded>),
 }
 
 /// Origin label of a stream for humans: `source:path`.

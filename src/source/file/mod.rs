@@ -395,6 +395,7 @@ mod tests {
             tls: None,
             max_connections: 256,
             max_frame_bytes: ByteSize(64 * 1024),
+            nats: None,
         }
     }
 

@@ -34,6 +34,7 @@ fn config(listen: &str) -> SourceConfig {
         tls: None,
         max_connections: 256,
         max_frame_bytes: ByteSize(64 * 1024),
+        nats: None,
     }
 }
 
