@@ -6,8 +6,8 @@
 
 use crate::balp::codes::{self, Code};
 use crate::balp::model::{
-    Action, Agent, AuditEvent, Coding, Entity, EntityDetail, Extension, Identifier, Network,
-    NetworkType, Outcome, Period, Reference, Source,
+    Action, Agent, AuditEvent, Coding, Entity, EntityDetail, Identifier, Network, NetworkType,
+    Outcome, Period, Reference, Source,
 };
 use crate::balp::{EventRecord, MapContext};
 use crate::config::AlertRuleKind;
@@ -187,15 +187,7 @@ pub fn audit_event(ctx: &MapContext, a: &AlertSpec<'_>) -> AuditEvent {
     }
     AuditEvent {
         id: a.id.to_string(),
-        extension: vec![Extension {
-            url: ctx.event_id_extension.clone(),
-            value_identifier: Some(Identifier {
-                system: Some(codes::SYS_RFC3986.to_owned()),
-                value: Some(format!("urn:uuid:{}", a.id)),
-                type_: None,
-            }),
-            value_codeable_concept: None,
-        }],
+        extension: vec![crate::balp::id_extension(&ctx.event_id_extension, &a.id)],
         type_: codes::DCM_SECURITY_ALERT.coding(),
         subtype,
         action: Some(Action::E),

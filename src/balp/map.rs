@@ -103,7 +103,7 @@
 //! ```
 
 use super::codes::{self};
-use super::model::{AuditEvent, Extension, Identifier, Meta, Outcome, Reference, Source};
+use super::model::{AuditEvent, Meta, Outcome, Reference, Source};
 use super::{LineRef, MapContext, event_id};
 use crate::decode::Stamp;
 use crate::parse::{Extracted, Fields, Pattern};
@@ -200,15 +200,8 @@ fn fan_out(
             };
             let id = event_id(&ctx.hostname, &ctx.source, line.position, index);
             ev.id = id.to_string();
-            ev.extension.push(Extension {
-                url: ctx.event_id_extension.clone(),
-                value_identifier: Some(Identifier {
-                    system: Some(codes::SYS_RFC3986.to_owned()),
-                    value: Some(format!("urn:uuid:{id}")),
-                    type_: None,
-                }),
-                value_codeable_concept: None,
-            });
+            ev.extension
+                .push(crate::balp::id_extension(&ctx.event_id_extension, &id));
             if let Some(p) = patient {
                 ev.entity.push(patient_entity(p));
             }

@@ -64,6 +64,20 @@ pub struct MapContext {
     pub event_id_extension: String,
 }
 
+/// The root extension that carries an event's id (`urn:uuid:<id>`), so the id survives an
+/// ARR that assigns its own.
+pub fn id_extension(url: &str, id: &Uuid) -> model::Extension {
+    model::Extension {
+        url: url.to_owned(),
+        value_identifier: Some(model::Identifier {
+            system: Some(codes::SYS_RFC3986.to_owned()),
+            value: Some(format!("urn:uuid:{id}")),
+            type_: None,
+        }),
+        value_codeable_concept: None,
+    }
+}
+
 /// The deterministic id of the `index`-th event made from the line at `position`.
 pub fn event_id(hostname: &str, source: &str, position: &str, index: usize) -> Uuid {
     use std::fmt::Write as _;

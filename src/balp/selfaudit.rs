@@ -6,7 +6,7 @@
 //! kind, boot id), so a re-sent start event after a crash deduplicates at the ARR.
 
 use super::codes;
-use super::model::{Action, Agent, AuditEvent, Extension, Identifier, Outcome, Reference, Source};
+use super::model::{Action, Agent, AuditEvent, Outcome, Reference, Source};
 use super::{MapContext, event_id};
 use crate::decode::Stamp;
 
@@ -54,15 +54,7 @@ pub fn self_audit(
     };
     AuditEvent {
         id: id.to_string(),
-        extension: vec![Extension {
-            url: ctx.event_id_extension.clone(),
-            value_identifier: Some(Identifier {
-                system: Some(codes::SYS_RFC3986.to_owned()),
-                value: Some(format!("urn:uuid:{id}")),
-                type_: None,
-            }),
-            value_codeable_concept: None,
-        }],
+        extension: vec![crate::balp::id_extension(&ctx.event_id_extension, &id)],
         type_: codes::DCM_APPLICATION_ACTIVITY.coding(),
         subtype: vec![subtype.coding()],
         action: Some(Action::E),

@@ -11,8 +11,7 @@
 use super::keys::{self, AgentKey};
 use super::merkle::{Hash, empty_root, hex, parse_hex};
 use crate::balp::model::{
-    Action, Agent, AuditEvent, Coding, Entity, EntityDetail, Extension, Identifier, Outcome,
-    Reference, Source,
+    Action, Agent, AuditEvent, Coding, Entity, EntityDetail, Outcome, Reference, Source,
 };
 use crate::balp::{EventRecord, MapContext, codes, event_id};
 use crate::decode::Stamp;
@@ -112,15 +111,7 @@ pub fn seal_event(ctx: &MapContext, f: &SealFields, signature: &[u8; 64]) -> Aud
     );
     AuditEvent {
         id: id.to_string(),
-        extension: vec![Extension {
-            url: ctx.event_id_extension.clone(),
-            value_identifier: Some(Identifier {
-                system: Some(codes::SYS_RFC3986.to_owned()),
-                value: Some(format!("urn:uuid:{id}")),
-                type_: None,
-            }),
-            value_codeable_concept: None,
-        }],
+        extension: vec![crate::balp::id_extension(&ctx.event_id_extension, &id)],
         type_: codes::DCM_APPLICATION_ACTIVITY.coding(),
         subtype: vec![Coding {
             system: Some(SYS_TAMPER.into()),
