@@ -248,8 +248,18 @@ flush_interval = "100ms"
     // The wrong token: refused by the server, said in the log, nothing acknowledged.
     let cfg = publisher("bad", &bad);
     let agent = Agent::start(&cfg, &[]);
+    let state = dir.path().join("bad").join("state");
+    let spooled = || {
+        std::fs::read(state.join("status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["pending_events"].as_u64())
+            .unwrap_or(0)
+    };
+    // Refused, and by then every line read into the spool (status.json is refreshed every
+    // second), so the kill below cannot come before the lines were read.
     let refused = wait_until(Duration::from_secs(30), || {
-        agent.log().to_ascii_lowercase().contains("authorization")
+        agent.log().to_ascii_lowercase().contains("authorization") && spooled() >= 300
     });
     assert!(refused, "{}", agent.log());
     if let Some(l) = agent
