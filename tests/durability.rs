@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::agent::{Agent, append, fhir_lines, wait_until, write_config};
+use common::agent::{Agent, append, fhir_lines, request_id, wait_until, write_config};
 use common::arr::{Arr, Reply};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -53,15 +53,7 @@ fn delivered_by_request_id(arr: &Arr) -> BTreeMap<String, serde_json::Value> {
     for b in arr.accepted_bundles() {
         for e in b["entry"].as_array().cloned().unwrap_or_default() {
             let r = e["resource"].clone();
-            let rid = r["entity"]
-                .as_array()
-                .and_then(|es| {
-                    es.iter()
-                        .find(|x| x["type"]["code"] == "XrequestId")
-                        .and_then(|x| x["what"]["identifier"]["value"].as_str())
-                })
-                .unwrap_or_default()
-                .to_owned();
+            let rid = request_id(&r).unwrap_or_default().to_owned();
             if rid.is_empty() {
                 continue; // the agent's own start/stop events
             }

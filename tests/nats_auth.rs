@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::agent::{Agent, append, fhir_lines, run, wait_until, write_config};
+use common::agent::{
+    Agent, append, fhir_lines, nats_server, request_id, run, wait_until, write_config,
+};
 use common::arr::Arr;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -26,13 +28,6 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn nats_server() -> Option<PathBuf> {
-    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
 }
 
 /// A CA and a server certificate for 127.0.0.1 and localhost; returns the CA's path.
@@ -227,14 +222,7 @@ flush_interval = "100ms"
         arr.accepted_bundles()
             .iter()
             .flat_map(|b| b["entry"].as_array().cloned().unwrap_or_default())
-            .filter_map(|e| {
-                e["resource"]["entity"].as_array().and_then(|es| {
-                    es.iter()
-                        .find(|x| x["type"]["code"] == "XrequestId")
-                        .and_then(|x| x["what"]["identifier"]["value"].as_str())
-                        .map(str::to_owned)
-                })
-            })
+            .filter_map(|e| request_id(&e["resource"]).map(str::to_owned))
             .collect()
     };
     assert!(

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::agent::{Agent, append, fhir_lines, wait_until, write_config};
+use common::agent::{Agent, append, fhir_lines, nats_server, request_id, wait_until, write_config};
 use common::arr::Arr;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -18,13 +18,6 @@ use std::time::Duration;
 
 const STREAM: &str = "AUDIT";
 const CONSUMER: &str = "forwarders";
-
-fn nats_server() -> Option<PathBuf> {
-    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
 
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -212,15 +205,7 @@ fn delivered(arr: &Arr) -> BTreeMap<String, serde_json::Value> {
             if let Some(prev) = by_id.insert(id.clone(), r.clone()) {
                 assert_eq!(prev, r, "duplicate of event {id} differs");
             }
-            let rid = r["entity"]
-                .as_array()
-                .and_then(|es| {
-                    es.iter()
-                        .find(|x| x["type"]["code"] == "XrequestId")
-                        .and_then(|x| x["what"]["identifier"]["value"].as_str())
-                })
-                .unwrap_or_default()
-                .to_owned();
+            let rid = request_id(&r).unwrap_or_default().to_owned();
             if rid.is_empty() {
                 continue; // the agents' own start/stop events
             }

@@ -141,6 +141,23 @@ pub fn fhir_lines(start: usize, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The request id an event of a generated FHIR line carries (its `XrequestId` entity).
+pub fn request_id(event: &serde_json::Value) -> Option<&str> {
+    event["entity"]
+        .as_array()?
+        .iter()
+        .find(|e| e["type"]["code"] == "XrequestId")?["what"]["identifier"]["value"]
+        .as_str()
+}
+
+/// `nats-server` where Debian installs it.
+pub fn nats_server() -> Option<PathBuf> {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
 /// Wait until `cond` holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
