@@ -50,6 +50,7 @@ fn main() {
         id: uuid::Uuid::from_u128(n as u128),
         pattern: "login",
         json: format!(r#"{{"resourceType":"AuditEvent","n":{n},"pad":"{pad}"}}"#),
+        leaf: None,
     };
 
     let mut bytes = 0u64;

@@ -150,6 +150,7 @@ mod tests {
                 r#"{{"resourceType":"AuditEvent","x":"{}"}}"#,
                 "a".repeat(size)
             ),
+            leaf: None,
         }
     }
 

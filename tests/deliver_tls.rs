@@ -205,6 +205,7 @@ fn batch() -> Batch {
             id,
             pattern: "read",
             json: format!(r#"{{"resourceType":"AuditEvent","id":"{id}"}}"#),
+            leaf: None,
         }],
         ..Batch::default()
     }

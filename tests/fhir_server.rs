@@ -545,6 +545,7 @@ async fn batch_response_from_a_real_server_dead_letters_only_the_invalid_entry()
                 id: e["id"].as_str().unwrap().parse().unwrap(),
                 pattern: "read",
                 json: e.to_string(),
+                leaf: None,
             })
             .collect(),
         ..Batch::default()

@@ -328,6 +328,7 @@ pub fn run(data: &[u8]) {
         id: Uuid::from_u128(u128::MAX),
         pattern: "read",
         json: "{\"resourceType\":\"AuditEvent\"}".into(),
+        leaf: None,
     };
     let appended = match spool.append(&record, &origin) {
         Ok(seq) => {

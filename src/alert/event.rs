@@ -224,5 +224,6 @@ pub fn record(ctx: &MapContext, a: &AlertSpec<'_>) -> EventRecord {
         id: a.id,
         pattern: crate::parse::Pattern::SecurityAlert.as_str(),
         json,
+        leaf: None,
     }
 }

@@ -104,6 +104,9 @@ pub struct EventRecord {
     pub pattern: &'static str,
     /// Compact JSON of the AuditEvent.
     pub json: String,
+    /// Its tamper-evidence leaf hash, when the producer made it from the model
+    /// ([`to_record_with_leaf`]); `None`: the spool hashes the JSON.
+    pub leaf: Option<crate::tamper::merkle::Hash>,
 }
 
 /// Where the line came from and what the source had to change, for ids and flags.
@@ -129,5 +132,28 @@ pub fn to_record(event: &model::AuditEvent, pattern: crate::parse::Pattern) -> E
         id: event.uuid(),
         pattern: pattern.as_str(),
         json,
+        leaf: None,
     }
+}
+
+/// [`to_record`] with the leaf hash made from the model's JCS form ([`json::audit_event_jcs`]),
+/// several times cheaper than canonicalizing the JSON text (`[tamper]` on). Text the fast
+/// form does not cover (anything naming `AuditEvent/`, which canonicalization may rewrite)
+/// keeps the text path.
+pub fn to_record_with_leaf(
+    event: &model::AuditEvent,
+    pattern: crate::parse::Pattern,
+) -> EventRecord {
+    let mut record = to_record(event, pattern);
+    if memchr::memmem::find(record.json.as_bytes(), b"AuditEvent/").is_none() {
+        let hash = crate::tamper::merkle::leaf_hash(json::audit_event_jcs(event).as_bytes());
+        // Every event of every debug run proves the model's JCS form equal to the text's.
+        debug_assert_eq!(
+            hash,
+            crate::spool::leaves::event_leaf_hash(&record.json),
+            "balp::json::audit_event_jcs differs from the JCS of the JSON"
+        );
+        record.leaf = Some(hash);
+    }
+    record
 }

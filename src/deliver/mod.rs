@@ -275,6 +275,7 @@ mod tests {
                         id,
                         pattern: "read",
                         json: format!(r#"{{"resourceType":"AuditEvent","id":"{id}"}}"#),
+                        leaf: None,
                     }
                 })
                 .collect(),

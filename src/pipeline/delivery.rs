@@ -425,6 +425,7 @@ mod tests {
                     id: Uuid::from_u128(u128::from(k)),
                     pattern: "read",
                     json: format!(r#"{{"resourceType":"AuditEvent","n":{k}}}"#),
+                    leaf: None,
                 };
                 let origin = Origin {
                     source: "app".into(),

@@ -412,6 +412,7 @@ impl Ingest {
             id: event.uuid(),
             pattern: "application-activity",
             json,
+            leaf: None,
         };
         let origin = Origin {
             source: "self".into(),

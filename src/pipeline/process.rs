@@ -43,6 +43,8 @@ pub struct SourceProcessor {
     parsers: ParserSet,
     tz: TimeZone,
     ctx: MapContext,
+    /// `[tamper]` is on: records carry their leaf hash, made from the model.
+    leaf_hashes: bool,
     /// Counts so far.
     pub stats: ProcStats,
 }
@@ -76,6 +78,7 @@ impl SourceProcessor {
             parsers,
             tz,
             ctx,
+            leaf_hashes: config.tamper.enabled,
             stats: ProcStats::default(),
         })
     }
@@ -153,7 +156,11 @@ impl SourceProcessor {
                 made.iter()
                     .map(|ev| {
                         events::event(extracted.pattern.as_str());
-                        balp::to_record(ev, extracted.pattern)
+                        if self.leaf_hashes {
+                            balp::to_record_with_leaf(ev, extracted.pattern)
+                        } else {
+                            balp::to_record(ev, extracted.pattern)
+                        }
                     })
                     .collect()
             }

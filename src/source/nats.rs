@@ -406,7 +406,12 @@ impl Reader {
         Some(Forwarded {
             stream: self.id.clone(),
             stream_seq,
-            record: EventRecord { id, pattern, json },
+            record: EventRecord {
+                id,
+                pattern,
+                json,
+                leaf: None,
+            },
             ack,
         })
     }

@@ -218,6 +218,7 @@ pub fn take_requeued(state_dir: &Path, spool: &mut Spool) -> Result<Vec<PathBuf>
                 id,
                 pattern: static_pattern("requeued"),
                 json: resource.to_string(),
+                leaf: None,
             };
             spool.append(&record, &origin)?;
         }

@@ -533,6 +533,7 @@ mod tests {
                 id: Uuid::from_u128(n),
                 pattern: "read",
                 json: "{}".into(),
+                leaf: None,
             };
             spool
                 .append(
@@ -602,6 +603,7 @@ mod tests {
                 id,
                 pattern: "read",
                 json,
+                leaf: None,
             };
             let origin = Origin {
                 source: "s".into(),

@@ -343,8 +343,15 @@ pub fn read_entries(path: &Path, max: u64) -> Result<Vec<LeafEntry>, SpoolError>
 }
 
 /// The leaf entries of the records in one staged commit buffer (`starts_segment`: the buffer
-/// begins with a segment header). Records are walked frame by frame without copying.
-pub fn entries_of_buffer(buf: &[u8], starts_segment: bool, out: &mut Vec<LeafEntry>) {
+/// begins with a segment header). Records are walked frame by frame without copying. A
+/// record whose seq `hints` names (sorted by seq; consumed as the walk passes them) takes that
+/// hash, computed by its producer from the model; the others are hashed from their JSON.
+pub fn entries_of_buffer(
+    buf: &[u8],
+    starts_segment: bool,
+    hints: &mut &[(u64, Hash)],
+    out: &mut Vec<LeafEntry>,
+) {
     let mut at = if starts_segment { SEG_HDR_LEN } else { 0 };
     while at + REC_OVERHEAD <= buf.len() {
         let len =
@@ -356,12 +363,22 @@ pub fn entries_of_buffer(buf: &[u8], starts_segment: bool, out: &mut Vec<LeafEnt
             break;
         };
         if let Some((id, pattern, json)) = super::format::payload_parts(payload) {
-            out.push(LeafEntry::of_event(
-                u64::from_le_bytes(seq),
-                id,
-                pattern,
-                json,
-            ));
+            let seq = u64::from_le_bytes(seq);
+            while hints.first().is_some_and(|h| h.0 < seq) {
+                *hints = &hints[1..];
+            }
+            match hints.first() {
+                Some(&(s, hash)) if s == seq => {
+                    *hints = &hints[1..];
+                    out.push(LeafEntry {
+                        seq,
+                        id,
+                        hash,
+                        seal: pattern == SEAL_PATTERN.as_bytes(),
+                    });
+                }
+                _ => out.push(LeafEntry::of_event(seq, id, pattern, json)),
+            }
         }
         at += REC_OVERHEAD + len;
     }

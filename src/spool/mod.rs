@@ -340,6 +340,8 @@ pub struct Spool {
     delivered: delivered::DeliveredLog,
     /// The tamper-evidence leaf log, written by commit jobs (`None`: `[tamper]` disabled).
     tree: Option<std::sync::Arc<std::sync::Mutex<leaves::LeafLog>>>,
+    /// Leaf hashes the producers computed for appended, not yet staged records (seq order).
+    leaf_hints: Vec<(u64, crate::tamper::merkle::Hash)>,
 }
 
 fn create_dir(path: &Path) -> Result<(), SpoolError> {

@@ -133,6 +133,7 @@ impl Spool {
                             id: p.id,
                             pattern: static_pattern(&p.pattern),
                             json: p.json,
+                            leaf: None,
                         },
                         origin: p.origin,
                     });

@@ -238,6 +238,7 @@ impl Spool {
             room: Cell::new(None),
             delivered,
             tree: None,
+            leaf_hints: Vec::new(),
         };
         spool.trim_gaps();
         if opts.tree {

@@ -37,6 +37,7 @@ fn event(n: u64) -> (EventRecord, Origin) {
             r#"{{"resourceType":"AuditEvent","n":{n},"pad":"{}"}}"#,
             "x".repeat((n % 50) as usize)
         ),
+        leaf: None,
     };
     let origin = Origin {
         source: "auth".into(),
@@ -778,4 +779,38 @@ fn sigkill_during_commits_loses_no_durable_record() {
     }
     assert!(ever_durable > 0, "the child never committed");
     eprintln!("crash test: {ever_durable} seqs reported durable, {ever_acked} acked");
+}
+
+#[test]
+fn leaf_hashes_given_with_records_are_used_and_the_rest_hashed_from_their_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = open(dir.path(), 4096);
+    // Two commits, several segments (4 KiB each), hints on every third record only.
+    for round in 0..2u64 {
+        for n in round * 60..round * 60 + 60 {
+            let (mut r, o) = event(n);
+            if n.is_multiple_of(3) {
+                r.leaf = Some([n as u8; 32]);
+            }
+            spool.append(&r, &o).unwrap();
+        }
+        spool.commit().unwrap();
+    }
+    let path = dir
+        .path()
+        .join(super::leaves::TAMPER_DIR)
+        .join(super::leaves::LEAVES_FILE);
+    let entries = super::leaves::read_entries(&path, u64::MAX).unwrap();
+    assert_eq!(entries.len(), 120);
+    for (i, e) in entries.iter().enumerate() {
+        let n = i as u64;
+        let (r, _) = event(n);
+        assert_eq!((e.seq, e.id), (n + 1, r.id));
+        let want = if n.is_multiple_of(3) {
+            [n as u8; 32]
+        } else {
+            super::leaves::event_leaf_hash(&r.json)
+        };
+        assert_eq!(e.hash, want, "leaf {i}");
+    }
 }

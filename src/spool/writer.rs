@@ -30,6 +30,8 @@ struct TreeJob {
     log: Arc<Mutex<leaves::LeafLog>>,
     /// Those leaves, hashed on the first run (kept for a run again after a full filesystem).
     leaves: Option<Vec<leaves::LeafEntry>>,
+    /// Leaf hashes the producers already made, by seq (the rest are hashed from the JSON).
+    hints: Vec<(u64, crate::tamper::merkle::Hash)>,
 }
 
 #[derive(Debug)]
@@ -84,8 +86,9 @@ impl CommitJob {
             && t.leaves.is_none()
         {
             let mut entries = Vec::new();
+            let mut hints = t.hints.as_slice();
             for w in &self.writes {
-                leaves::entries_of_buffer(&w.buf, w.offset == 0, &mut entries);
+                leaves::entries_of_buffer(&w.buf, w.offset == 0, &mut hints, &mut entries);
             }
             t.leaves = Some(entries);
         }
@@ -127,6 +130,7 @@ impl CommitJob {
             Some(TreeJob {
                 log: tree,
                 leaves: Some(entries),
+                ..
             }) => {
                 let mut log = tree
                     .lock()
@@ -192,6 +196,9 @@ impl Spool {
         );
         let result = self.append_payload(&payload, appended_ms);
         self.scratch = payload;
+        if let (Ok(seq), Some(hash), Some(_)) = (&result, event.leaf, &self.tree) {
+            self.leaf_hints.push((*seq, hash));
+        }
         result
     }
 
@@ -349,6 +356,7 @@ impl Spool {
                 Box::new(TreeJob {
                     log: log.clone(),
                     leaves: None,
+                    hints: std::mem::take(&mut self.leaf_hints),
                 })
             }),
         })

@@ -274,6 +274,7 @@ impl Sealer {
             id: event.uuid(),
             pattern: SEAL_PATTERN,
             json,
+            leaf: None,
         };
         let origin = Origin {
             source: "self".into(),
