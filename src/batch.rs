@@ -63,7 +63,7 @@ impl Batch {
         for e in &self.events {
             name.extend_from_slice(e.id.as_bytes());
         }
-        Uuid::new_v5(&BUNDLE_NAMESPACE, &name)
+        crate::balp::uuid_v5(&BUNDLE_NAMESPACE, &name)
     }
 
     /// The Bundle as JSON (deterministic: same events and timestamp, same bytes).

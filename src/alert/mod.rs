@@ -283,7 +283,7 @@ fn at(ms: i64) -> Timestamp {
 /// `first`.
 pub fn alert_id(rule: &str, key: &str, first: &str) -> Uuid {
     let name = format!("alert\u{1f}{rule}\u{1f}{key}\u{1f}{first}");
-    Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
+    crate::balp::uuid_v5(&ID_NAMESPACE, name.as_bytes())
 }
 
 fn human(d: std::time::Duration) -> String {

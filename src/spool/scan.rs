@@ -103,8 +103,15 @@ impl Scanner {
                     self.seek_to(offset)?;
                     return Ok(Frame::Torn { offset });
                 }
-                let mut body = vec![0u8; h.len + 4];
-                self.read_exact_at_pos(&mut body)?;
+                // Read into spare capacity: zeroing a buffer per record first (`vec![0; n]`)
+                // was 2 % of the agent's CPU on the delivery path.
+                let want = h.len + 4;
+                let mut body = Vec::with_capacity(want);
+                let got = (&mut self.file).take(want as u64).read_to_end(&mut body)?;
+                self.pos += got as u64;
+                if got != want {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
                 if !format::payload_ok(&h, &body) {
                     return Ok(Frame::Corrupt {
                         offset,
