@@ -163,6 +163,34 @@ pub fn encode_record(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
     out.extend_from_slice(&len.to_le_bytes());
 }
 
+/// The frame of [`encode_record`] with the payload written in place by `write` (which must
+/// append exactly `len` bytes to the buffer it is given): one copy of the event instead of
+/// two. The header's length and checksums are filled in afterwards.
+pub fn encode_record_in_place(
+    out: &mut Vec<u8>,
+    seq: u64,
+    len: usize,
+    write: impl FnOnce(&mut Vec<u8>),
+) {
+    let start = out.len();
+    out.reserve(REC_HDR_LEN + len + 4);
+    out.extend_from_slice(&REC_MAGIC);
+    out.push(REC_VERSION);
+    out.push(0);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    let hcrc = crc32c::crc32c(&out[start..start + 20]);
+    out.extend_from_slice(&hcrc.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    let body = out.len();
+    write(out);
+    debug_assert_eq!(out.len() - body, len, "payload length as announced");
+    let pcrc = crc32c::crc32c(&out[body..]);
+    out[body - 4..body].copy_from_slice(&pcrc.to_le_bytes());
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+}
+
 /// Check a payload (plus its 4 trailing bytes) against its header.
 pub fn payload_ok(h: &RecHeader, payload_and_trailer: &[u8]) -> bool {
     payload_and_trailer.len() == h.len + 4
@@ -200,6 +228,29 @@ pub fn encode_payload(
     origin: &Origin,
 ) {
     out.clear();
+    append_payload(out, appended_ms, id, pattern, json, origin);
+}
+
+/// The length [`encode_payload`] gives these parts.
+pub fn payload_len(pattern: &str, json: &str, origin: &Origin) -> usize {
+    FIXED
+        + 5 * 4
+        + pattern.len()
+        + origin.source.len()
+        + origin.stream_key.len()
+        + origin.path.as_os_str().len()
+        + json.len()
+}
+
+/// [`encode_payload`] appended to what `out` holds.
+pub fn append_payload(
+    out: &mut Vec<u8>,
+    appended_ms: u64,
+    id: Uuid,
+    pattern: &str,
+    json: &str,
+    origin: &Origin,
+) {
     out.extend_from_slice(&appended_ms.to_le_bytes());
     out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(&origin.start.to_le_bytes());
@@ -246,6 +297,12 @@ impl<'a> Cursor<'a> {
 /// The event id, pattern name and AuditEvent JSON of a payload, borrowed (no copy): what a
 /// Merkle leaf needs. `None` when its lengths or text do not add up.
 pub fn payload_parts(p: &[u8]) -> Option<(Uuid, &[u8], &str)> {
+    let (id, pattern, json) = payload_raw_parts(p)?;
+    Some((id, pattern, std::str::from_utf8(json).ok()?))
+}
+
+/// [`payload_parts`] without checking that the JSON is UTF-8 (for callers that do not read it).
+pub fn payload_raw_parts(p: &[u8]) -> Option<(Uuid, &[u8], &[u8])> {
     if p.len() < FIXED {
         return None;
     }
@@ -256,7 +313,7 @@ pub fn payload_parts(p: &[u8]) -> Option<(Uuid, &[u8], &str)> {
     for _ in 0..3 {
         c.bytes()?;
     }
-    let json = std::str::from_utf8(c.bytes()?).ok()?;
+    let json = c.bytes()?;
     (c.at == p.len()).then_some((Uuid::from_bytes(id), pattern, json))
 }
 
@@ -332,6 +389,30 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_encoded_in_place_equals_the_two_step_encoding() {
+        for (json, path) in [("{}", ""), ("{\"a\":\"é\"}", "/var/log/x.log")] {
+            let origin = Origin {
+                source: "src".into(),
+                stream_key: "file:1:2".into(),
+                path: path.into(),
+                start: 7,
+                end: 99,
+            };
+            let id = Uuid::from_u128(42);
+            let mut p = Vec::new();
+            encode_payload(&mut p, 123, id, "rest", json, &origin);
+            assert_eq!(p.len(), payload_len("rest", json, &origin));
+            let mut two = b"prefix".to_vec();
+            encode_record(&mut two, 9, &p);
+            let mut one = b"prefix".to_vec();
+            encode_record_in_place(&mut one, 9, p.len(), |b| {
+                append_payload(b, 123, id, "rest", json, &origin)
+            });
+            assert_eq!(one, two);
+        }
+    }
 
     #[test]
     fn a_record_round_trips_and_its_checks_catch_flips() {

@@ -362,7 +362,7 @@ pub fn entries_of_buffer(
         let Some(payload) = buf.get(start..start + len) else {
             break;
         };
-        if let Some((id, pattern, json)) = super::format::payload_parts(payload) {
+        if let Some((id, pattern, json)) = super::format::payload_raw_parts(payload) {
             let seq = u64::from_le_bytes(seq);
             while hints.first().is_some_and(|h| h.0 < seq) {
                 *hints = &hints[1..];
@@ -377,7 +377,13 @@ pub fn entries_of_buffer(
                         seal: pattern == SEAL_PATTERN.as_bytes(),
                     });
                 }
-                _ => out.push(LeafEntry::of_event(seq, id, pattern, json)),
+                // Records from `append` are UTF-8 (a `&str`); recovery skips any other, so
+                // does this.
+                _ => {
+                    if let Ok(json) = std::str::from_utf8(json) {
+                        out.push(LeafEntry::of_event(seq, id, pattern, json));
+                    }
+                }
             }
         }
         at += REC_OVERHEAD + len;

@@ -326,7 +326,6 @@ pub struct Spool {
     known_bad: BTreeSet<(u64, u64)>,
     oldest_pending_ms: Option<u64>,
     cursor: Option<ReadCursor>,
-    scratch: Vec<u8>,
     /// A cleared commit buffer kept for the next one (saves growing a fresh 1 MiB buffer).
     spare: Option<Vec<u8>>,
     /// A [`CommitJob`] is out: no other commit may start until it is finished.

@@ -230,7 +230,6 @@ impl Spool {
             known_bad,
             oldest_pending_ms: None,
             cursor: None,
-            scratch: Vec::new(),
             spare: None,
             staging: false,
             poisoned: false,

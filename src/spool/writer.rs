@@ -181,35 +181,42 @@ impl CommitJob {
 impl Spool {
     /// Buffered append (not durable until `commit`); returns the seq assigned.
     pub fn append(&mut self, event: &EventRecord, origin: &Origin) -> Result<u64, SpoolError> {
-        if self.poisoned {
-            return Err(SpoolError::Poisoned);
-        }
         let appended_ms = now_ms();
-        let mut payload = std::mem::take(&mut self.scratch);
-        format::encode_payload(
-            &mut payload,
-            appended_ms,
-            event.id,
-            event.pattern,
-            &event.json,
-            origin,
-        );
-        let result = self.append_payload(&payload, appended_ms);
-        self.scratch = payload;
+        let len = format::payload_len(event.pattern, &event.json, origin);
+        // The payload is written straight into the segment buffer (one copy of the event).
+        let result = self.append_frame(len, appended_ms, |buf| {
+            format::append_payload(
+                buf,
+                appended_ms,
+                event.id,
+                event.pattern,
+                &event.json,
+                origin,
+            )
+        });
         if let (Ok(seq), Some(hash), Some(_)) = (&result, event.leaf, &self.tree) {
             self.leaf_hints.push((*seq, hash));
         }
         result
     }
 
-    fn append_payload(&mut self, payload: &[u8], appended_ms: u64) -> Result<u64, SpoolError> {
-        if payload.len() > format::MAX_PAYLOAD {
+    /// Append one record of `len` payload bytes, which `write` appends to the buffer.
+    fn append_frame(
+        &mut self,
+        len: usize,
+        appended_ms: u64,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<u64, SpoolError> {
+        if self.poisoned {
+            return Err(SpoolError::Poisoned);
+        }
+        if len > format::MAX_PAYLOAD {
             return Err(SpoolError::TooLarge {
-                bytes: payload.len(),
+                bytes: len,
                 max: format::MAX_PAYLOAD,
             });
         }
-        let frame_len = (REC_OVERHEAD + payload.len()) as u64;
+        let frame_len = (REC_OVERHEAD + len) as u64;
         let roll = match (&self.active, self.segments.last()) {
             (Some(a), Some(seg)) => {
                 let used = seg.len + seg.staged + a.buf.len() as u64;
@@ -225,7 +232,7 @@ impl Spool {
         };
         let seq = self.next_seq;
         let offset = seg.len + seg.staged + active.buf.len() as u64;
-        format::encode_record(&mut active.buf, seq, payload);
+        format::encode_record_in_place(&mut active.buf, seq, len, write);
         seg.note_record(seq, offset);
         self.next_seq += 1;
         self.buffered += frame_len;
