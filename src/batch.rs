@@ -118,17 +118,20 @@ pub fn bundle_json(
     out.push_str(r#"","timestamp":""#);
     out.push_str(timestamp);
     out.push_str(r#"","entry":["#);
+    // Ids formatted into a stack buffer: no String per entry.
+    let mut buf = uuid::Uuid::encode_buffer();
     for (i, e) in events.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
+        let id: &str = e.id.hyphenated().encode_lower(&mut buf);
         out.push_str(r#"{"fullUrl":"urn:uuid:"#);
-        out.push_str(&e.id.to_string());
+        out.push_str(id);
         out.push_str(r#"","resource":"#);
         out.push_str(&e.json);
         if bundle_type != BundleType::Collection {
             out.push_str(r#","request":{"method":"PUT","url":"AuditEvent/"#);
-            out.push_str(&e.id.to_string());
+            out.push_str(id);
             out.push_str(r#""}"#);
         }
         out.push('}');

@@ -185,22 +185,7 @@ enum PresetsAction {
     },
 }
 
-/// glibc gives every thread that allocates its own malloc arena (up to 8 per core); the
-/// delivery workers' Bundle buffers then sit in arenas of their own and hold on to freed
-/// pages. Two arenas cut the peak RSS of the 1 M-line bench from about 35 to 30 MiB with no
-/// loss of speed (README, Benchmark). `MALLOC_ARENA_MAX` in the environment still wins.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
-}
-
 fn main() -> ExitCode {
-    limit_malloc_arenas();
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
     let result = match &cli.command {
