@@ -1259,16 +1259,27 @@ fn probe_writable_dir(dir: &Path) -> Result<(), String> {
             existing.display()
         ));
     }
-    let probe = existing.join(format!(".balp-agent-check-{}", std::process::id()));
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-    {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
+    // Unique per call, not only per process: checks run on several threads at once (the
+    // fuzz regression test did, and two probes of one name met as EEXIST), and a probe left
+    // by a killed process of the same pid only costs another name.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut result = Err(std::io::Error::other("no probe tried"));
+    for _ in 0..8 {
+        let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let probe = existing.join(format!(".balp-agent-check-{}-{n}", std::process::id()));
+        result = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .map(|_| {
+                let _ = std::fs::remove_file(&probe);
+            });
+        if !matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists) {
+            break;
         }
+    }
+    match result {
+        Ok(()) => Ok(()),
         Err(e) => Err(format!(
             "{} is not writable{}: {e}",
             existing.display(),
@@ -1290,6 +1301,28 @@ fn decode_fits(want: &str, have: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writable_probes_on_many_threads_at_once_do_not_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    (0..200).all(|_| probe_writable_dir(&path.join("state")).is_ok())
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap());
+        }
+        assert_eq!(
+            std::fs::read_dir(&path).unwrap().count(),
+            0,
+            "no probe left behind"
+        );
+    }
 
     fn valid_config(dir: &Path) -> String {
         format!(
