@@ -83,6 +83,12 @@ impl SourceProcessor {
         })
     }
 
+    /// The same stages without leaf hashes on the records (for `test`, which spools nothing).
+    pub fn without_leaf_hashes(mut self) -> SourceProcessor {
+        self.leaf_hashes = false;
+        self
+    }
+
     /// The parsers of this source, in order.
     pub fn parser_names(&self) -> Vec<Arc<str>> {
         self.parsers.parser_names()
